@@ -1,0 +1,67 @@
+"""The activation table: name -> integer code understood by every backend.
+
+Kernels receive an activation as ``(code, alpha)``; ``alpha`` is the
+activation's parameter (the negative slope of leaky ReLU, the alpha of ELU)
+and is ignored by the others. Derivatives at points where none exists follow
+PyTorch: ReLU'(0) = 0, LeakyReLU'(0) = alpha, ELU'(0) = alpha (PyTorch's
+``x <= 0`` branch; equal to 1 for the default alpha), SELU'(0) =
+scale * alpha, step has no trainable derivative at all.
+"""
+
+IDENTITY = 0
+SIGMOID = 1
+TANH = 2
+RELU = 3
+LEAKY_RELU = 4
+ELU = 5
+SELU = 6
+SOFTPLUS = 7
+SWISH = 8
+GELU = 9
+STEP = 10
+# Row-wise activations: they couple the columns of a row.
+SOFTMAX = 11
+LOG_SOFTMAX = 12
+
+ROWWISE = frozenset({SOFTMAX, LOG_SOFTMAX})
+
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+
+# name -> (code, default parameter, PyTorch equivalent)
+ACTIVATIONS = {
+    "identity": (IDENTITY, 0.0, "torch.nn.Identity"),
+    "step": (STEP, 0.0, "torch.heaviside(x, 0) (forward only)"),
+    "sigmoid": (SIGMOID, 0.0, "torch.nn.Sigmoid"),
+    "tanh": (TANH, 0.0, "torch.nn.Tanh"),
+    "relu": (RELU, 0.0, "torch.nn.ReLU"),
+    "leaky_relu": (LEAKY_RELU, 0.01, "torch.nn.LeakyReLU(0.01)"),
+    "elu": (ELU, 1.0, "torch.nn.ELU(1.0)"),
+    "selu": (SELU, 0.0, "torch.nn.SELU"),
+    "softplus": (SOFTPLUS, 0.0, "torch.nn.Softplus (beta=1, threshold=20)"),
+    "swish": (SWISH, 0.0, "torch.nn.SiLU"),
+    "gelu": (GELU, 0.0, "torch.nn.GELU (exact erf form)"),
+    "softmax": (SOFTMAX, 0.0, "torch.nn.Softmax(dim=1)"),
+    "log_softmax": (LOG_SOFTMAX, 0.0, "torch.nn.LogSoftmax(dim=1)"),
+}
+
+# scikit-learn's names for the same functions.
+ALIASES = {"logistic": "sigmoid", "linear": "identity", "silu": "swish", None: "identity"}
+
+CODE_TO_NAME = {code: name for name, (code, _, _) in ACTIVATIONS.items()}
+
+
+def resolve(name):
+    """Return ``(canonical_name, code, alpha)`` for an activation name.
+
+    Raises
+    ------
+    ValueError
+        If the name is unknown; the message lists the valid names.
+    """
+    key = ALIASES.get(name, name)
+    if not isinstance(key, str) or key not in ACTIVATIONS:
+        valid = ", ".join(sorted(ACTIVATIONS))
+        raise ValueError(f"Unknown activation {name!r}. Valid activations: {valid}.")
+    code, alpha, _ = ACTIVATIONS[key]
+    return key, code, alpha
