@@ -1,0 +1,22 @@
+"""fastmlp: train multilayer perceptrons on the CPU at native speed."""
+from . import activations, datasets, initializers, losses, optim
+from .backends import available_backends, get_backend, use_backend
+from .layers import Activation, Dense
+from .model import History, Sequential
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Activation",
+    "Dense",
+    "History",
+    "Sequential",
+    "activations",
+    "available_backends",
+    "datasets",
+    "get_backend",
+    "initializers",
+    "losses",
+    "optim",
+    "use_backend",
+]

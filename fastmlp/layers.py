@@ -1,0 +1,55 @@
+"""Layer specifications. Layers hold settings only; the maths lives in kernels.
+
+A :class:`~fastmlp.Sequential` compiles its layers into a plan of units
+(``fastmlp.model._Unit``): an optional dense product with bias, then an
+activation. A Dense layer followed by an Activation layer fuses into one unit.
+"""
+from . import _validation
+from . import activations as _act
+from . import initializers as _init
+
+
+class Layer:
+    """Base class of layer specifications."""
+
+    def get_config(self):
+        return dict(vars(self))
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+class Dense(Layer):
+    """Fully connected layer: ``activation(X @ W + b)``.
+
+    Parameters
+    ----------
+    units : int
+        Number of outputs.
+    activation : str or None
+        Name from :data:`fastmlp.activations.ACTIVATIONS`; None is the identity.
+    use_bias : bool
+    kernel_initializer : str
+        "auto" (by activation), "glorot_uniform", "glorot_normal", "he_uniform",
+        "he_normal", "lecun_uniform", "lecun_normal" or "zeros".
+    l2 : float
+        L2 penalty ``l2 * sum(W**2)`` added to the loss (Keras' kernel_regularizer).
+    """
+
+    def __init__(self, units, activation=None, use_bias=True, kernel_initializer="auto", l2=0.0):
+        self.units = _validation.check_positive_int(units, "units")
+        self.activation = _act.resolve(activation)[0]
+        self.use_bias = bool(use_bias)
+        _init.resolve(kernel_initializer, _act.RELU)  # validate the name now
+        self.kernel_initializer = kernel_initializer
+        if l2 < 0:
+            raise ValueError(f"l2 must be >= 0, got {l2!r}.")
+        self.l2 = float(l2)
+
+
+class Activation(Layer):
+    """Activation as a layer of its own: ``Dense(300, use_bias=False)`` then ``Activation("relu")``."""
+
+    def __init__(self, activation):
+        self.activation = _act.resolve(activation)[0]

@@ -1,0 +1,68 @@
+"""The loss table: each name -> fused kernel, target kind and output rule.
+
+Two kinds of loss:
+
+* fused with the output activation (``cross_entropy`` with softmax,
+  ``binary_cross_entropy`` with sigmoid): the output layer produces logits in
+  training; the kernel returns the loss and the gradient at the logits
+  (``probabilities - targets``) in one pass, and ``predict`` applies the
+  activation. The output layer may say ``activation=None`` / "identity" or
+  name the activation itself (Keras style): both train the same way.
+* applied to the output layer's activations (``nll`` after log-softmax,
+  ``mse`` after any activation): the kernel returns the gradient at the
+  output, and the output activation's derivative is applied after it.
+"""
+from dataclasses import dataclass
+
+from . import activations as _act
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    name: str
+    kernel: str          # backend kernel name (integer-label variant for classification)
+    onehot_kernel: str   # kernel for 2-D probability targets, or "" if same as kernel
+    fused_act: int       # activation fused into the kernel, or -1
+    allowed_out: tuple   # output-layer activation codes this loss accepts (empty: any)
+    labels: bool         # targets are integer class labels (or one-hot rows)
+    predict_act: int     # activation predict applies to the logits (-1: the layer's own)
+
+
+LOSSES = {
+    "cross_entropy": LossSpec("cross_entropy", "softmax_cross_entropy", "softmax_cross_entropy_onehot",
+                              _act.SOFTMAX, (_act.IDENTITY, _act.SOFTMAX), True, _act.SOFTMAX),
+    "nll": LossSpec("nll", "nll_loss", "", -1, (_act.LOG_SOFTMAX,), True, -1),
+    "binary_cross_entropy": LossSpec("binary_cross_entropy", "sigmoid_binary_cross_entropy", "",
+                                     _act.SIGMOID, (_act.IDENTITY, _act.SIGMOID), False, _act.SIGMOID),
+    "mse": LossSpec("mse", "mse_loss", "", -1, (), False, -1),
+}
+ALIASES = {
+    "categorical_crossentropy": "cross_entropy",
+    "sparse_categorical_crossentropy": "cross_entropy",
+    "binary_crossentropy": "binary_cross_entropy",
+    "squared_error": "mse",
+    "mean_squared_error": "mse",
+}
+
+
+def resolve(name):
+    """Return the :class:`LossSpec` for a loss name; unknown names list the valid ones."""
+    key = ALIASES.get(name, name)
+    if not isinstance(key, str) or key not in LOSSES:
+        raise ValueError(f"Unknown loss {name!r}. Valid losses: {', '.join(sorted(LOSSES))}.")
+    return LOSSES[key]
+
+
+def check_output(spec, out_act):
+    """Raise if the output layer's activation does not fit the loss."""
+    if spec.allowed_out and out_act not in spec.allowed_out:
+        allowed = " or ".join(repr(_act.CODE_TO_NAME[c]) for c in spec.allowed_out)
+        hint = {
+            "cross_entropy": "end the model with a linear Dense layer (logits) or activation='softmax'",
+            "nll": "end the model with Activation('log_softmax')",
+            "binary_cross_entropy": "end the model with a linear Dense layer (logits) or activation='sigmoid'",
+        }[spec.name]
+        raise ValueError(
+            f"Loss {spec.name!r} needs an output activation of {allowed}, but the model ends in "
+            f"{_act.CODE_TO_NAME[out_act]!r}: {hint}."
+        )

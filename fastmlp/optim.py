@@ -1,0 +1,100 @@
+"""Optimizers with PyTorch's update rules, over one flat parameter vector.
+
+A model keeps all its parameters in one contiguous vector (the layers' W
+and b are views into it) and all gradients in another, so one optimizer
+step is one fused kernel call over the whole network.
+"""
+from . import _validation
+
+
+class Optimizer:
+    """Base class: hyperparameters, per-fit state, and the step."""
+
+    #: names of the state vectors, each the size of the parameter vector
+    state_names = ()
+
+    def __init__(self, lr):
+        self.lr = _validation.check_positive(lr, "lr")
+        self.t = 0
+
+    def init_state(self, n_params, dtype, np):
+        """Allocate the state vectors (zeros), once per model."""
+        self.t = 0
+        self.state = {name: np.zeros(n_params, dtype=dtype) for name in self.state_names}
+
+    def step(self, backend, params, grads):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def get_config(self):
+        return {k: v for k, v in vars(self).items() if k not in ("state", "t")}
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent as ``torch.optim.SGD`` (dampening 0).
+
+    v = momentum * v + g; p -= lr * (g + momentum * v if nesterov else v).
+    """
+
+    state_names = ("buf",)
+
+    def __init__(self, lr=0.01, momentum=0.0, nesterov=False):
+        super().__init__(lr)
+        self.momentum = _validation.check_in_range(momentum, "momentum", 0.0, 1.0, hi_open=False)
+        if nesterov and momentum == 0.0:
+            raise ValueError("Nesterov momentum requires momentum > 0, got momentum=0.0.")
+        self.nesterov = bool(nesterov)
+
+    def step(self, backend, params, grads):
+        self.t += 1
+        backend.sgd_update(params, grads, self.state["buf"], self.lr, self.momentum, self.nesterov)
+
+
+class RMSprop(Optimizer):
+    """RMSprop as ``torch.optim.RMSprop`` (alpha=rho, not centered)."""
+
+    state_names = ("sq",)
+
+    def __init__(self, lr=0.01, rho=0.99, eps=1e-8):
+        super().__init__(lr)
+        self.rho = _validation.check_in_range(rho, "rho", 0.0, 1.0)
+        self.eps = _validation.check_positive(eps, "eps")
+
+    def step(self, backend, params, grads):
+        self.t += 1
+        backend.rmsprop_update(params, grads, self.state["sq"], self.lr, self.rho, self.eps)
+
+
+class Adam(Optimizer):
+    """Adam as ``torch.optim.Adam`` (bias-corrected, no AMSGrad)."""
+
+    state_names = ("m", "v")
+
+    def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
+        super().__init__(lr)
+        self.beta1 = _validation.check_in_range(beta1, "beta1", 0.0, 1.0)
+        self.beta2 = _validation.check_in_range(beta2, "beta2", 0.0, 1.0)
+        self.eps = _validation.check_positive(eps, "eps")
+
+    def step(self, backend, params, grads):
+        self.t += 1
+        backend.adam_update(params, grads, self.state["m"], self.state["v"], self.lr, self.beta1,
+                            self.beta2, self.eps, self.t)
+
+
+OPTIMIZERS = {"sgd": SGD, "rmsprop": RMSprop, "adam": Adam}
+
+
+def get(optimizer):
+    """An :class:`Optimizer` from an instance or a name ("sgd", "rmsprop", "adam")."""
+    if isinstance(optimizer, Optimizer):
+        return optimizer
+    if isinstance(optimizer, str) and optimizer.lower() in OPTIMIZERS:
+        return OPTIMIZERS[optimizer.lower()]()
+    raise ValueError(
+        f"Unknown optimizer {optimizer!r}. Pass an instance of fastmlp.optim.SGD, RMSprop or Adam, "
+        f"or one of the names: {', '.join(sorted(OPTIMIZERS))}."
+    )
