@@ -15,13 +15,14 @@ Two kinds of loss:
 from dataclasses import dataclass
 
 from . import activations as _act
+from .backends import reference as _ref
 
 
 @dataclass(frozen=True)
 class LossSpec:
     name: str
-    kernel: str          # backend kernel name (integer-label variant for classification)
-    onehot_kernel: str   # kernel for 2-D probability targets, or "" if same as kernel
+    kind: int            # loss kind of the step loop (reference.LOSS_*) for integer labels / real targets
+    onehot_kind: int     # loss kind for one-hot (probability) rows, or -1 if not accepted
     fused_act: int       # activation fused into the kernel, or -1
     allowed_out: tuple   # output-layer activation codes this loss accepts (empty: any)
     labels: bool         # targets are integer class labels (or one-hot rows)
@@ -29,12 +30,12 @@ class LossSpec:
 
 
 LOSSES = {
-    "cross_entropy": LossSpec("cross_entropy", "softmax_cross_entropy", "softmax_cross_entropy_onehot",
+    "cross_entropy": LossSpec("cross_entropy", _ref.LOSS_CE, _ref.LOSS_CE_ONEHOT,
                               _act.SOFTMAX, (_act.IDENTITY, _act.SOFTMAX), True, _act.SOFTMAX),
-    "nll": LossSpec("nll", "nll_loss", "", -1, (_act.LOG_SOFTMAX,), True, -1),
-    "binary_cross_entropy": LossSpec("binary_cross_entropy", "sigmoid_binary_cross_entropy", "",
+    "nll": LossSpec("nll", _ref.LOSS_NLL, -1, -1, (_act.LOG_SOFTMAX,), True, -1),
+    "binary_cross_entropy": LossSpec("binary_cross_entropy", _ref.LOSS_BCE, -1,
                                      _act.SIGMOID, (_act.IDENTITY, _act.SIGMOID), False, _act.SIGMOID),
-    "mse": LossSpec("mse", "mse_loss", "", -1, (), False, -1),
+    "mse": LossSpec("mse", _ref.LOSS_MSE, -1, -1, (), False, -1),
 }
 ALIASES = {
     "categorical_crossentropy": "cross_entropy",

@@ -19,6 +19,7 @@ from . import initializers as _init
 from . import losses as _losses
 from . import optim as _optim
 from .backends import get_backend
+from .backends import reference as _ref
 from .layers import Activation, Dense
 
 
@@ -76,19 +77,16 @@ class _Buffers:
             return
         # Gradients at each unit's output; activation derivatives are applied
         # in place, and an activation-only unit passes its buffer down.
-        L = len(units)
+        L, k = len(units), units[-1].fan_out
         self.dA = [None] * L
-        self.dA[L - 1] = np.empty((n, units[-1].fan_out), dtype=dt)
+        self.dA[L - 1] = np.empty((n, k), dtype=dt)
         for i in range(L - 1, 0, -1):
             u = units[i]
             self.dA[i - 1] = np.empty((n, u.fan_in), dtype=dt) if u.dense else self.dA[i]
-        self.P = np.empty((n, units[-1].fan_out), dtype=dt)
-        spec = model._loss
-        if spec.labels and model._onehot is False:
-            self.y = np.empty(n, dtype=np.int64)
-        else:
-            self.y = np.empty((n, units[-1].fan_out), dtype=dt)
-        self.labels = np.empty(n, dtype=np.int64)
+        self.P = np.empty((n, k), dtype=dt)
+        labels = model._loss_kind in (_ref.LOSS_CE, _ref.LOSS_NLL)
+        self.y = np.empty(n if labels else 0, dtype=np.int64)
+        self.Y = np.empty((0, 0) if labels else (n, k), dtype=dt)
         self.sw = np.empty(n if model._weighted else 0, dtype=dt)
 
 
@@ -128,6 +126,8 @@ class Sequential:
         self._rng = np.random.default_rng(seed)
         self._units = None
         self._loss = None
+        self._loss_kind = None
+        self._weighted = False
         self.optimizer = None
         self._alpha_per_batch = 0.0  # scikit-learn's L2 scaling: alpha / (2 n_batch) * ||W||^2
         self._infer_cache = None
@@ -230,7 +230,7 @@ class Sequential:
                     "gradient flows through it and the model cannot be trained. Use 'sigmoid' or 'tanh' "
                     "for a smooth step, or use 'step' only in a model you do not train."
                 )
-        self._loss = spec
+        self._loss, self._loss_kind = spec, spec.kind
         self.optimizer = _optim.get(optimizer)
         self.optimizer.state = None
         self.clip_norm = None if clip_norm is None else _validation.check_positive(clip_norm, "clip_norm")
@@ -254,73 +254,39 @@ class Sequential:
 
     # -------------------------------------------------------------- targets
     def _check_targets(self, y, n, name="y"):
+        """Validated targets and the loss kind they select (one-hot rows or labels)."""
         spec, k = self._loss, self._units[-1].fan_out
         if spec.labels:
-            arr = np.asarray(y) if not isinstance(y, np.ndarray) else y
+            arr = y if isinstance(y, np.ndarray) else np.asarray(y)
             if arr.ndim == 2 and arr.shape[1] == k and k > 1:
-                if spec.onehot_kernel == "":
+                if spec.onehot_kind < 0:
                     raise ValueError(f"Loss {spec.name!r} takes integer class labels, not one-hot rows.")
-                Y = _validation.check_targets(arr, n, k, self.dtype, name)
-                return Y, True
-            return _validation.check_labels(arr, n, k, name), False
-        return _validation.check_targets(y, n, k, self.dtype, name), None
-
-    def _accuracy_count(self, out, target, onehot, labels_buf):
-        """Correct predictions in a batch from the training-time output (logits or log-probs)."""
-        spec = self._loss
-        if spec.labels:
-            truth = target if onehot is False else np.argmax(target, axis=1)
-            return float(np.count_nonzero(np.argmax(out, axis=1) == truth))
-        if spec.name == "binary_cross_entropy":
-            thresh = 0.0 if self._train_acts[-1] == _act.IDENTITY else 0.5
-            return float(np.count_nonzero((out > thresh) == (target > 0.5))) / out.shape[1]
-        return math.nan
+                return _validation.check_targets(arr, n, k, self.dtype, name), spec.onehot_kind
+            return _validation.check_labels(arr, n, k, name), spec.kind
+        return _validation.check_targets(y, n, k, self.dtype, name), spec.kind
 
     # ------------------------------------------------------------ one step
-    def _forward(self, buf, acts):
-        be, a = self.backend, buf.x
+    def _plan_arrays(self, acts, n):
+        """The plan the step loop walks (see reference.train_steps) for batches of n rows."""
+        plan_i = np.zeros((len(self._units), 7), dtype=np.int64)
+        plan_f = np.zeros((len(self._units), 2), dtype=np.float64)
         for i, u in enumerate(self._units):
-            if u.dense:
-                be.dense_forward(a, u.W, u.b, acts[i], u.alpha, buf.Z[i], buf.A[i])
-            else:
-                be.act_forward(buf.Z[i], acts[i], u.alpha, buf.A[i])
-            a = buf.A[i]
-        return a
+            plan_i[i] = (_ref.KIND_DENSE if u.dense else _ref.KIND_ACTIVATION, u.fan_in, u.fan_out,
+                         acts[i], u.use_bias, u.w_off, u.b_off)
+            # Keras' l2 * sum(W**2) plus scikit-learn's alpha / (2 n) * sum(W**2)
+            plan_f[i] = (u.alpha, (2.0 * u.l2 + self._alpha_per_batch / n) if u.dense else 0.0)
+        return plan_i, plan_f
 
-    def _l2_terms(self, n):
-        """Per-unit L2 gradient coefficients and the penalty to add to the loss."""
-        coefs, penalty = [], 0.0
-        for u in self._units:
-            c = 2.0 * u.l2 + (self._alpha_per_batch / n if u.dense else 0.0)
-            coefs.append(c)
-            if c and u.dense:
-                penalty += 0.5 * c * self.backend.sum_squares(u.W.reshape(-1))
-        return coefs, penalty
+    def _forward(self, buf, acts):
+        plan_i, plan_f = self._plan_arrays(acts, buf.n)
+        return _ref.forward_units(self.backend, plan_i, plan_f, self._params, buf.x, buf.Z, buf.A)
 
     def _loss_and_grads(self, buf, target, sw):
-        be, units, acts = self.backend, self._units, self._train_acts
-        spec, L = self._loss, len(units) - 1
-        kernel = spec.onehot_kernel if self._onehot else spec.kernel
-        if spec.fused_act >= 0:
-            loss = getattr(be, kernel)(buf.Z[L], target, sw, buf.P, buf.dA[L])
-        else:
-            loss = getattr(be, kernel)(buf.A[L], target, sw, buf.dA[L])
-        coefs, penalty = self._l2_terms(buf.n)
-        empty = self._empty2
-        for i in range(L, -1, -1):
-            u = units[i]
-            if acts[i] != _act.IDENTITY and (u.dense or i > 0):
-                be.act_backward(buf.Z[i], buf.A[i], buf.dA[i], acts[i], u.alpha, buf.dA[i])
-            if u.dense:
-                inp = buf.A[i - 1] if i > 0 else buf.x
-                dX = buf.dA[i - 1] if i > 0 else empty
-                be.dense_backward(inp, u.W, buf.dA[i], coefs[i], u.dW, u.db, dX)
-        return loss + penalty
-
-    def _clip(self):
-        norm = math.sqrt(self.backend.sum_squares(self._grads))
-        if norm > self.clip_norm:
-            self.backend.scale_inplace(self._grads, self.clip_norm / (norm + 1e-6))
+        """Loss and gradients (into ``self._grads``) after ``_forward(buf, self._train_acts)``."""
+        plan_i, plan_f = self._plan_arrays(self._train_acts, buf.n)
+        y, Y = (target, buf.Y) if target.ndim == 1 else (buf.y, target)
+        return _ref.loss_and_grads(self.backend, plan_i, plan_f, self._params, self._grads, buf.x, buf.Z,
+                                   buf.A, buf.dA, buf.P, y, Y, sw, self._loss_kind)
 
     # -------------------------------------------------------------------- fit
     def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, verbose=1,
@@ -354,15 +320,15 @@ class Sequential:
             _validation.check_positive_int(n_threads, "n_threads")
         X = self._check_X(X)
         n = X.shape[0]
-        target, onehot = self._check_targets(y, n)
+        target, kind = self._check_targets(y, n)
         sw = _validation.check_sample_weight(sample_weight, n, self.dtype)
         val = None
         if validation_data is not None:
             if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
                 raise ValueError("validation_data must be a tuple (X_val, y_val).")
             Xv = self._check_X(validation_data[0], "X_val")
-            val = (Xv, self._check_targets(validation_data[1], Xv.shape[0], "y_val"))
-        self._onehot, self._weighted = onehot, sw.shape[0] > 0
+            val = (Xv, *self._check_targets(validation_data[1], Xv.shape[0], "y_val"))
+        self._loss_kind, self._weighted = kind, sw.shape[0] > 0
 
         opt = self.optimizer
         if getattr(opt, "state", None) is None:
@@ -376,7 +342,7 @@ class Sequential:
                 snapshot = self._params.copy()
                 logs = self._train_epoch(X, target, sw, batch_size, shuffle, bufs, epoch, snapshot)
                 if val is not None:
-                    v = self._evaluate_arrays(val[0], *val[1], np.empty(0, self.dtype))
+                    v = self._evaluate_arrays(val[0], val[1], val[2], np.empty(0, self.dtype))
                     logs["val_loss"] = v["loss"]
                     if "accuracy" in v:
                         logs["val_accuracy"] = v["accuracy"]
@@ -391,40 +357,42 @@ class Sequential:
         return history
 
     def _train_epoch(self, X, target, sw, batch_size, shuffle, bufs, epoch, snapshot):
-        be, n = self.backend, X.shape[0]
+        n = X.shape[0]
         order = self._rng.permutation(n) if shuffle else np.arange(n, dtype=np.int64)
-        total_loss, correct, wsum = 0.0, 0.0, 0.0
-        onehot = self._onehot
-        for step, start in enumerate(range(0, n, batch_size)):
-            idx = order[start:start + batch_size]
-            nb = idx.shape[0]
+        y, Y = (target, self._empty2) if target.ndim == 1 else (np.empty(0, np.int64), target)
+        n_full, rem = divmod(n, batch_size)
+        losses = np.empty(n_full + (rem > 0), dtype=np.float64)
+        correct = np.empty_like(losses)
+        opt = self.optimizer
+        state1, state2 = opt.states(np)
+        hyper = np.array(opt.hyper(), dtype=np.float64)
+        clip = self.clip_norm or 0.0
+        for start, nb, steps in ((0, batch_size, n_full), (n_full * batch_size, rem, 1)):
+            if nb == 0 or steps == 0:
+                continue
             buf = bufs.get(nb)
             if buf is None:
                 buf = bufs[nb] = _Buffers(self, nb, training=True)
-            be.gather_rows(X, idx, buf.x)
-            if onehot is False:
-                np.take(target, idx, out=buf.y)
-            else:
-                be.gather_rows(target, idx, buf.y)
-            if self._weighted:
-                np.take(sw, idx, out=buf.sw)
-            self._forward(buf, self._train_acts)
-            loss = self._loss_and_grads(buf, buf.y, buf.sw)
-            if not math.isfinite(loss):
-                self._diverged(epoch, step, loss, snapshot)
-            if self.clip_norm is not None:
-                self._clip()
-            self.optimizer.step(be, self._params, self._grads)
-            w = float(buf.sw.sum()) if self._weighted else float(nb)
-            total_loss += loss * w
-            wsum += w
-            correct += self._accuracy_count(buf.Z[-1] if self._loss.fused_act >= 0 else buf.A[-1],
-                                            buf.y, onehot, buf.labels)
+            plan_i, plan_f = self._plan_arrays(self._train_acts, nb)
+            first = start // batch_size
+            done = self.backend.train_steps(
+                X, y, Y, sw, order, start, steps, plan_i, plan_f, self._params, self._grads,
+                buf.x, buf.y, buf.Y, buf.sw, buf.Z, buf.A, buf.dA, buf.P, self._loss_kind,
+                opt.kind, hyper, state1, state2, opt.t, clip, losses[first:], correct[first:])
+            opt.t += done
+            if done < steps:
+                self._diverged(epoch, first + done, losses[first + done], snapshot)
         if not np.isfinite(self._params).all():
-            self._diverged(epoch, step, math.nan, snapshot)
-        logs = {"loss": total_loss / wsum}
-        if self._loss.labels or self._loss.name == "binary_cross_entropy":
-            logs["accuracy"] = correct / n
+            self._diverged(epoch, len(losses) - 1, math.nan, snapshot)
+        if sw.shape[0]:
+            weights = np.add.reduceat(sw[order], np.arange(0, n, batch_size))
+        else:
+            weights = np.full(len(losses), float(batch_size))
+            if rem:
+                weights[-1] = rem
+        logs = {"loss": float(np.dot(losses, weights) / weights.sum())}
+        if self._loss_kind != _ref.LOSS_MSE:
+            logs["accuracy"] = float(correct.sum()) / n
         return logs
 
     def _diverged(self, epoch, step, loss, snapshot):
@@ -453,9 +421,6 @@ class Sequential:
     def _require_built(self):
         if not self.built:
             raise RuntimeError("The model has no weights yet: pass input_dim=... or call fit first.")
-
-    def _infer_acts_now(self):
-        return self._infer_acts
 
     def predict(self, X, batch_size=4096, n_threads=None):
         """Model outputs: probabilities for cross_entropy / binary_cross_entropy, else the raw output.
@@ -487,43 +452,46 @@ class Sequential:
             raise RuntimeError("Call model.compile(...) before evaluate.")
         self._require_built()
         X = self._check_X(X)
-        target, onehot = self._check_targets(y, X.shape[0])
+        target, kind = self._check_targets(y, X.shape[0])
         sw = _validation.check_sample_weight(sample_weight, X.shape[0], self.dtype)
         with self._threads(n_threads):
-            return self._evaluate_arrays(X, target, onehot, sw, batch_size)
+            return self._evaluate_arrays(X, target, kind, sw, batch_size)
 
-    def _evaluate_arrays(self, X, target, onehot, sw, batch_size=4096):
-        saved = getattr(self, "_onehot", None), getattr(self, "_weighted", False)
-        self._onehot, self._weighted = onehot, sw.shape[0] > 0
+    def _evaluate_arrays(self, X, target, kind, sw, batch_size=4096):
+        n = X.shape[0]
+        saved = self._weighted, self._loss_kind
+        self._weighted, self._loss_kind = sw.shape[0] > 0, kind
         try:
-            n, total, wsum, correct = X.shape[0], 0.0, 0.0, 0.0
-            be, spec = self.backend, self._loss
-            kernel = getattr(be, spec.onehot_kernel if onehot else spec.kernel)
+            total, wsum, correct = 0.0, 0.0, 0.0
+            plan_i, plan_f = self._plan_arrays(self._train_acts, 1)
+            plan_f[:, _ref.P_L2] = 0.0  # the penalty is added once below, not per chunk
+            fused = self._loss_kind in (_ref.LOSS_CE, _ref.LOSS_CE_ONEHOT, _ref.LOSS_BCE)
             L = len(self._units) - 1
             for start in range(0, n, batch_size):
                 sl = slice(start, min(start + batch_size, n))
                 buf = _Buffers(self, sl.stop - start, training=True)
                 buf.x[...] = X[sl]
-                t = target[sl]
+                y, Y = (target[sl], buf.Y) if target.ndim == 1 else (buf.y, target[sl])
                 w = sw[sl] if self._weighted else sw
-                self._forward(buf, self._train_acts)
-                if spec.fused_act >= 0:
-                    loss = kernel(buf.Z[L], t, w, buf.P, buf.dA[L])
-                    out = buf.Z[L]
-                else:
-                    loss = kernel(buf.A[L], t, w, buf.dA[L])
-                    out = buf.A[L]
+                _ref.forward_units(self.backend, plan_i, plan_f, self._params, buf.x, buf.Z, buf.A)
+                loss = _ref.loss_and_grads(self.backend, plan_i, plan_f, self._params, self._grads,
+                                           buf.x, buf.Z, buf.A, buf.dA, buf.P, y, Y, w, self._loss_kind)
                 bw = float(w.sum()) if self._weighted else float(buf.n)
                 total += loss * bw
                 wsum += bw
-                correct += self._accuracy_count(out, t, onehot, None)
-            _, penalty = self._l2_terms(n)
-            result = {"loss": total / wsum + penalty}
-            if spec.labels or spec.name == "binary_cross_entropy":
+                correct += _ref.count_correct(buf.Z[L] if fused else buf.A[L], y, Y, self._loss_kind)
+            result = {"loss": total / wsum + self._penalty(n)}
+            if self._loss_kind != _ref.LOSS_MSE:
                 result["accuracy"] = correct / n
             return result
         finally:
-            self._onehot, self._weighted = saved
+            self._weighted, self._loss_kind = saved
+
+    def _penalty(self, n):
+        """The L2 penalty the training loss carries for batches of n rows."""
+        _, plan_f = self._plan_arrays(self._train_acts, n)
+        return sum(0.5 * plan_f[i, _ref.P_L2] * float(np.dot(u.W.ravel(), u.W.ravel()))
+                   for i, u in enumerate(self._units) if u.dense and plan_f[i, _ref.P_L2])
 
     # ------------------------------------------------------------- weights
     def get_weights(self):

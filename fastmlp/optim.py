@@ -22,6 +22,16 @@ class Optimizer:
         self.t = 0
         self.state = {name: np.zeros(n_params, dtype=dtype) for name in self.state_names}
 
+    def hyper(self):  # pragma: no cover - abstract
+        """The float64 hyperparameter vector of the native step loop (see reference.train_steps)."""
+        raise NotImplementedError
+
+    def states(self, np):
+        """The two state vectors the native step loop updates ((0,) where unused)."""
+        vecs = [self.state[name] for name in self.state_names]
+        empty = np.empty(0, dtype=vecs[0].dtype)
+        return (vecs + [empty, empty])[:2]
+
     def step(self, backend, params, grads):  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -40,6 +50,7 @@ class SGD(Optimizer):
     """
 
     state_names = ("buf",)
+    kind = 0  # reference.OPT_SGD
 
     def __init__(self, lr=0.01, momentum=0.0, nesterov=False):
         super().__init__(lr)
@@ -47,6 +58,9 @@ class SGD(Optimizer):
         if nesterov and momentum == 0.0:
             raise ValueError("Nesterov momentum requires momentum > 0, got momentum=0.0.")
         self.nesterov = bool(nesterov)
+
+    def hyper(self):
+        return (self.lr, self.momentum, float(self.nesterov), 0.0)
 
     def step(self, backend, params, grads):
         self.t += 1
@@ -57,11 +71,15 @@ class RMSprop(Optimizer):
     """RMSprop as ``torch.optim.RMSprop`` (alpha=rho, not centered)."""
 
     state_names = ("sq",)
+    kind = 1  # reference.OPT_RMSPROP
 
     def __init__(self, lr=0.01, rho=0.99, eps=1e-8):
         super().__init__(lr)
         self.rho = _validation.check_in_range(rho, "rho", 0.0, 1.0)
         self.eps = _validation.check_positive(eps, "eps")
+
+    def hyper(self):
+        return (self.lr, self.rho, self.eps, 0.0)
 
     def step(self, backend, params, grads):
         self.t += 1
@@ -72,12 +90,16 @@ class Adam(Optimizer):
     """Adam as ``torch.optim.Adam`` (bias-corrected, no AMSGrad)."""
 
     state_names = ("m", "v")
+    kind = 2  # reference.OPT_ADAM
 
     def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
         super().__init__(lr)
         self.beta1 = _validation.check_in_range(beta1, "beta1", 0.0, 1.0)
         self.beta2 = _validation.check_in_range(beta2, "beta2", 0.0, 1.0)
         self.eps = _validation.check_positive(eps, "eps")
+
+    def hyper(self):
+        return (self.lr, self.beta1, self.beta2, self.eps)
 
     def step(self, backend, params, grads):
         self.t += 1

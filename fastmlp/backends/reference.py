@@ -18,6 +18,7 @@ with ``inspect.signature``). Conventions shared by all of them:
   returned is the gradient of that loss.
 """
 import math
+import sys
 
 import numpy as np
 from scipy.special import erf as _erf
@@ -350,3 +351,168 @@ def sum_squares(x):
 def scale_inplace(x, factor):
     """x *= factor for a 1-D array (gradient clipping)."""
     x *= factor
+
+
+# ------------------------------------------------------------ the step loop
+# Columns of the integer plan: one row per unit (an optional dense product,
+# then an activation). New layer kinds (batch norm, dropout, residual, ...)
+# are new KIND values handled by new branches of the same loop.
+P_KIND, P_FAN_IN, P_FAN_OUT, P_ACT, P_USE_BIAS, P_W_OFF, P_B_OFF = range(7)
+KIND_ACTIVATION, KIND_DENSE = 0, 1
+# Columns of the float plan.
+P_ALPHA, P_L2 = 0, 1
+# Loss kinds.
+LOSS_CE, LOSS_CE_ONEHOT, LOSS_NLL, LOSS_BCE, LOSS_MSE = range(5)
+# Optimizer kinds; OPT_NONE computes loss and gradients without an update.
+OPT_NONE, OPT_SGD, OPT_RMSPROP, OPT_ADAM = -1, 0, 1, 2
+
+
+def forward_units(kernels, plan_i, plan_f, params, x, Z, A):
+    """Forward pass of a plan with a backend's kernels; returns the output buffer.
+
+    x : (n, d) input (IN); Z, A : per-unit pre-activation / activation
+    buffers (OUT; A[i] is Z[i] for the identity, Z[i] is A[i-1] for an
+    activation-only unit).
+    """
+    a = x
+    for i in range(plan_i.shape[0]):
+        kind, fan_in, fan_out, act, use_bias, w_off, b_off = plan_i[i]
+        if kind == KIND_DENSE:
+            W = params[w_off:w_off + fan_in * fan_out].reshape(fan_in, fan_out)
+            b = params[b_off:b_off + fan_out] if use_bias else params[:0]
+            kernels.dense_forward(a, W, b, act, plan_f[i, P_ALPHA], Z[i], A[i])
+        else:
+            kernels.act_forward(Z[i], act, plan_f[i, P_ALPHA], A[i])
+        a = A[i]
+    return a
+
+
+def loss_and_grads(kernels, plan_i, plan_f, params, grads, x, Z, A, dA, P, y, Y, sw, loss_kind):
+    """Loss at the output (plus L2 penalties) and all gradients into ``grads``.
+
+    Expects :func:`forward_units` to have filled Z and A. dA : per-unit
+    gradient buffers (OUT; dA[i-1] is dA[i] below an activation-only unit).
+    Returns the loss (float).
+    """
+    L = plan_i.shape[0] - 1
+    if loss_kind == LOSS_CE:
+        loss = kernels.softmax_cross_entropy(Z[L], y, sw, P, dA[L])
+    elif loss_kind == LOSS_CE_ONEHOT:
+        loss = kernels.softmax_cross_entropy_onehot(Z[L], Y, sw, P, dA[L])
+    elif loss_kind == LOSS_BCE:
+        loss = kernels.sigmoid_binary_cross_entropy(Z[L], Y, sw, P, dA[L])
+    elif loss_kind == LOSS_NLL:
+        loss = kernels.nll_loss(A[L], y, sw, dA[L])
+    else:
+        loss = kernels.mse_loss(A[L], Y, sw, dA[L])
+    empty2 = x[:0, :0]
+    for i in range(L, -1, -1):
+        kind, fan_in, fan_out, act, use_bias, w_off, b_off = plan_i[i]
+        if act != IDENTITY and (kind == KIND_DENSE or i > 0):
+            kernels.act_backward(Z[i], A[i], dA[i], act, plan_f[i, P_ALPHA], dA[i])
+        if kind == KIND_DENSE:
+            nw = fan_in * fan_out
+            W = params[w_off:w_off + nw].reshape(fan_in, fan_out)
+            dW = grads[w_off:w_off + nw].reshape(fan_in, fan_out)
+            db = grads[b_off:b_off + fan_out] if use_bias else grads[:0]
+            l2 = plan_f[i, P_L2]
+            if l2 != 0.0:
+                loss += 0.5 * l2 * kernels.sum_squares(W.reshape(-1))
+            kernels.dense_backward(A[i - 1] if i > 0 else x, W, dA[i], l2, dW, db,
+                                   dA[i - 1] if i > 0 else empty2)
+    return loss
+
+
+def count_correct(out, y, Y, loss_kind):
+    """Correct predictions of a batch from the training-time output (logits,
+    or log-probabilities for nll); for binary cross-entropy the mean over
+    columns of each row. Returns a float."""
+    if loss_kind in (LOSS_CE, LOSS_NLL):
+        return float(np.count_nonzero(np.argmax(out, axis=1) == y))
+    if loss_kind == LOSS_CE_ONEHOT:
+        return float(np.count_nonzero(np.argmax(out, axis=1) == np.argmax(Y, axis=1)))
+    if loss_kind == LOSS_BCE:
+        return float(np.count_nonzero((out > 0) == (Y > 0.5))) / out.shape[1]
+    return 0.0
+
+
+def optimizer_step(kernels, params, grads, opt_kind, opt_f, state1, state2, t, clip_norm):
+    """Clip the global gradient norm (``clip_norm`` > 0) and apply one update."""
+    if clip_norm > 0.0:
+        norm = math.sqrt(kernels.sum_squares(grads))
+        if norm > clip_norm:
+            kernels.scale_inplace(grads, clip_norm / (norm + 1e-6))
+    if opt_kind == OPT_SGD:
+        kernels.sgd_update(params, grads, state1, opt_f[0], opt_f[1], opt_f[2] != 0.0)
+    elif opt_kind == OPT_RMSPROP:
+        kernels.rmsprop_update(params, grads, state1, opt_f[0], opt_f[1], opt_f[2])
+    elif opt_kind == OPT_ADAM:
+        kernels.adam_update(params, grads, state1, state2, opt_f[0], opt_f[1], opt_f[2], opt_f[3], t)
+
+
+def train_steps(X, y, Y, sw, order, start, n_steps, plan_i, plan_f, params, grads,
+                x_buf, y_buf, Y_buf, sw_buf, Z, A, dA, P, loss_kind,
+                opt_kind, opt_f, state1, state2, t0, clip_norm, losses_out, correct_out):
+    """Run ``n_steps`` training steps with no Python between them (in native backends).
+
+    Step s trains on the rows ``order[start + s*bs : start + (s+1)*bs]`` with
+    ``bs = x_buf.shape[0]``: every batch of one call has exactly ``bs`` rows
+    (the caller makes a second call, with buffers of that size, for a last
+    partial batch). A step gathers the batch, runs the forward pass, the
+    fused loss, the backward pass, gradient clipping and the optimizer
+    update.
+
+    Parameters
+    ----------
+    X : (n, d) training inputs (IN)
+    y : (n,) int64 labels, or (0,) (IN)
+    Y : (n, k) real targets / one-hot rows, or (0, 0) (IN)
+    sw : (n,) sample weights, or (0,) (IN)
+    order : int64 row order, e.g. a permutation (IN)
+    start, n_steps : int
+    plan_i : int64 (n_units, 7); plan_f : float64 (n_units, 2) -- see P_* (IN);
+        the activation column holds the training activation (identity for
+        an output layer fused into the loss)
+    params, grads : flat parameter and gradient vectors (IN/OUT)
+    x_buf, y_buf, Y_buf, sw_buf : batch buffers shaped like X, y, Y, sw
+        with ``bs`` rows (or empty like their source) (OUT)
+    Z, A, dA : sequences of per-unit (bs, fan_out) buffers with the
+        aliasing of :func:`forward_units` / :func:`loss_and_grads` (OUT)
+    P : (bs, k) probabilities of the fused losses (OUT)
+    loss_kind : LOSS_*; opt_kind : OPT_*
+    opt_f : float64 (4,): SGD (lr, momentum, nesterov, 0); RMSprop (lr, rho,
+        eps, 0); Adam (lr, beta1, beta2, eps)
+    state1, state2 : optimizer state vectors (SGD buf / RMSprop sq / Adam m,
+        v), or (0,) (IN/OUT)
+    t0 : int, optimizer steps done before this call (Adam's t = t0 + s + 1)
+    clip_norm : float, 0.0 for no clipping
+    losses_out, correct_out : float64 (n_steps,) per-step loss and correct
+        count (OUT)
+
+    Returns
+    -------
+    int : steps completed; fewer than ``n_steps`` when a loss was not finite
+        (that step's loss is in losses_out and no update was applied).
+    """
+    kernels = sys.modules[__name__]
+    bs = x_buf.shape[0]
+    L = plan_i.shape[0] - 1
+    fused = loss_kind in (LOSS_CE, LOSS_CE_ONEHOT, LOSS_BCE)
+    for s in range(n_steps):
+        idx = order[start + s * bs:start + (s + 1) * bs]
+        kernels.gather_rows(X, idx, x_buf)
+        if y.shape[0]:
+            np.take(y, idx, out=y_buf)
+        if Y.shape[0]:
+            kernels.gather_rows(Y, idx, Y_buf)
+        if sw.shape[0]:
+            np.take(sw, idx, out=sw_buf)
+        forward_units(kernels, plan_i, plan_f, params, x_buf, Z, A)
+        loss = loss_and_grads(kernels, plan_i, plan_f, params, grads, x_buf, Z, A, dA, P,
+                              y_buf, Y_buf, sw_buf, loss_kind)
+        losses_out[s] = loss
+        correct_out[s] = count_correct(Z[L] if fused else A[L], y_buf, Y_buf, loss_kind)
+        if not math.isfinite(loss):
+            return s
+        optimizer_step(kernels, params, grads, opt_kind, opt_f, state1, state2, t0 + s + 1, clip_norm)
+    return n_steps
