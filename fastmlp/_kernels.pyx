@@ -1,0 +1,1232 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Compiled kernels: the Cython implementation of :mod:`fastmlp.backends.reference`.
+
+Every kernel exists twice:
+
+* ``c_<name>``: a ``cdef ... noexcept nogil`` function on typed memoryviews,
+  callable from a ``nogil`` loop in this module (the whole-epoch training
+  loop). It checks nothing: shapes, label ranges and activation codes must
+  already be valid. Losses return the loss as a double.
+* ``<name>``: the Python ``def`` wrapper with the reference signature. It
+  checks shapes, labels and indices (a wrong shape would otherwise write out
+  of bounds), releases the GIL and calls ``c_<name>``.
+
+Arrays are C-contiguous float32 or float64 (the fused type ``floating``);
+labels and row indices are int64. Element-wise maths runs in the array's
+dtype, sums are accumulated in double. Matrix products call BLAS through
+``scipy.linalg.cython_blas``. Loops over independent rows (or chunks of a
+1-D array) run under ``prange`` when ``set_num_threads(n > 1)`` was called
+and the work is large enough to repay a parallel region.
+"""
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.math cimport (
+    erf, erff, exp, expf, expm1, expm1f, fabs, fabsf, log, log1p, log1pf, logf,
+    isfinite, pow, sqrt, sqrtf, tanh, tanhf,
+)
+from libc.stdint cimport int64_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy, memset
+
+cimport numpy as cnp
+
+cnp.import_array()
+from scipy.linalg.cython_blas cimport dgemm, sgemm
+
+# Mirrors fastmlp.activations (checked at import by backends/cython_backend.py).
+cdef enum:
+    IDENTITY = 0
+    SIGMOID = 1
+    TANH = 2
+    RELU = 3
+    LEAKY_RELU = 4
+    ELU = 5
+    SELU = 6
+    SOFTPLUS = 7
+    SWISH = 8
+    GELU = 9
+    STEP = 10
+    SOFTMAX = 11
+    LOG_SOFTMAX = 12
+    N_ACTIVATIONS = 13
+
+ACTIVATION_CODES = {
+    "IDENTITY": IDENTITY, "SIGMOID": SIGMOID, "TANH": TANH, "RELU": RELU,
+    "LEAKY_RELU": LEAKY_RELU, "ELU": ELU, "SELU": SELU, "SOFTPLUS": SOFTPLUS,
+    "SWISH": SWISH, "GELU": GELU, "STEP": STEP, "SOFTMAX": SOFTMAX,
+    "LOG_SOFTMAX": LOG_SOFTMAX,
+}
+
+cdef double SELU_ALPHA = 1.6732632423543772848170429916717
+cdef double SELU_SCALE = 1.0507009873554804934193349852946
+cdef double SQRT_HALF = 0.70710678118654752440084436210485
+cdef double INV_SQRT_2PI = 0.39894228040143267793994605993438
+
+cdef int _n_threads = 1
+# Below this many elements a parallel region costs more than it saves (and on
+# a busy machine a region whose threads wait for a core costs milliseconds).
+cdef Py_ssize_t _par_min_work = 65536
+
+
+def set_num_threads(int n_threads):
+    """Bound the OpenMP threads of this module's loops (BLAS is bounded by
+    the caller through threadpoolctl)."""
+    global _n_threads
+    _n_threads = n_threads if n_threads > 1 else 1
+
+
+def get_num_threads():
+    return _n_threads
+
+
+def _set_parallel_min_work(Py_ssize_t n):
+    """Testing hook: the work (elements) from which loops go parallel; returns the old value."""
+    global _par_min_work
+    old, _par_min_work = _par_min_work, n
+    return old
+
+
+cdef inline bint _parallel(Py_ssize_t work) noexcept nogil:
+    return _n_threads > 1 and work >= _par_min_work
+
+
+# ------------------------------------------------------- scalar maths by dtype
+cdef inline floating _exp(floating x) noexcept nogil:
+    if floating is float:
+        return expf(x)
+    else:
+        return exp(x)
+
+
+cdef inline floating _expm1(floating x) noexcept nogil:
+    if floating is float:
+        return expm1f(x)
+    else:
+        return expm1(x)
+
+
+cdef inline floating _log1p(floating x) noexcept nogil:
+    if floating is float:
+        return log1pf(x)
+    else:
+        return log1p(x)
+
+
+cdef inline floating _tanh(floating x) noexcept nogil:
+    if floating is float:
+        return tanhf(x)
+    else:
+        return tanh(x)
+
+
+cdef inline floating _erf(floating x) noexcept nogil:
+    if floating is float:
+        return erff(x)
+    else:
+        return erf(x)
+
+
+cdef inline floating _sqrt(floating x) noexcept nogil:
+    if floating is float:
+        return sqrtf(x)
+    else:
+        return sqrt(x)
+
+
+cdef inline floating _fabs(floating x) noexcept nogil:
+    if floating is float:
+        return fabsf(x)
+    else:
+        return fabs(x)
+
+
+cdef inline floating _sigmoid(floating x) noexcept nogil:
+    # exp of a non-positive number only: no overflow for either sign.
+    cdef floating e = _exp(-_fabs(x))
+    if x >= 0:
+        return 1 / (1 + e)
+    return e / (1 + e)
+
+
+cdef inline floating _softplus(floating x) noexcept nogil:
+    # PyTorch's threshold 20, written without overflow below it.
+    if x > 20:
+        return x
+    return (x if x > 0 else 0) + _log1p(_exp(-_fabs(x)))
+
+
+cdef inline floating _row_max(const floating* z, Py_ssize_t k) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef floating m = z[0]
+    for j in range(1, k):
+        if z[j] > m:
+            m = z[j]
+    return m
+
+
+# ------------------------------------------------------------ linear algebra
+cdef void _gemm_p(const floating* A, const floating* B, floating* C, int m, int n, int kk,
+                  bint trans_a, bint trans_b, double beta) noexcept nogil:
+    """C (m, n) = op(A) (m, kk) @ op(B) (kk, n) + beta * C, on row-major pointers."""
+    # Row-major C is column-major C^T = op(B)^T op(A)^T: swap the operands.
+    cdef char ta = b'T' if trans_b else b'N'
+    cdef char tb = b'T' if trans_a else b'N'
+    cdef int lda = kk if trans_b else n      # columns of B as stored
+    cdef int ldb = m if trans_a else kk      # columns of A as stored
+    cdef int ldc = n
+    cdef floating one = 1
+    cdef floating fbeta = <floating>beta
+    cdef Py_ssize_t i
+    if m == 0 or n == 0:
+        return
+    if kk == 0:  # empty product: BLAS would reject the leading dimensions
+        for i in range(<Py_ssize_t>m * n):
+            C[i] = 0 if beta == 0.0 else fbeta * C[i]
+        return
+    if floating is float:
+        sgemm(&ta, &tb, &n, &m, &kk, &one, <float*>B, &lda, <float*>A, &ldb, &fbeta, C, &ldc)
+    else:
+        dgemm(&ta, &tb, &n, &m, &kk, &one, <double*>B, &lda, <double*>A, &ldb, &fbeta, C, &ldc)
+
+
+cdef void c_gemm(const floating[:, ::1] A, const floating[:, ::1] B, floating[:, ::1] C,
+                 bint trans_a, bint trans_b, double beta) noexcept nogil:
+    """C = op(A) @ op(B) + beta * C; C is (m, n), op(A) is (m, kk)."""
+    cdef int kk = <int>(A.shape[0] if trans_a else A.shape[1])
+    if C.shape[0] == 0 or C.shape[1] == 0:
+        return
+    _gemm_p(&A[0, 0] if A.shape[0] * A.shape[1] else NULL,
+            &B[0, 0] if B.shape[0] * B.shape[1] else NULL,
+            &C[0, 0], <int>C.shape[0], <int>C.shape[1], kk, trans_a, trans_b, beta)
+
+
+cdef void c_gather_rows(const floating[:, ::1] X, const int64_t[::1] idx,
+                        floating[:, ::1] out) noexcept nogil:
+    """out[i] = X[idx[i]]; idx must lie in [0, X.shape[0])."""
+    cdef Py_ssize_t i, n = idx.shape[0], d = X.shape[1]
+    cdef size_t nbytes = d * sizeof(floating)
+    if d == 0:
+        return
+    if _parallel(n * d):
+        for i in prange(n, schedule='static', nogil=True, num_threads=_n_threads):
+            memcpy(&out[i, 0], &X[idx[i], 0], nbytes)
+    else:
+        for i in range(n):
+            memcpy(&out[i, 0], &X[idx[i], 0], nbytes)
+
+
+# ------------------------------------------------------------ activations
+cdef void _act_row(const floating* z, floating* a, Py_ssize_t k, int act,
+                   floating alpha) noexcept nogil:
+    """a = f(z) over one row of k values; a may be z. One loop per code so
+    that each can vectorize."""
+    cdef Py_ssize_t j
+    cdef floating x, m, lse
+    cdef double acc
+    if k == 0:
+        return
+    if act == IDENTITY:
+        if <const floating*>a != z:
+            memcpy(a, z, k * sizeof(floating))
+    elif act == SIGMOID:
+        for j in range(k):
+            a[j] = _sigmoid(z[j])
+    elif act == TANH:
+        for j in range(k):
+            a[j] = _tanh(z[j])
+    elif act == RELU:
+        for j in range(k):
+            x = z[j]
+            a[j] = 0 if x < 0 else x  # NaN propagates, as np.maximum
+    elif act == LEAKY_RELU:
+        for j in range(k):
+            x = z[j]
+            a[j] = x if x > 0 else alpha * x
+    elif act == ELU:
+        for j in range(k):
+            x = z[j]
+            a[j] = x if x > 0 else alpha * _expm1(x if x < 0 else <floating>0)
+    elif act == SELU:
+        for j in range(k):
+            x = z[j]
+            a[j] = <floating>SELU_SCALE * (
+                x if x > 0 else <floating>SELU_ALPHA * _expm1(x if x < 0 else <floating>0))
+    elif act == SOFTPLUS:
+        for j in range(k):
+            a[j] = _softplus(z[j])
+    elif act == SWISH:
+        for j in range(k):
+            x = z[j]
+            a[j] = x * _sigmoid(x)
+    elif act == GELU:
+        for j in range(k):
+            x = z[j]
+            a[j] = <floating>0.5 * x * (1 + _erf(x * <floating>SQRT_HALF))
+    elif act == STEP:
+        for j in range(k):
+            a[j] = 1 if z[j] > 0 else 0
+    elif act == SOFTMAX:
+        m = _row_max(z, k)
+        acc = 0.0
+        for j in range(k):
+            x = _exp(z[j] - m)
+            a[j] = x
+            acc += x
+        x = <floating>acc
+        for j in range(k):
+            a[j] = a[j] / x
+    elif act == LOG_SOFTMAX:
+        m = _row_max(z, k)
+        acc = 0.0
+        for j in range(k):
+            acc += _exp(z[j] - m)
+        lse = <floating>log(acc)
+        for j in range(k):
+            a[j] = (z[j] - m) - lse
+
+
+cdef void c_act_forward(const floating[:, ::1] Z, int act, double alpha,
+                        floating[:, ::1] A) noexcept nogil:
+    """A = f(Z), (n, k); A may be Z."""
+    cdef Py_ssize_t i, n = Z.shape[0], k = Z.shape[1]
+    cdef floating falpha = <floating>alpha
+    if _parallel(n * k):
+        for i in prange(n, schedule='static', nogil=True, num_threads=_n_threads):
+            _act_row(&Z[i, 0], &A[i, 0], k, act, falpha)
+    else:
+        for i in range(n):
+            _act_row(&Z[i, 0], &A[i, 0], k, act, falpha)
+
+
+cdef inline void _bias_act_row(floating* z, const floating* b, floating* a, Py_ssize_t k,
+                               bint has_bias, int act, floating alpha) noexcept nogil:
+    cdef Py_ssize_t j
+    if has_bias:
+        for j in range(k):
+            z[j] = z[j] + b[j]
+    _act_row(z, a, k, act, alpha)
+
+
+cdef void c_bias_act_forward(floating[:, ::1] Z, const floating[::1] b, int act, double alpha,
+                             floating[:, ::1] A) noexcept nogil:
+    """Z += b (skipped when b is empty), then A = f(Z); A may be Z."""
+    cdef Py_ssize_t i, n = Z.shape[0], k = Z.shape[1]
+    cdef bint has_bias = b.shape[0] != 0
+    cdef floating falpha = <floating>alpha
+    if n == 0 or k == 0:
+        return
+    if _parallel(n * k):
+        for i in prange(n, schedule='static', nogil=True, num_threads=_n_threads):
+            _bias_act_row(&Z[i, 0], &b[0], &A[i, 0], k, has_bias, act, falpha)
+    else:
+        for i in range(n):
+            _bias_act_row(&Z[i, 0], &b[0], &A[i, 0], k, has_bias, act, falpha)
+
+
+cdef void c_dense_forward(const floating[:, ::1] X, const floating[:, ::1] W,
+                          const floating[::1] b, int act, double alpha,
+                          floating[:, ::1] Z, floating[:, ::1] A) noexcept nogil:
+    """Z = X @ W + b, A = f(Z)."""
+    c_gemm(X, W, Z, False, False, 0.0)
+    c_bias_act_forward(Z, b, act, alpha, A)
+
+
+cdef void _act_grad_row(const floating* z, const floating* a, const floating* da,
+                        floating* dz, Py_ssize_t k, int act, floating alpha) noexcept nogil:
+    """dz = da * f'(z) over one row (a vector-Jacobian product for the
+    row-wise codes); dz may be da."""
+    cdef Py_ssize_t j
+    cdef floating x, s, e
+    cdef double acc
+    if k == 0:
+        return
+    if act == IDENTITY:
+        if <const floating*>dz != da:
+            memcpy(dz, da, k * sizeof(floating))
+    elif act == SIGMOID:
+        for j in range(k):
+            dz[j] = da[j] * (a[j] * (1 - a[j]))
+    elif act == TANH:
+        for j in range(k):
+            dz[j] = da[j] * (1 - a[j] * a[j])
+    elif act == RELU:
+        for j in range(k):
+            dz[j] = da[j] * (1 if z[j] > 0 else 0)
+    elif act == LEAKY_RELU:
+        for j in range(k):
+            dz[j] = da[j] * (1 if z[j] > 0 else alpha)
+    elif act == ELU:
+        for j in range(k):
+            x = z[j]
+            dz[j] = da[j] * (1 if x > 0 else alpha * _exp(x))
+    elif act == SELU:
+        for j in range(k):
+            x = z[j]
+            dz[j] = da[j] * (<floating>SELU_SCALE * (1 if x > 0 else <floating>SELU_ALPHA * _exp(x)))
+    elif act == SOFTPLUS:
+        for j in range(k):
+            x = z[j]
+            dz[j] = da[j] * (1 if x > 20 else _sigmoid(x))
+    elif act == SWISH:
+        for j in range(k):
+            x = z[j]
+            s = _sigmoid(x)
+            dz[j] = da[j] * (s * (1 + x * (1 - s)))
+    elif act == GELU:
+        for j in range(k):
+            x = z[j]
+            dz[j] = da[j] * (<floating>0.5 * (1 + _erf(x * <floating>SQRT_HALF))
+                             + x * <floating>INV_SQRT_2PI * _exp(<floating>-0.5 * x * x))
+    elif act == STEP:  # zero derivative; the def wrapper refuses it
+        memset(dz, 0, k * sizeof(floating))
+    elif act == SOFTMAX:
+        acc = 0.0
+        for j in range(k):
+            acc += da[j] * a[j]
+        s = <floating>acc
+        for j in range(k):
+            dz[j] = a[j] * (da[j] - s)
+    elif act == LOG_SOFTMAX:
+        acc = 0.0
+        for j in range(k):
+            acc += da[j]
+        s = <floating>acc
+        for j in range(k):
+            dz[j] = da[j] - _exp(a[j]) * s
+
+
+cdef void c_act_backward(const floating[:, ::1] Z, const floating[:, ::1] A,
+                         const floating[:, ::1] dA, int act, double alpha,
+                         floating[:, ::1] dZ) noexcept nogil:
+    """dZ = dA * f'(Z), (n, k); dZ may be dA."""
+    cdef Py_ssize_t i, n = Z.shape[0], k = Z.shape[1]
+    cdef floating falpha = <floating>alpha
+    if _parallel(n * k):
+        for i in prange(n, schedule='static', nogil=True, num_threads=_n_threads):
+            _act_grad_row(&Z[i, 0], &A[i, 0], &dA[i, 0], &dZ[i, 0], k, act, falpha)
+    else:
+        for i in range(n):
+            _act_grad_row(&Z[i, 0], &A[i, 0], &dA[i, 0], &dZ[i, 0], k, act, falpha)
+
+
+cdef inline void _col_sums(const floating[:, ::1] dZ, floating* db, Py_ssize_t j0,
+                           Py_ssize_t j1) noexcept nogil:
+    # Row after row, as NumPy's axis-0 sum of a C array: same rounding.
+    cdef Py_ssize_t i, j, n = dZ.shape[0]
+    cdef const floating* row
+    for j in range(j0, j1):
+        db[j] = 0
+    for i in range(n):
+        row = &dZ[i, 0]
+        for j in range(j0, j1):
+            db[j] = db[j] + row[j]
+
+
+cdef void c_bias_grad(const floating[:, ::1] dZ, floating[::1] db) noexcept nogil:
+    """db = dZ.sum(axis=0), (k,)."""
+    cdef Py_ssize_t t, n = dZ.shape[0], k = dZ.shape[1]
+    cdef Py_ssize_t block = 64, nblocks = (k + block - 1) // block
+    if k == 0:
+        return
+    if _parallel(n * k) and nblocks > 1:
+        for t in prange(nblocks, schedule='static', nogil=True, num_threads=_n_threads):
+            _col_sums(dZ, &db[0], t * block, min(k, (t + 1) * block))
+    else:
+        _col_sums(dZ, &db[0], 0, k)
+
+
+cdef void c_dense_backward(const floating[:, ::1] X, const floating[:, ::1] W,
+                           const floating[:, ::1] dZ, double l2, floating[:, ::1] dW,
+                           floating[::1] db, floating[:, ::1] dX) noexcept nogil:
+    """dW = X.T @ dZ + l2 * W; db = dZ.sum(0) unless db is empty;
+    dX = dZ @ W.T unless dX is empty."""
+    if l2 != 0.0:
+        if W.shape[0] * W.shape[1]:
+            memcpy(&dW[0, 0], &W[0, 0], W.shape[0] * W.shape[1] * sizeof(floating))
+        c_gemm(X, dZ, dW, True, False, l2)
+    else:
+        c_gemm(X, dZ, dW, True, False, 0.0)
+    if db.shape[0] != 0:
+        c_bias_grad(dZ, db)
+    if dX.shape[0] * dX.shape[1] != 0:
+        c_gemm(dZ, W, dX, False, True, 0.0)
+
+
+# ------------------------------------------------------------ fused losses
+cdef inline double _weight_sum(const floating[::1] sw, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef double s = 0.0
+    if sw.shape[0] == 0:
+        return <double>n
+    for i in range(n):
+        s += sw[i]
+    return s
+
+
+cdef inline double _weight(const floating[::1] sw, Py_ssize_t i) noexcept nogil:
+    return 1.0 if sw.shape[0] == 0 else <double>sw[i]
+
+
+cdef double _sce_row(const floating* z, int64_t y, floating c, floating* p, floating* dz,
+                     Py_ssize_t k) noexcept nogil:
+    """Row of softmax + cross-entropy: returns lse - s[y]; p, dz may be z."""
+    cdef Py_ssize_t j
+    cdef floating m, lse, x
+    cdef double acc = 0.0, loss
+    if k == 0:
+        return 0.0
+    m = _row_max(z, k)
+    for j in range(k):
+        acc += _exp(z[j] - m)
+    lse = <floating>log(acc)
+    loss = <double>(lse - (z[y] - m))
+    for j in range(k):
+        x = _exp((z[j] - m) - lse)
+        p[j] = x
+        dz[j] = (x - (1 if j == y else 0)) * c
+    return loss
+
+
+cdef double c_softmax_cross_entropy(const floating[:, ::1] Z, const int64_t[::1] y,
+                                    const floating[::1] sample_weight, floating[:, ::1] P,
+                                    floating[:, ::1] dZ) noexcept nogil:
+    """Weighted mean cross-entropy of softmax(Z) against labels y; P, dZ (OUT)."""
+    cdef Py_ssize_t i, n = Z.shape[0], k = Z.shape[1]
+    cdef double wsum = _weight_sum(sample_weight, n), w, total = 0.0
+    if _parallel(n * k):
+        for i in prange(n, schedule='static', nogil=True, num_threads=_n_threads):
+            w = _weight(sample_weight, i)
+            total += w * _sce_row(&Z[i, 0], y[i], <floating>(w / wsum), &P[i, 0], &dZ[i, 0], k)
+    else:
+        for i in range(n):
+            w = _weight(sample_weight, i)
+            total += w * _sce_row(&Z[i, 0], y[i], <floating>(w / wsum), &P[i, 0], &dZ[i, 0], k)
+    return total / wsum
+
+
+cdef double _sce_onehot_row(const floating* z, const floating* t, floating c, floating* p,
+                            floating* dz, Py_ssize_t k) noexcept nogil:
+    """Row of softmax + cross-entropy with target row t: returns -sum t*log p."""
+    cdef Py_ssize_t j
+    cdef floating m, lse, logp, x, tsum
+    cdef double acc = 0.0, tacc = 0.0, loss = 0.0
+    if k == 0:
+        return 0.0
+    m = _row_max(z, k)
+    for j in range(k):
+        acc += _exp(z[j] - m)
+        tacc += t[j]
+    lse = <floating>log(acc)
+    tsum = <floating>tacc
+    for j in range(k):
+        logp = (z[j] - m) - lse
+        loss -= t[j] * logp
+        x = _exp(logp)
+        p[j] = x
+        dz[j] = (x * tsum - t[j]) * c
+    return loss
+
+
+cdef double c_softmax_cross_entropy_onehot(const floating[:, ::1] Z, const floating[:, ::1] Y,
+                                           const floating[::1] sample_weight, floating[:, ::1] P,
+                                           floating[:, ::1] dZ) noexcept nogil:
+    """As c_softmax_cross_entropy with probability targets Y, (n, k)."""
+    cdef Py_ssize_t i, n = Z.shape[0], k = Z.shape[1]
+    cdef double wsum = _weight_sum(sample_weight, n), w, total = 0.0
+    if _parallel(n * k):
+        for i in prange(n, schedule='static', nogil=True, num_threads=_n_threads):
+            w = _weight(sample_weight, i)
+            total += w * _sce_onehot_row(&Z[i, 0], &Y[i, 0], <floating>(w / wsum),
+                                         &P[i, 0], &dZ[i, 0], k)
+    else:
+        for i in range(n):
+            w = _weight(sample_weight, i)
+            total += w * _sce_onehot_row(&Z[i, 0], &Y[i, 0], <floating>(w / wsum),
+                                         &P[i, 0], &dZ[i, 0], k)
+    return total / wsum
+
+
+cdef double c_nll_loss(const floating[:, ::1] logP, const int64_t[::1] y,
+                       const floating[::1] sample_weight, floating[:, ::1] dlogP) noexcept nogil:
+    """Weighted mean of -logP[i, y[i]]; dlogP (OUT) is -w_i / sum(w) at y[i], else 0."""
+    cdef Py_ssize_t i, n = logP.shape[0], k = logP.shape[1]
+    cdef double wsum = _weight_sum(sample_weight, n), w, total = 0.0
+    cdef double lp
+    if k == 0:
+        return total / wsum
+    for i in range(n):
+        w = _weight(sample_weight, i)
+        lp = logP[i, y[i]]  # read before zeroing: dlogP may be logP
+        total += w * lp
+        memset(&dlogP[i, 0], 0, k * sizeof(floating))
+        dlogP[i, y[i]] = -<floating>(w / wsum)
+    return -total / wsum
+
+
+cdef double _bce_row(const floating* z, const floating* t, floating c, floating* p,
+                     floating* dz, Py_ssize_t k) noexcept nogil:
+    """Row of sigmoid + binary cross-entropy (softplus form): returns the row's sum."""
+    cdef Py_ssize_t j
+    cdef floating x, s
+    cdef double loss = 0.0
+    for j in range(k):
+        x = z[j]
+        loss += (x if x > 0 else 0) - x * t[j] + _log1p(_exp(-_fabs(x)))
+        s = _sigmoid(x)
+        p[j] = s
+        dz[j] = (s - t[j]) * c
+    return loss
+
+
+cdef double c_sigmoid_binary_cross_entropy(const floating[:, ::1] Z, const floating[:, ::1] Y,
+                                           const floating[::1] sample_weight, floating[:, ::1] P,
+                                           floating[:, ::1] dZ) noexcept nogil:
+    """Weighted mean (over rows, then columns) of BCE-with-logits; P, dZ (OUT)."""
+    cdef Py_ssize_t i, n = Z.shape[0], k = Z.shape[1]
+    cdef double denom = _weight_sum(sample_weight, n) * k, w, total = 0.0
+    if _parallel(n * k):
+        for i in prange(n, schedule='static', nogil=True, num_threads=_n_threads):
+            w = _weight(sample_weight, i)
+            total += w * _bce_row(&Z[i, 0], &Y[i, 0], <floating>(w / denom), &P[i, 0],
+                                  &dZ[i, 0], k)
+    else:
+        for i in range(n):
+            w = _weight(sample_weight, i)
+            total += w * _bce_row(&Z[i, 0], &Y[i, 0], <floating>(w / denom), &P[i, 0],
+                                  &dZ[i, 0], k)
+    return total / denom
+
+
+cdef double _mse_row(const floating* yhat, const floating* t, floating c, floating* dy,
+                     Py_ssize_t k) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef floating diff
+    cdef double loss = 0.0
+    for j in range(k):
+        diff = yhat[j] - t[j]
+        loss += diff * diff
+        dy[j] = diff * c
+    return loss
+
+
+cdef double c_mse_loss(const floating[:, ::1] Yhat, const floating[:, ::1] Y,
+                       const floating[::1] sample_weight, floating[:, ::1] dYhat) noexcept nogil:
+    """Weighted mean squared error (mean over columns too); dYhat (OUT)."""
+    cdef Py_ssize_t i, n = Yhat.shape[0], k = Yhat.shape[1]
+    cdef double denom = _weight_sum(sample_weight, n) * k, w, total = 0.0
+    if _parallel(n * k):
+        for i in prange(n, schedule='static', nogil=True, num_threads=_n_threads):
+            w = _weight(sample_weight, i)
+            total += w * _mse_row(&Yhat[i, 0], &Y[i, 0], <floating>(2.0 * w / denom),
+                                  &dYhat[i, 0], k)
+    else:
+        for i in range(n):
+            w = _weight(sample_weight, i)
+            total += w * _mse_row(&Yhat[i, 0], &Y[i, 0], <floating>(2.0 * w / denom),
+                                  &dYhat[i, 0], k)
+    return total / denom
+
+
+# ------------------------------------------------------------ optimizers
+# Each update is a span kernel over [0, n) of raw pointers; the driver runs it
+# once, or on one contiguous chunk per thread.
+cdef inline Py_ssize_t _chunk(Py_ssize_t n, int nt) noexcept nogil:
+    return (n + nt - 1) // nt
+
+
+cdef inline void _sgd_span(floating* p, const floating* g, floating* buf, Py_ssize_t n,
+                           floating lr, floating mom, bint nesterov) noexcept nogil:
+    cdef Py_ssize_t i
+    if mom == 0:
+        for i in range(n):
+            p[i] -= lr * g[i]
+    elif nesterov:
+        for i in range(n):
+            buf[i] = buf[i] * mom + g[i]
+            p[i] -= lr * (g[i] + mom * buf[i])
+    else:
+        for i in range(n):
+            buf[i] = buf[i] * mom + g[i]
+            p[i] -= lr * buf[i]
+
+
+cdef void c_sgd_update(floating[::1] p, const floating[::1] g, floating[::1] buf, double lr,
+                       double momentum, bint nesterov) noexcept nogil:
+    """SGD as torch.optim.SGD (dampening 0); buf untouched without momentum."""
+    cdef Py_ssize_t t, s, n = p.shape[0], c
+    cdef int nt = _n_threads
+    cdef floating flr = <floating>lr, fmom = <floating>momentum
+    cdef floating* pbuf = NULL
+    if n == 0:
+        return
+    if momentum != 0.0:
+        pbuf = &buf[0]
+    if _parallel(n):
+        c = _chunk(n, nt)
+        for t in prange(nt, schedule='static', nogil=True, num_threads=nt):
+            s = t * c
+            if s < n:
+                _sgd_span(&p[s], &g[s], pbuf + s if pbuf != NULL else NULL,
+                          min(c, n - s), flr, fmom, nesterov)
+    else:
+        _sgd_span(&p[0], &g[0], pbuf, n, flr, fmom, nesterov)
+
+
+cdef inline void _rmsprop_span(floating* p, const floating* g, floating* sq, Py_ssize_t n,
+                               floating lr, floating rho, floating one_m_rho,
+                               floating eps) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        sq[i] = sq[i] * rho + one_m_rho * g[i] * g[i]
+        p[i] -= lr * g[i] / (_sqrt(sq[i]) + eps)
+
+
+cdef void c_rmsprop_update(floating[::1] p, const floating[::1] g, floating[::1] sq, double lr,
+                           double rho, double eps) noexcept nogil:
+    """RMSprop as torch.optim.RMSprop (alpha=rho, centered=False)."""
+    cdef Py_ssize_t t, s, n = p.shape[0], c
+    cdef int nt = _n_threads
+    cdef floating flr = <floating>lr, frho = <floating>rho, f1mr = <floating>(1.0 - rho)
+    cdef floating feps = <floating>eps
+    if n == 0:
+        return
+    if _parallel(n):
+        c = _chunk(n, nt)
+        for t in prange(nt, schedule='static', nogil=True, num_threads=nt):
+            s = t * c
+            if s < n:
+                _rmsprop_span(&p[s], &g[s], &sq[s], min(c, n - s), flr, frho, f1mr, feps)
+    else:
+        _rmsprop_span(&p[0], &g[0], &sq[0], n, flr, frho, f1mr, feps)
+
+
+cdef inline void _adam_span(floating* p, const floating* g, floating* m, floating* v,
+                            Py_ssize_t n, floating b1, floating one_m_b1, floating b2,
+                            floating one_m_b2, floating step_size, floating bc2_sqrt,
+                            floating eps) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        m[i] = m[i] * b1 + one_m_b1 * g[i]
+        v[i] = v[i] * b2 + one_m_b2 * g[i] * g[i]
+        p[i] -= step_size * m[i] / (_sqrt(v[i]) / bc2_sqrt + eps)
+
+
+cdef void c_adam_update(floating[::1] p, const floating[::1] g, floating[::1] m, floating[::1] v,
+                        double lr, double beta1, double beta2, double eps,
+                        double step) noexcept nogil:
+    """Adam as torch.optim.Adam (bias-corrected; step counts from 1)."""
+    cdef Py_ssize_t t, s, n = p.shape[0], c
+    cdef int nt = _n_threads
+    cdef floating b1 = <floating>beta1, b2 = <floating>beta2
+    cdef floating omb1 = <floating>(1.0 - beta1), omb2 = <floating>(1.0 - beta2)
+    cdef floating step_size = <floating>(lr / (1.0 - pow(beta1, step)))
+    cdef floating bc2_sqrt = <floating>sqrt(1.0 - pow(beta2, step))
+    cdef floating feps = <floating>eps
+    if n == 0:
+        return
+    if _parallel(n):
+        c = _chunk(n, nt)
+        for t in prange(nt, schedule='static', nogil=True, num_threads=nt):
+            s = t * c
+            if s < n:
+                _adam_span(&p[s], &g[s], &m[s], &v[s], min(c, n - s), b1, omb1, b2, omb2,
+                           step_size, bc2_sqrt, feps)
+    else:
+        _adam_span(&p[0], &g[0], &m[0], &v[0], n, b1, omb1, b2, omb2, step_size, bc2_sqrt,
+                   feps)
+
+
+cdef inline double _sumsq_span(const floating* x, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef double s = 0.0
+    for i in range(n):
+        s += <double>x[i] * x[i]
+    return s
+
+
+cdef double c_sum_squares(const floating[::1] x) noexcept nogil:
+    """sum(x**2), accumulated in double."""
+    cdef Py_ssize_t t, s, n = x.shape[0], c
+    cdef int nt = _n_threads
+    cdef double total = 0.0
+    if n == 0:
+        return 0.0
+    if _parallel(n):
+        c = _chunk(n, nt)
+        for t in prange(nt, schedule='static', nogil=True, num_threads=nt):
+            s = t * c
+            if s < n:
+                total += _sumsq_span(&x[s], min(c, n - s))
+        return total
+    return _sumsq_span(&x[0], n)
+
+
+cdef void c_scale_inplace(floating[::1] x, double factor) noexcept nogil:
+    """x *= factor."""
+    cdef Py_ssize_t i, n = x.shape[0]
+    cdef floating f = <floating>factor
+    for i in range(n):
+        x[i] = x[i] * f
+
+
+# ------------------------------------------------------------ def wrappers
+cdef _shape_error(str what, tuple got, tuple expected):
+    raise ValueError(f"{what} has shape {got}, expected {expected}.")
+
+
+cdef inline _check2(str what, Py_ssize_t r, Py_ssize_t c, Py_ssize_t er, Py_ssize_t ec):
+    if r != er or c != ec:
+        _shape_error(what, (r, c), (er, ec))
+
+
+cdef inline _check_act(int act):
+    if act < 0 or act >= N_ACTIVATIONS:
+        raise ValueError(f"unknown activation code {act}")
+
+
+cdef inline _check_weights(Py_ssize_t nw, Py_ssize_t n):
+    if nw != 0 and nw != n:
+        raise ValueError(f"sample_weight has length {nw}, expected {n} or 0.")
+
+
+cdef Py_ssize_t _first_out_of_range(const int64_t[::1] v, Py_ssize_t hi) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(v.shape[0]):
+        if v[i] < 0 or v[i] >= hi:
+            return i
+    return -1
+
+
+cdef _check_labels(str what, const int64_t[::1] v, Py_ssize_t n, Py_ssize_t hi):
+    cdef Py_ssize_t bad
+    if v.shape[0] != n:
+        raise ValueError(f"{what} has length {v.shape[0]}, expected {n}.")
+    with nogil:
+        bad = _first_out_of_range(v, hi)
+    if bad >= 0:
+        raise IndexError(f"{what}[{bad}] = {v[bad]} is outside [0, {hi}).")
+
+
+def gemm(const floating[:, ::1] A, const floating[:, ::1] B, floating[:, ::1] C,
+         bint trans_a, bint trans_b, double beta):
+    """C = op(A) @ op(B) + beta * C (see reference.gemm)."""
+    cdef Py_ssize_t m = A.shape[1] if trans_a else A.shape[0]
+    cdef Py_ssize_t ka = A.shape[0] if trans_a else A.shape[1]
+    cdef Py_ssize_t kb = B.shape[1] if trans_b else B.shape[0]
+    cdef Py_ssize_t n = B.shape[0] if trans_b else B.shape[1]
+    if ka != kb:
+        raise ValueError(f"gemm: op(A) has {ka} columns but op(B) has {kb} rows.")
+    _check2("C", C.shape[0], C.shape[1], m, n)
+    with nogil:
+        c_gemm(A, B, C, trans_a, trans_b, beta)
+
+
+def gather_rows(const floating[:, ::1] X, const int64_t[::1] idx, floating[:, ::1] out):
+    """out[i] = X[idx[i]] (see reference.gather_rows)."""
+    _check2("out", out.shape[0], out.shape[1], idx.shape[0], X.shape[1])
+    _check_labels("idx", idx, idx.shape[0], X.shape[0])
+    with nogil:
+        c_gather_rows(X, idx, out)
+
+
+def act_forward(const floating[:, ::1] Z, int act, double alpha, floating[:, ::1] A):
+    """A = f(Z) (see reference.act_forward)."""
+    _check_act(act)
+    _check2("A", A.shape[0], A.shape[1], Z.shape[0], Z.shape[1])
+    with nogil:
+        c_act_forward(Z, act, alpha, A)
+
+
+def bias_act_forward(floating[:, ::1] Z, const floating[::1] b, int act, double alpha,
+                     floating[:, ::1] A):
+    """Z += b, A = f(Z) (see reference.bias_act_forward)."""
+    _check_act(act)
+    if b.shape[0] != 0 and b.shape[0] != Z.shape[1]:
+        raise ValueError(f"b has length {b.shape[0]}, expected {Z.shape[1]} or 0.")
+    _check2("A", A.shape[0], A.shape[1], Z.shape[0], Z.shape[1])
+    with nogil:
+        c_bias_act_forward(Z, b, act, alpha, A)
+
+
+def dense_forward(const floating[:, ::1] X, const floating[:, ::1] W, const floating[::1] b,
+                  int act, double alpha, floating[:, ::1] Z, floating[:, ::1] A):
+    """Z = X @ W + b, A = f(Z) (see reference.dense_forward)."""
+    _check_act(act)
+    if X.shape[1] != W.shape[0]:
+        raise ValueError(f"X has {X.shape[1]} columns but W has {W.shape[0]} rows.")
+    if b.shape[0] != 0 and b.shape[0] != W.shape[1]:
+        raise ValueError(f"b has length {b.shape[0]}, expected {W.shape[1]} or 0.")
+    _check2("Z", Z.shape[0], Z.shape[1], X.shape[0], W.shape[1])
+    _check2("A", A.shape[0], A.shape[1], X.shape[0], W.shape[1])
+    with nogil:
+        c_dense_forward(X, W, b, act, alpha, Z, A)
+
+
+def act_backward(const floating[:, ::1] Z, const floating[:, ::1] A, const floating[:, ::1] dA,
+                 int act, double alpha, floating[:, ::1] dZ):
+    """dZ = dA * f'(Z) (see reference.act_backward)."""
+    if act == STEP:
+        raise ValueError("step has a zero derivative everywhere; it cannot be trained through")
+    _check_act(act)
+    cdef Py_ssize_t n = Z.shape[0], k = Z.shape[1]
+    _check2("A", A.shape[0], A.shape[1], n, k)
+    _check2("dA", dA.shape[0], dA.shape[1], n, k)
+    _check2("dZ", dZ.shape[0], dZ.shape[1], n, k)
+    with nogil:
+        c_act_backward(Z, A, dA, act, alpha, dZ)
+
+
+def bias_grad(const floating[:, ::1] dZ, floating[::1] db):
+    """db = dZ.sum(axis=0) (see reference.bias_grad)."""
+    if db.shape[0] != dZ.shape[1]:
+        raise ValueError(f"db has length {db.shape[0]}, expected {dZ.shape[1]}.")
+    with nogil:
+        c_bias_grad(dZ, db)
+
+
+def dense_backward(const floating[:, ::1] X, const floating[:, ::1] W, const floating[:, ::1] dZ,
+                   double l2, floating[:, ::1] dW, floating[::1] db, floating[:, ::1] dX):
+    """Gradients of a dense layer (see reference.dense_backward)."""
+    cdef Py_ssize_t n = X.shape[0], d = X.shape[1], k = W.shape[1]
+    _check2("W", W.shape[0], W.shape[1], d, k)
+    _check2("dZ", dZ.shape[0], dZ.shape[1], n, k)
+    _check2("dW", dW.shape[0], dW.shape[1], d, k)
+    if db.shape[0] != 0 and db.shape[0] != k:
+        raise ValueError(f"db has length {db.shape[0]}, expected {k} or 0.")
+    if dX.shape[0] * dX.shape[1] != 0:
+        _check2("dX", dX.shape[0], dX.shape[1], n, d)
+    with nogil:
+        c_dense_backward(X, W, dZ, l2, dW, db, dX)
+
+
+def softmax_cross_entropy(const floating[:, ::1] Z, const int64_t[::1] y,
+                          const floating[::1] sample_weight, floating[:, ::1] P,
+                          floating[:, ::1] dZ):
+    """Softmax + cross-entropy with integer labels (see reference)."""
+    cdef Py_ssize_t n = Z.shape[0], k = Z.shape[1]
+    cdef double loss
+    _check_labels("y", y, n, k)
+    _check_weights(sample_weight.shape[0], n)
+    _check2("P", P.shape[0], P.shape[1], n, k)
+    _check2("dZ", dZ.shape[0], dZ.shape[1], n, k)
+    with nogil:
+        loss = c_softmax_cross_entropy(Z, y, sample_weight, P, dZ)
+    return loss
+
+
+def softmax_cross_entropy_onehot(const floating[:, ::1] Z, const floating[:, ::1] Y,
+                                 const floating[::1] sample_weight, floating[:, ::1] P,
+                                 floating[:, ::1] dZ):
+    """Softmax + cross-entropy with probability targets (see reference)."""
+    cdef Py_ssize_t n = Z.shape[0], k = Z.shape[1]
+    cdef double loss
+    _check2("Y", Y.shape[0], Y.shape[1], n, k)
+    _check_weights(sample_weight.shape[0], n)
+    _check2("P", P.shape[0], P.shape[1], n, k)
+    _check2("dZ", dZ.shape[0], dZ.shape[1], n, k)
+    with nogil:
+        loss = c_softmax_cross_entropy_onehot(Z, Y, sample_weight, P, dZ)
+    return loss
+
+
+def nll_loss(const floating[:, ::1] logP, const int64_t[::1] y,
+             const floating[::1] sample_weight, floating[:, ::1] dlogP):
+    """Negative log-likelihood on log-probabilities (see reference)."""
+    cdef Py_ssize_t n = logP.shape[0], k = logP.shape[1]
+    cdef double loss
+    _check_labels("y", y, n, k)
+    _check_weights(sample_weight.shape[0], n)
+    _check2("dlogP", dlogP.shape[0], dlogP.shape[1], n, k)
+    with nogil:
+        loss = c_nll_loss(logP, y, sample_weight, dlogP)
+    return loss
+
+
+def sigmoid_binary_cross_entropy(const floating[:, ::1] Z, const floating[:, ::1] Y,
+                                 const floating[::1] sample_weight, floating[:, ::1] P,
+                                 floating[:, ::1] dZ):
+    """Sigmoid + binary cross-entropy from logits (see reference)."""
+    cdef Py_ssize_t n = Z.shape[0], k = Z.shape[1]
+    cdef double loss
+    _check2("Y", Y.shape[0], Y.shape[1], n, k)
+    _check_weights(sample_weight.shape[0], n)
+    _check2("P", P.shape[0], P.shape[1], n, k)
+    _check2("dZ", dZ.shape[0], dZ.shape[1], n, k)
+    with nogil:
+        loss = c_sigmoid_binary_cross_entropy(Z, Y, sample_weight, P, dZ)
+    return loss
+
+
+def mse_loss(const floating[:, ::1] Yhat, const floating[:, ::1] Y,
+             const floating[::1] sample_weight, floating[:, ::1] dYhat):
+    """Mean squared error (see reference)."""
+    cdef Py_ssize_t n = Yhat.shape[0], k = Yhat.shape[1]
+    cdef double loss
+    _check2("Y", Y.shape[0], Y.shape[1], n, k)
+    _check_weights(sample_weight.shape[0], n)
+    _check2("dYhat", dYhat.shape[0], dYhat.shape[1], n, k)
+    with nogil:
+        loss = c_mse_loss(Yhat, Y, sample_weight, dYhat)
+    return loss
+
+
+cdef inline _check1(str what, Py_ssize_t got, Py_ssize_t n):
+    if got != n:
+        raise ValueError(f"{what} has length {got}, expected {n}.")
+
+
+def sgd_update(floating[::1] p, const floating[::1] g, floating[::1] buf, double lr,
+               double momentum, bint nesterov):
+    """In-place SGD (see reference.sgd_update)."""
+    _check1("g", g.shape[0], p.shape[0])
+    if momentum != 0.0:
+        _check1("buf", buf.shape[0], p.shape[0])
+    with nogil:
+        c_sgd_update(p, g, buf, lr, momentum, nesterov)
+
+
+def rmsprop_update(floating[::1] p, const floating[::1] g, floating[::1] sq, double lr,
+                   double rho, double eps):
+    """In-place RMSprop (see reference.rmsprop_update)."""
+    _check1("g", g.shape[0], p.shape[0])
+    _check1("sq", sq.shape[0], p.shape[0])
+    with nogil:
+        c_rmsprop_update(p, g, sq, lr, rho, eps)
+
+
+def adam_update(floating[::1] p, const floating[::1] g, floating[::1] m, floating[::1] v,
+                double lr, double beta1, double beta2, double eps, double step):
+    """In-place Adam (see reference.adam_update)."""
+    _check1("g", g.shape[0], p.shape[0])
+    _check1("m", m.shape[0], p.shape[0])
+    _check1("v", v.shape[0], p.shape[0])
+    with nogil:
+        c_adam_update(p, g, m, v, lr, beta1, beta2, eps, step)
+
+
+def sum_squares(const floating[::1] x):
+    """Return sum(x**2) as a float."""
+    cdef double s
+    with nogil:
+        s = c_sum_squares(x)
+    return s
+
+
+def scale_inplace(floating[::1] x, double factor):
+    """x *= factor."""
+    with nogil:
+        c_scale_inplace(x, factor)
+
+
+# ------------------------------------------------------------ the step loop
+# The plan's per-unit buffers are separate arrays, which a nogil loop can
+# only hold as pointers: train_steps gathers them into an array of UnitPtrs
+# once per call, then runs every step without the GIL.
+cdef struct UnitPtrs:
+    int kind            # 1 dense, 0 activation only (reference.KIND_*)
+    int act
+    bint use_bias
+    Py_ssize_t fan_in, fan_out, w_off, b_off
+    double alpha, l2
+    void* Z
+    void* A
+    void* dA
+
+
+cdef void _rows_bias_act(floating* Z, const floating* b, floating* A, Py_ssize_t n, Py_ssize_t k,
+                         bint has_bias, int act, floating alpha) noexcept nogil:
+    cdef Py_ssize_t i
+    if _parallel(n * k):
+        for i in prange(n, schedule='static', nogil=True, num_threads=_n_threads):
+            _bias_act_row(Z + i * k, b, A + i * k, k, has_bias, act, alpha)
+    else:
+        for i in range(n):
+            _bias_act_row(Z + i * k, b, A + i * k, k, has_bias, act, alpha)
+
+
+cdef void _rows_act_grad(const floating* Z, const floating* A, floating* dA, Py_ssize_t n,
+                         Py_ssize_t k, int act, floating alpha) noexcept nogil:
+    # in place: dA = dA * f'(Z)
+    cdef Py_ssize_t i
+    if _parallel(n * k):
+        for i in prange(n, schedule='static', nogil=True, num_threads=_n_threads):
+            _act_grad_row(Z + i * k, A + i * k, dA + i * k, dA + i * k, k, act, alpha)
+    else:
+        for i in range(n):
+            _act_grad_row(Z + i * k, A + i * k, dA + i * k, dA + i * k, k, act, alpha)
+
+
+cdef void _col_sums_p(const floating* dZ, floating* db, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
+    # Row after row, as NumPy's axis-0 sum of a C array: same rounding.
+    cdef Py_ssize_t i, j
+    cdef const floating* row
+    for j in range(k):
+        db[j] = 0
+    for i in range(n):
+        row = dZ + i * k
+        for j in range(k):
+            db[j] = db[j] + row[j]
+
+
+cdef double _count_correct(const floating[:, ::1] out, const int64_t[::1] y,
+                           const floating[:, ::1] Y, int loss_kind) noexcept nogil:
+    cdef Py_ssize_t i, j, best, truth, n = out.shape[0], k = out.shape[1]
+    cdef Py_ssize_t c = 0
+    if loss_kind == 4:  # mse: no accuracy
+        return 0.0
+    if loss_kind == 3:  # binary cross-entropy: mean over the columns of each row
+        for i in range(n):
+            for j in range(k):
+                if (out[i, j] > 0) == (Y[i, j] > 0.5):
+                    c += 1
+        return <double>c / k
+    for i in range(n):
+        best = 0
+        for j in range(1, k):
+            if out[i, j] > out[i, best]:
+                best = j
+        if loss_kind == 1:
+            truth = 0
+            for j in range(1, k):
+                if Y[i, j] > Y[i, truth]:
+                    truth = j
+        else:
+            truth = y[i]
+        if best == truth:
+            c += 1
+    return <double>c
+
+
+cdef Py_ssize_t _train_loop(
+        const floating[:, ::1] X, const int64_t[::1] y, const floating[:, ::1] Y,
+        const floating[::1] sw, const int64_t[::1] order, Py_ssize_t start, Py_ssize_t n_steps,
+        UnitPtrs* units, Py_ssize_t n_units, floating[::1] params, floating[::1] grads,
+        floating[:, ::1] x_buf, int64_t[::1] y_buf, floating[:, ::1] Y_buf, floating[::1] sw_buf,
+        floating[:, ::1] ZL, floating[:, ::1] AL, floating[:, ::1] dAL, floating[:, ::1] P,
+        int loss_kind, int opt_kind, const double[::1] opt_f, floating[::1] state1,
+        floating[::1] state2, Py_ssize_t t0, double clip_norm, double[::1] losses_out,
+        double[::1] correct_out) noexcept nogil:
+    cdef Py_ssize_t s, i, j, r, rows = x_buf.shape[0], L = n_units - 1
+    cdef Py_ssize_t fan_in, fan_out
+    cdef UnitPtrs* u
+    cdef const floating* inp
+    cdef floating* W
+    cdef floating* dW
+    cdef floating* prev_dA
+    cdef const int64_t[::1] idx
+    cdef double loss, norm
+    cdef bint fused = loss_kind == 0 or loss_kind == 1 or loss_kind == 3
+    for s in range(n_steps):
+        idx = order[start + s * rows:start + (s + 1) * rows]
+        c_gather_rows(X, idx, x_buf)
+        if y.shape[0] != 0:
+            for r in range(rows):
+                y_buf[r] = y[idx[r]]
+        if Y.shape[0] != 0:
+            c_gather_rows(Y, idx, Y_buf)
+        if sw.shape[0] != 0:
+            for r in range(rows):
+                sw_buf[r] = sw[idx[r]]
+        # forward
+        inp = &x_buf[0, 0]
+        for i in range(n_units):
+            u = &units[i]
+            if u.kind == 1:
+                _gemm_p(inp, &params[u.w_off], <floating*>u.Z, <int>rows, <int>u.fan_out,
+                        <int>u.fan_in, False, False, 0.0)
+                _rows_bias_act(<floating*>u.Z, &params[u.b_off], <floating*>u.A, rows, u.fan_out,
+                               u.use_bias, u.act, <floating>u.alpha)
+            elif u.act != IDENTITY:
+                _rows_bias_act(<floating*>u.Z, &params[0], <floating*>u.A, rows, u.fan_out,
+                               False, u.act, <floating>u.alpha)
+            inp = <floating*>u.A
+        # fused loss: the gradient at the output lands in dA[L]
+        if loss_kind == 0:
+            loss = c_softmax_cross_entropy(ZL, y_buf, sw_buf, P, dAL)
+        elif loss_kind == 1:
+            loss = c_softmax_cross_entropy_onehot(ZL, Y_buf, sw_buf, P, dAL)
+        elif loss_kind == 3:
+            loss = c_sigmoid_binary_cross_entropy(ZL, Y_buf, sw_buf, P, dAL)
+        elif loss_kind == 2:
+            loss = c_nll_loss(AL, y_buf, sw_buf, dAL)
+        else:
+            loss = c_mse_loss(AL, Y_buf, sw_buf, dAL)
+        # backward
+        for i in range(L, -1, -1):
+            u = &units[i]
+            fan_in, fan_out = u.fan_in, u.fan_out
+            if u.act != IDENTITY and (u.kind == 1 or i > 0):
+                _rows_act_grad(<floating*>u.Z, <floating*>u.A, <floating*>u.dA, rows, fan_out,
+                               u.act, <floating>u.alpha)
+            if u.kind != 1:
+                continue
+            W = &params[u.w_off]
+            dW = &grads[u.w_off]
+            inp = &x_buf[0, 0] if i == 0 else <floating*>units[i - 1].A
+            if u.l2 != 0.0:
+                loss += 0.5 * u.l2 * _sumsq_span(W, fan_in * fan_out)
+                memcpy(dW, W, fan_in * fan_out * sizeof(floating))
+            _gemm_p(inp, <floating*>u.dA, dW, <int>fan_in, <int>fan_out, <int>rows, True, False, u.l2)
+            if u.use_bias:
+                _col_sums_p(<floating*>u.dA, &grads[u.b_off], rows, fan_out)
+            if i > 0:
+                prev_dA = <floating*>units[i - 1].dA
+                _gemm_p(<floating*>u.dA, W, prev_dA, <int>rows, <int>fan_in, <int>fan_out,
+                        False, True, 0.0)
+        losses_out[s] = loss
+        correct_out[s] = _count_correct(ZL if fused else AL, y_buf, Y_buf, loss_kind)
+        if not isfinite(loss):
+            return s
+        if clip_norm > 0.0:
+            norm = sqrt(c_sum_squares(grads))
+            if norm > clip_norm:
+                c_scale_inplace(grads, clip_norm / (norm + 1e-6))
+        if opt_kind == 0:
+            c_sgd_update(params, grads, state1, opt_f[0], opt_f[1], opt_f[2] != 0.0)
+        elif opt_kind == 1:
+            c_rmsprop_update(params, grads, state1, opt_f[0], opt_f[1], opt_f[2])
+        elif opt_kind == 2:
+            c_adam_update(params, grads, state1, state2, opt_f[0], opt_f[1], opt_f[2], opt_f[3],
+                          <double>(t0 + s + 1))
+    return n_steps
+
+
+def train_steps(const floating[:, ::1] X, const int64_t[::1] y, const floating[:, ::1] Y,
+                const floating[::1] sw, const int64_t[::1] order, Py_ssize_t start,
+                Py_ssize_t n_steps, const int64_t[:, ::1] plan_i, const double[:, ::1] plan_f,
+                floating[::1] params, floating[::1] grads, floating[:, ::1] x_buf,
+                int64_t[::1] y_buf, floating[:, ::1] Y_buf, floating[::1] sw_buf,
+                list Z, list A, list dA, floating[:, ::1] P, int loss_kind, int opt_kind,
+                const double[::1] opt_f, floating[::1] state1, floating[::1] state2,
+                Py_ssize_t t0, double clip_norm, double[::1] losses_out, double[::1] correct_out):
+    """The whole-step training loop (see reference.train_steps); the per-unit
+    buffers Z, A, dA must be C-contiguous arrays of the data's dtype, shaped
+    (batch, fan_out) as the plan says (checked by the Python shim)."""
+    cdef Py_ssize_t i, n_units = plan_i.shape[0], done
+    cdef UnitPtrs* units = <UnitPtrs*>malloc(n_units * sizeof(UnitPtrs))
+    cdef floating[:, ::1] ZL = Z[n_units - 1]
+    cdef floating[:, ::1] AL = A[n_units - 1]
+    cdef floating[:, ::1] dAL = dA[n_units - 1]
+    if units == NULL:
+        raise MemoryError()
+    try:
+        for i in range(n_units):
+            units[i].kind = <int>plan_i[i, 0]
+            units[i].fan_in = plan_i[i, 1]
+            units[i].fan_out = plan_i[i, 2]
+            units[i].act = <int>plan_i[i, 3]
+            units[i].use_bias = plan_i[i, 4] != 0
+            units[i].w_off = plan_i[i, 5]
+            units[i].b_off = plan_i[i, 6]
+            units[i].alpha = plan_f[i, 0]
+            units[i].l2 = plan_f[i, 1]
+            units[i].Z = cnp.PyArray_DATA(<cnp.ndarray>Z[i])
+            units[i].A = cnp.PyArray_DATA(<cnp.ndarray>A[i])
+            units[i].dA = cnp.PyArray_DATA(<cnp.ndarray>dA[i])
+        with nogil:
+            done = _train_loop(X, y, Y, sw, order, start, n_steps, units, n_units, params, grads,
+                               x_buf, y_buf, Y_buf, sw_buf, ZL, AL, dAL, P, loss_kind, opt_kind,
+                               opt_f, state1, state2, t0, clip_norm, losses_out, correct_out)
+    finally:
+        free(units)
+    return done

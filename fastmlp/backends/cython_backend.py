@@ -1,0 +1,185 @@
+"""Cython backend: a thin shim over the compiled module :mod:`fastmlp._kernels`.
+
+Same kernel names and signatures as :mod:`.reference` (the specification).
+Importing this module raises ImportError when the extension was not built;
+the registry then warns and falls back to the next backend.
+
+The shim only makes the optional arguments agree with the data's dtype (an
+empty bias or ``sample_weight`` of another dtype, labels that are not int64)
+so that the compiled fused-type dispatch accepts what the reference accepts.
+"""
+import numpy as _np
+
+from .. import _config, _kernels
+from .. import activations as _activations
+
+NAME = "cython"
+
+for _name, _code in _kernels.ACTIVATION_CODES.items():
+    if getattr(_activations, _name) != _code:  # pragma: no cover - a build out of date
+        raise ImportError(
+            f"fastmlp._kernels was built with activation {_name} = {_code}, but "
+            f"fastmlp.activations says {getattr(_activations, _name)}; rebuild the extension."
+        )
+
+_INT64 = _np.dtype(_np.int64)
+
+
+def _as(arr, dtype):
+    # Only a mismatched array is converted (usually an empty "none" placeholder).
+    return arr if arr.dtype == dtype else arr.astype(dtype)
+
+
+def _labels(y):
+    return y if y.dtype == _INT64 else y.astype(_INT64)
+
+
+def set_num_threads(n_threads):
+    """Bound the OpenMP threads of the compiled loops (None: the default bound of
+    ``_config.default_threads()``; BLAS is bounded by the caller through threadpoolctl)."""
+    if n_threads is None:
+        n_threads = _config.default_threads()
+    _kernels.set_num_threads(int(n_threads))
+
+
+def gemm(A, B, C, trans_a, trans_b, beta):
+    _kernels.gemm(A, B, C, trans_a, trans_b, beta)
+
+
+def gather_rows(X, idx, out):
+    _kernels.gather_rows(X, _labels(idx), out)
+
+
+def act_forward(Z, act, alpha, A):
+    _kernels.act_forward(Z, act, alpha, A)
+
+
+def bias_act_forward(Z, b, act, alpha, A):
+    _kernels.bias_act_forward(Z, _as(b, Z.dtype), act, alpha, A)
+
+
+def dense_forward(X, W, b, act, alpha, Z, A):
+    _kernels.dense_forward(X, W, _as(b, X.dtype), act, alpha, Z, A)
+
+
+def act_backward(Z, A, dA, act, alpha, dZ):
+    _kernels.act_backward(Z, A, dA, act, alpha, dZ)
+
+
+def bias_grad(dZ, db):
+    _kernels.bias_grad(dZ, db)
+
+
+def dense_backward(X, W, dZ, l2, dW, db, dX):
+    dtype = X.dtype
+    if db.dtype != dtype and db.shape[0] == 0:
+        db = _np.empty(0, dtype)
+    if dX.dtype != dtype and dX.size == 0:
+        dX = _np.empty((0, 0), dtype)
+    _kernels.dense_backward(X, W, dZ, l2, dW, db, dX)
+
+
+def softmax_cross_entropy(Z, y, sample_weight, P, dZ):
+    return _kernels.softmax_cross_entropy(Z, _labels(y), _as(sample_weight, Z.dtype), P, dZ)
+
+
+def softmax_cross_entropy_onehot(Z, Y, sample_weight, P, dZ):
+    return _kernels.softmax_cross_entropy_onehot(
+        Z, _as(Y, Z.dtype), _as(sample_weight, Z.dtype), P, dZ
+    )
+
+
+def nll_loss(logP, y, sample_weight, dlogP):
+    return _kernels.nll_loss(logP, _labels(y), _as(sample_weight, logP.dtype), dlogP)
+
+
+def sigmoid_binary_cross_entropy(Z, Y, sample_weight, P, dZ):
+    return _kernels.sigmoid_binary_cross_entropy(
+        Z, _as(Y, Z.dtype), _as(sample_weight, Z.dtype), P, dZ
+    )
+
+
+def mse_loss(Yhat, Y, sample_weight, dYhat):
+    return _kernels.mse_loss(Yhat, _as(Y, Yhat.dtype), _as(sample_weight, Yhat.dtype), dYhat)
+
+
+def sgd_update(p, g, buf, lr, momentum, nesterov):
+    if buf.dtype != p.dtype and buf.shape[0] == 0:
+        buf = _np.empty(0, p.dtype)
+    _kernels.sgd_update(p, g, buf, lr, momentum, nesterov)
+
+
+def rmsprop_update(p, g, sq, lr, rho, eps):
+    _kernels.rmsprop_update(p, g, sq, lr, rho, eps)
+
+
+def adam_update(p, g, m, v, lr, beta1, beta2, eps, step):
+    _kernels.adam_update(p, g, m, v, lr, beta1, beta2, eps, step)
+
+
+def sum_squares(x):
+    return _kernels.sum_squares(x)
+
+
+def scale_inplace(x, factor):
+    _kernels.scale_inplace(x, factor)
+
+
+# Reference docstrings: ``help(cython_backend.gemm)`` reads like the spec.
+def _copy_docs():
+    from . import reference
+
+    for name in (
+        "set_num_threads", "gemm", "gather_rows", "act_forward", "bias_act_forward",
+        "dense_forward", "act_backward", "bias_grad", "dense_backward",
+        "softmax_cross_entropy", "softmax_cross_entropy_onehot", "nll_loss",
+        "sigmoid_binary_cross_entropy", "mse_loss", "sgd_update", "rmsprop_update",
+        "adam_update", "sum_squares", "scale_inplace",
+    ):
+        fn = globals()[name]
+        if fn.__doc__ is None:
+            fn.__doc__ = getattr(reference, name).__doc__
+
+
+_copy_docs()
+
+
+def _check_unit_buffers(plan_i, x_buf, Z, A, dA):
+    # The compiled loop walks these buffers through raw pointers: a wrong
+    # dtype, layout or shape would be read out of bounds, so refuse it here.
+    rows, dt = x_buf.shape[0], x_buf.dtype
+    for i, (kind, fan_in, fan_out) in enumerate(plan_i[:, :3]):
+        for name, bufs in (("Z", Z), ("A", A), ("dA", dA)):
+            b = bufs[i]
+            if not (isinstance(b, _np.ndarray) and b.dtype == dt and b.flags.c_contiguous
+                    and b.shape == (rows, fan_out)):
+                raise ValueError(f"train_steps: {name}[{i}] must be a C-contiguous {dt} array of shape "
+                                 f"({rows}, {fan_out})")
+
+
+def train_steps(X, y, Y, sw, order, start, n_steps, plan_i, plan_f, params, grads,
+                x_buf, y_buf, Y_buf, sw_buf, Z, A, dA, P, loss_kind,
+                opt_kind, opt_f, state1, state2, t0, clip_norm, losses_out, correct_out):
+    """Run ``n_steps`` training steps in one compiled, GIL-free call (see reference.train_steps)."""
+    plan_i = _np.ascontiguousarray(plan_i, dtype=_INT64)
+    if (plan_i[:, 3] == _activations.STEP).any():
+        raise ValueError("step has a zero derivative everywhere; it cannot be trained through")
+    if ((plan_i[:, 3] < 0) | (plan_i[:, 3] >= len(_activations.ACTIVATIONS))).any():
+        raise ValueError(f"unknown activation code in plan: {plan_i[:, 3]}")
+    _check_unit_buffers(plan_i, x_buf, Z, A, dA)
+    n = X.shape[0]
+    rows = x_buf.shape[0]
+    if start < 0 or start + n_steps * rows > order.shape[0] or (order.size and (order.min() < 0 or order.max() >= n)):
+        raise IndexError("train_steps: the batches reach outside order or X")
+    if y.shape[0] and (y.min() < 0 or y.max() >= plan_i[-1, 2]):
+        raise ValueError("train_steps: labels must lie in [0, n_outputs)")
+    dense = plan_i[plan_i[:, 0] == 1]
+    if params.shape[0] < (dense[:, 5] + dense[:, 1] * dense[:, 2]).max():
+        raise ValueError("train_steps: the plan's offsets reach outside params")
+    dt = X.dtype
+    return int(_kernels.train_steps(
+        X, _labels(y), _as(Y, dt), _as(sw, dt), _labels(order), int(start), int(n_steps), plan_i,
+        _np.ascontiguousarray(plan_f, dtype=_np.float64), params, grads, x_buf, _labels(y_buf),
+        _as(Y_buf, dt), _as(sw_buf, dt), list(Z), list(A), list(dA), P, int(loss_kind), int(opt_kind),
+        _np.ascontiguousarray(opt_f, dtype=_np.float64), _as(state1, dt), _as(state2, dt), int(t0),
+        float(clip_norm), losses_out, correct_out))
