@@ -20,6 +20,12 @@ def check_positive_int(value, name):
     return int(value)
 
 
+def check_nonnegative(value, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
+    return float(value)
+
+
 def check_in_range(value, name, lo, hi, hi_open=True):
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and lo <= value
     ok = ok and (value < hi if hi_open else value <= hi)
@@ -100,7 +106,7 @@ def check_labels(y, n_samples, n_classes, name="y"):
         if not np.all(arr == np.round(arr)):
             row = int(np.argmax(arr != np.round(arr)))
             raise ValueError(
-                f"{name} must hold integer class labels for this loss, got {arr[row]!r} at row {row}. "
+                f"{name} must hold integer class labels for this loss, got {arr[row].item()!r} at row {row}. "
                 "Use loss='mse' for regression, or encode classes as 0..n_classes-1."
             )
     lab = arr.astype(np.int64)

@@ -43,9 +43,7 @@ class Dense(Layer):
         self.use_bias = bool(use_bias)
         _init.resolve(kernel_initializer, _act.RELU)  # validate the name now
         self.kernel_initializer = kernel_initializer
-        if l2 < 0:
-            raise ValueError(f"l2 must be >= 0, got {l2!r}.")
-        self.l2 = float(l2)
+        self.l2 = _validation.check_nonnegative(l2, "l2")
 
 
 class Activation(Layer):

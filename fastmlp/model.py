@@ -429,6 +429,7 @@ class Sequential:
         -------
         ndarray of shape (n_samples, n_outputs), of the model's dtype.
         """
+        batch_size = _validation.check_positive_int(batch_size, "batch_size")
         self._require_built()
         X = self._check_X(X)
         n = X.shape[0]
@@ -450,6 +451,7 @@ class Sequential:
         """Loss (and accuracy for classification) on a data set: ``{"loss": ..., "accuracy": ...}``."""
         if self._loss is None:
             raise RuntimeError("Call model.compile(...) before evaluate.")
+        batch_size = _validation.check_positive_int(batch_size, "batch_size")
         self._require_built()
         X = self._check_X(X)
         target, kind = self._check_targets(y, X.shape[0])
