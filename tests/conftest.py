@@ -1,0 +1,63 @@
+"""Shared fixtures: backends, dtypes, tolerances and small helpers.
+
+Every test that runs kernels or models takes ``backend_name``, which is
+parametrized over :func:`fastmlp.available_backends`: a native backend that
+is not built on this machine is simply absent, and picked up once it lands.
+"""
+import numpy as np
+import pytest
+
+import fastmlp
+
+BACKENDS = fastmlp.available_backends()
+NATIVE_BACKENDS = [name for name in BACKENDS if name != "reference"]
+DTYPES = [np.float32, np.float64]
+# Relative tolerance of a backend against the reference, per dtype; the
+# absolute floor is the same number times the scale of the expected values.
+RTOL = {np.dtype(np.float32): 2e-5, np.dtype(np.float64): 1e-11}
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_name(request):
+    """Every backend that loads on this machine."""
+    return request.param
+
+
+@pytest.fixture(params=NATIVE_BACKENDS or [pytest.param(None, marks=pytest.mark.skip(reason="no native backend built"))])
+def native_name(request):
+    """Every native (non-reference) backend that loads on this machine."""
+    return request.param
+
+
+def assert_close(got, want, dtype, rtol=None, err_msg=""):
+    """Compare with a per-dtype relative tolerance and a floor scaled by max|want|."""
+    rtol = RTOL[np.dtype(dtype)] if rtol is None else rtol
+    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    assert got.shape == want.shape, (got.shape, want.shape)
+    scale = max(1.0, float(np.max(np.abs(want)))) if want.size else 1.0
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * scale, err_msg=err_msg)
+
+
+def fd_grads_via_fit(model, X, y, sample_weight=None):
+    """Loss and analytic gradient of a compiled model at its current weights.
+
+    Runs one full-batch, unshuffled epoch of plain SGD: the step leaves the
+    gradient at the starting weights in ``model._grads`` (flat, the layout of
+    ``model._params``) and reports the loss at the starting weights in the
+    history; the weights are restored afterwards.
+    """
+    p0 = model._params.copy()
+    model.optimizer = fastmlp.optim.SGD(lr=1e-3)
+    model.optimizer.state = None
+    hist = model.fit(X, y, epochs=1, batch_size=len(X), shuffle=False, verbose=0,
+                     sample_weight=sample_weight)
+    grads = model._grads.copy()
+    model._params[...] = p0
+    model._infer_cache = None
+    return hist.history["loss"][0], grads
+
+
+def model_loss(model, X, y, sample_weight=None):
+    """The training loss (with L2 penalties) at the model's current flat weights."""
+    model._infer_cache = None
+    return model.evaluate(X, y, sample_weight=sample_weight)["loss"]
