@@ -20,3 +20,10 @@ __all__ = [
     "optim",
     "use_backend",
 ]
+
+
+def __getattr__(name):  # MLPClassifier / MLPRegressor load on first use: scikit-learn is optional
+    if name in ("MLPClassifier", "MLPRegressor"):
+        from . import estimators
+        return getattr(estimators, name)
+    raise AttributeError(f"module 'fastmlp' has no attribute {name!r}")

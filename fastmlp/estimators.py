@@ -1,0 +1,675 @@
+"""MLPClassifier / MLPRegressor: scikit-learn's estimators on top of :class:`~fastmlp.Sequential`.
+
+The estimators take every constructor parameter of ``sklearn.neural_network``'s
+and have no maths of their own: they validate input the way scikit-learn does,
+build a ``Sequential`` of Dense layers and let it train, and keep scikit-learn's
+bookkeeping (loss curve, ``tol`` / ``n_iter_no_change``, early stopping,
+learning-rate schedules, warm start, ``partial_fit``) between epochs.
+
+How the numbers line up with scikit-learn's
+-------------------------------------------
+* Losses are reported (``loss_``, ``loss_curve_``, ``best_loss_``) in
+  scikit-learn's convention: log-loss summed over the labels of a multilabel
+  problem, half the squared error for regression, plus
+  ``alpha / (2 * sum of batch weights) * ||W||**2``.
+* The gradient is scikit-learn's. fastmlp's losses are means over the output
+  columns (PyTorch's ``reduction="mean"``); scikit-learn's gradient is ``c``
+  times that, with ``c = n_labels`` (multilabel) or ``n_outputs / 2``
+  (regression). SGD runs with ``lr * c``, Adam with ``epsilon / c`` (Adam is
+  otherwise invariant to the scale) and the L2 term with ``alpha / c``, so
+  every update is scikit-learn's update. L-BFGS minimises ``c`` times the loss.
+* SGD momentum: scikit-learn keeps the velocity ``v = momentum * v - lr * g``,
+  PyTorch (fastmlp) the buffer ``b = momentum * b + g`` with ``v = -lr * b``.
+  When a schedule changes the learning rate, the buffer is rescaled by
+  ``old_lr / new_lr`` so that the next update is exactly scikit-learn's.
+* Adam: scikit-learn adds ``epsilon`` to ``sqrt(v)``, PyTorch to the
+  bias-corrected ``sqrt(v / (1 - beta_2**t))``: the effective epsilon differs
+  by ``sqrt(1 - beta_2**t)`` (a factor of at most ~30 on 1e-8 in the first
+  steps, 1 afterwards).
+* ``learning_rate="invscaling"`` is per epoch, as in scikit-learn
+  (``lr = learning_rate_init / (t_ + 1) ** power_t`` with ``t_`` the samples
+  seen, updated at the end of each epoch).
+* Sample weights: scikit-learn divides a batch's L2 term by the batch's
+  weight sum; here it is divided by ``batch rows * mean weight`` (exact for
+  L-BFGS and full batches, and whenever the weights are all equal).
+* The epoch loss is the sample-weighted mean of the batch losses
+  (scikit-learn weighs batches by their row count).
+"""
+import numbers
+import warnings
+
+import numpy as np
+import scipy
+import scipy.optimize
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import accuracy_score, r2_score
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import LabelBinarizer
+from sklearn.utils import check_random_state, column_or_1d
+from sklearn.utils._param_validation import Interval, Options, StrOptions
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_target, unique_labels
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted
+
+from . import _validation
+from . import activations as _act
+from . import initializers as _init
+from . import optim as _optim
+from .layers import Dense
+from .model import Sequential, TrainingDivergedError, _Buffers
+
+try:  # scikit-learn >= 1.6
+    from sklearn.utils.validation import validate_data as _validate_data
+except ImportError:  # pragma: no cover - scikit-learn 1.4 / 1.5
+    def _validate_data(estimator, *args, **kwargs):
+        return estimator._validate_data(*args, **kwargs)
+
+_STOCHASTIC = ("sgd", "adam")
+_OUT_LOSS = {"softmax": "cross_entropy", "logistic": "binary_cross_entropy", "identity": "mse"}
+
+
+def _is_regressor(est):
+    return isinstance(est, RegressorMixin)
+
+
+_DIVERGED = ("Solver produced non-finite parameter weights. The input data may contain large values "
+             "and need to be preprocessed.")
+
+
+def _full_batch_objective(model, X, T, sample_weight):
+    """``f(params) -> (loss, gradient)`` of ``model`` on all of (X, T), both float64.
+
+    One forward and backward pass of the model's kernels over the whole data
+    set; the model's parameters are set to ``params`` first.
+    """
+    X = model._check_X(X)
+    target, kind = model._check_targets(T, X.shape[0])
+    sw = _validation.check_sample_weight(sample_weight, X.shape[0], model.dtype)
+    model._loss_kind, model._weighted = kind, sw.shape[0] > 0
+    buf = _Buffers(model, X.shape[0], training=True)
+    buf.x[...] = X
+
+    def objective(params):
+        model._params[...] = params
+        model._forward(buf, model._train_acts)
+        loss = model._loss_and_grads(buf, target, sw)
+        return loss, model._grads.astype(np.float64)
+
+    return objective
+
+
+class _BaseMLP(BaseEstimator):
+    """What MLPClassifier and MLPRegressor share; use those."""
+
+    _parameter_constraints: dict = {
+        "hidden_layer_sizes": ["array-like", Interval(numbers.Integral, 1, None, closed="left")],
+        "activation": [str, list, tuple],
+        "solver": [StrOptions({"lbfgs", "sgd", "adam"})],
+        "alpha": [Interval(numbers.Real, 0, None, closed="left")],
+        "batch_size": [StrOptions({"auto"}), Interval(numbers.Integral, 1, None, closed="left")],
+        "learning_rate": [StrOptions({"constant", "invscaling", "adaptive"})],
+        "learning_rate_init": [Interval(numbers.Real, 0, None, closed="neither")],
+        "power_t": [Interval(numbers.Real, 0, None, closed="left")],
+        "max_iter": [Interval(numbers.Integral, 1, None, closed="left")],
+        "shuffle": ["boolean"],
+        "random_state": ["random_state"],
+        "tol": [Interval(numbers.Real, 0, None, closed="left")],
+        "verbose": ["verbose"],
+        "warm_start": ["boolean"],
+        "momentum": [Interval(numbers.Real, 0, 1, closed="both")],
+        "nesterovs_momentum": ["boolean"],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(numbers.Real, 0, 1, closed="left")],
+        "beta_1": [Interval(numbers.Real, 0, 1, closed="left")],
+        "beta_2": [Interval(numbers.Real, 0, 1, closed="left")],
+        "epsilon": [Interval(numbers.Real, 0, None, closed="neither")],
+        "n_iter_no_change": [Interval(numbers.Integral, 1, None, closed="left"),
+                             Options(numbers.Real, {np.inf})],
+        "max_fun": [Interval(numbers.Integral, 1, None, closed="left")],
+        "dtype": [str, type, np.dtype],
+        "backend": [str, None],
+        "n_threads": [Interval(numbers.Integral, 1, None, closed="left"), None],
+        "dropout": [Interval(numbers.Real, 0, 1, closed="left"), None],
+        "batch_norm": ["boolean"],
+        "init": [str, None],
+        "clip_norm": [Interval(numbers.Real, 0, None, closed="neither"), None],
+    }
+
+    # ------------------------------------------------------------ parameters
+    def _check_params(self):
+        """Every parameter check, before any work (scikit-learn's messages for its own)."""
+        if hasattr(self, "_validate_params"):
+            self._validate_params()
+        sizes = self.hidden_layer_sizes
+        sizes = list(sizes) if hasattr(sizes, "__iter__") else [sizes]
+        if np.any(np.array(sizes) <= 0):
+            raise ValueError(f"hidden_layer_sizes must be > 0, got {sizes}.")
+        acts = self.activation
+        if isinstance(acts, str):
+            acts = [acts] * len(sizes)
+        elif len(acts) != len(sizes):
+            raise ValueError(f"activation has {len(acts)} entries but there are {len(sizes)} hidden layers; "
+                             "give one activation per hidden layer, or one name for all.")
+        for a in acts:
+            if a in ("softmax", "log_softmax", "step"):
+                raise ValueError(f"activation {a!r} cannot be a hidden activation; use 'relu', 'tanh', "
+                                 "'logistic' or another element-wise activation.")
+            _act.resolve(a)
+        _validation.check_dtype(self.dtype)
+        if self.dropout:
+            raise ValueError(f"dropout={self.dropout!r}: dropout is not available in fastmlp yet; "
+                             "use dropout=0.0 (or None) and alpha for regularisation.")
+        if self.batch_norm:
+            raise ValueError("batch_norm=True: batch normalisation is not available in fastmlp yet; "
+                             "use batch_norm=False.")
+        if self.init is not None:
+            _init.resolve(self.init, _act.RELU)  # raises on unknown names, listing the valid ones
+        if getattr(self, "loss", None) == "poisson":
+            raise ValueError("loss='poisson' is not available in fastmlp yet (it needs an exp output and a "
+                             "Poisson loss kernel); use loss='squared_error' or scikit-learn's MLPRegressor.")
+        return [int(s) for s in sizes], acts
+
+    def _loss_scale(self):
+        """scikit-learn's gradient over fastmlp's (see the module docstring)."""
+        if _is_regressor(self):
+            return self.n_outputs_ / 2.0
+        return float(self.n_outputs_) if self.out_activation_ == "logistic" else 1.0
+
+    # ------------------------------------------------------------------- fit
+    def _fit(self, X, y, sample_weight=None, incremental=False, validation_data=None):
+        sizes, acts = self._check_params()
+        first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
+        X, y = self._validate_input(X, y, incremental, reset=first_pass)
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, X, dtype=X.dtype)
+            if (sample_weight < 0).any():
+                raise ValueError("sample_weight must be >= 0; negative weights are not supported.")
+            if (sample_weight == 1).all():
+                sample_weight = None  # the same fit, on the unweighted kernels
+        if y.ndim == 1:
+            y = y.reshape(-1, 1)
+        val = None
+        if validation_data is not None:
+            if self.solver == "lbfgs":
+                raise ValueError("validation_data is for early stopping, which solver='lbfgs' does not do; "
+                                 "use solver='adam' or 'sgd'.")
+            if incremental:
+                raise ValueError("partial_fit does not take validation_data (no early stopping).")
+            val = self._validate_validation_data(validation_data)
+        units = [X.shape[1], *sizes, y.shape[1]]
+        rs = check_random_state(self.random_state)
+        if first_pass:
+            self._initialize(y, units, acts, rs, early=self.early_stopping or val is not None)
+        elif units != self._units or (self.solver in _STOCHASTIC and not hasattr(self, "loss_curve_")):
+            raise ValueError(
+                f"warm_start / partial_fit continue the fitted network of layer sizes {self._units} "
+                f"(solver {self._model_solver!r}); this call needs {units} with solver {self.solver!r}. "
+                "Set warm_start=False to start again."
+            )
+        model = self._model
+        sw_sum = X.shape[0] if sample_weight is None else float(sample_weight.sum())
+        model._alpha_per_batch = self.alpha / self._loss_scale() * X.shape[0] / sw_sum
+        if self.solver == "lbfgs":
+            self._fit_lbfgs(X, y, sample_weight)
+        else:
+            self._fit_stochastic(X, y, sample_weight, rs, incremental, val)
+        weights = model.get_weights()
+        self.coefs_, self.intercepts_ = weights[0::2], weights[1::2]
+        if not all(np.isfinite(w).all() for w in weights):
+            raise ValueError(_DIVERGED)
+        return self
+
+    def _initialize(self, y, units, acts, rs, early):
+        self.n_iter_ = 0
+        self.t_ = 0
+        self.n_outputs_ = y.shape[1]
+        self.n_layers_ = len(units)
+        self._units, self._model_solver = units, self.solver
+        if _is_regressor(self):
+            self.out_activation_ = "identity"
+        elif self._label_binarizer.y_type_ == "multiclass":
+            self.out_activation_ = "softmax"
+        else:
+            self.out_activation_ = "logistic"
+        init = "auto" if self.init is None else self.init
+        layers = [Dense(u, activation=a, kernel_initializer=init) for u, a in zip(units[1:-1], acts)]
+        layers.append(Dense(units[-1], kernel_initializer=init))
+        weights = self._sklearn_init(units, rs) if self.init is None else None
+        self._model = Sequential(layers, input_dim=units[0], dtype=self.dtype,
+                                 seed=int(rs.randint(np.iinfo(np.int32).max)),
+                                 backend=self.backend, n_threads=self.n_threads)
+        if weights is not None:
+            self._model.set_weights(weights)
+        self._model.compile(loss=_OUT_LOSS[self.out_activation_], optimizer="sgd")
+        for name in ("_learning_rate", "loss_curve_", "best_loss_", "validation_scores_",
+                     "best_validation_score_", "_no_improvement_count"):
+            self.__dict__.pop(name, None)
+        self._best_weights = self._model.get_weights()
+        if self.solver in _STOCHASTIC:
+            self.loss_curve_ = []
+            self._no_improvement_count = 0
+            self.best_loss_ = None if early else np.inf
+            self.validation_scores_ = [] if early else None
+            self.best_validation_score_ = -np.inf if early else None
+
+    def _sklearn_init(self, units, rs):
+        """scikit-learn's initialisation, from the same random state: weights and biases
+        uniform in +-sqrt(6 / (fan_in + fan_out)) (sqrt(2 / ...) for 'logistic')."""
+        factor = 2.0 if self.activation == "logistic" else 6.0
+        weights = []
+        for fan_in, fan_out in zip(units[:-1], units[1:]):
+            bound = np.sqrt(factor / (fan_in + fan_out))
+            weights.append(rs.uniform(-bound, bound, (fan_in, fan_out)))
+            weights.append(rs.uniform(-bound, bound, fan_out))
+        return weights
+
+    def _targets(self, y):
+        """The targets Sequential trains on: class indices (softmax) or float columns."""
+        if getattr(self, "out_activation_", None) == "softmax":
+            return np.ascontiguousarray(np.argmax(y, axis=1), dtype=np.int64)
+        return y
+
+    # --------------------------------------------------------------- L-BFGS
+    def _fit_lbfgs(self, X, y, sample_weight):
+        model, c = self._model, self._loss_scale()
+        objective = _full_batch_objective(model, X, self._targets(y), sample_weight)
+
+        def scaled(params):
+            loss, grad = objective(params)
+            grad *= c
+            return c * loss, grad
+
+        iprint = 1 if self.verbose is True or self.verbose >= 1 else -1
+        options = {"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol}
+        if tuple(int(p) for p in scipy.__version__.split(".")[:2]) < (1, 15):
+            options["iprint"] = iprint
+        with model._threads(None):
+            res = scipy.optimize.minimize(scaled, model._params.astype(np.float64), method="L-BFGS-B",
+                                          jac=True, options=options)
+        model._params[...] = res.x
+        model._infer_cache = None
+        self.n_iter_ = min(res.nit, self.max_iter)
+        if res.status != 0:
+            warnings.warn(f"lbfgs failed to converge after {self.n_iter_} iteration(s) (status={res.status}):\n"
+                          f"{res.message}\n\nIncrease the number of iterations to improve the convergence "
+                          f"(max_iter={self.max_iter}).", ConvergenceWarning, stacklevel=3)
+        sw_sum = X.shape[0] if sample_weight is None else float(sample_weight.sum())
+        self.loss_ = self._report_loss(float(res.fun), 1.0 / sw_sum)
+
+    def _report_loss(self, scaled_loss, penalty_per_sample):
+        """scikit-learn's ``loss_`` from ``c`` times fastmlp's loss.
+
+        They differ only for multi-output regression, where scikit-learn's
+        gradient sums the outputs but its loss averages them; the L2 term
+        (``penalty_per_sample * alpha / 2 * ||W||**2``, from the current
+        weights) is kept whole.
+        """
+        k = self.n_outputs_
+        if not _is_regressor(self) or k == 1:
+            return scaled_loss
+        sq = sum(float(np.dot(w.ravel(), w.ravel())) for w in self._model.get_weights()[0::2])
+        penalty = 0.5 * self.alpha * penalty_per_sample * sq
+        return (scaled_loss - penalty) / k + penalty
+
+    # ------------------------------------------------------------ SGD / Adam
+    def _new_optimizer(self):
+        c = self._loss_scale()
+        if self.solver == "sgd":
+            return _optim.SGD(lr=self.learning_rate_init * c, momentum=self.momentum,
+                             nesterov=bool(self.nesterovs_momentum and self.momentum > 0))
+        return _optim.Adam(lr=self.learning_rate_init, beta1=self.beta_1, beta2=self.beta_2,
+                          eps=self.epsilon / c)
+
+    def _set_learning_rate(self, lr):
+        """Change the learning rate between epochs, keeping scikit-learn's SGD velocity."""
+        opt, old = self._model.optimizer, self._learning_rate
+        self._learning_rate = lr
+        if self.solver != "sgd":
+            return
+        state = getattr(opt, "state", None)
+        if state and self.momentum > 0 and lr > 0:
+            self._model.backend.scale_inplace(state["buf"], old / lr)
+        opt.lr = lr * self._loss_scale()
+
+    def _fit_stochastic(self, X, y, sample_weight, rs, incremental, val):
+        model = self._model
+        if not incremental or not hasattr(self, "_learning_rate"):
+            model.compile(loss=_OUT_LOSS[self.out_activation_], optimizer=self._new_optimizer(),
+                          clip_norm=self.clip_norm)
+            self._learning_rate = float(self.learning_rate_init)
+        if self.early_stopping and incremental:
+            raise ValueError("partial_fit does not support early_stopping=True")
+        early = self.early_stopping or val is not None
+        if early and self.validation_scores_ is None:
+            self.validation_scores_, self.best_validation_score_, self.best_loss_ = [], -np.inf, None
+        if not early and self.best_loss_ is None:
+            self.best_loss_, self.validation_scores_, self.best_validation_score_ = np.inf, None, None
+        X_tr, y_tr, sw_tr = X, y, sample_weight
+        X_val = y_val = sw_val = None
+        if val is not None:
+            X_val, y_val = val
+        elif early:
+            stratify = y if (not _is_regressor(self) and self.n_outputs_ == 1) else None
+            arrays = (X, y) if sample_weight is None else (X, y, sample_weight)
+            parts = train_test_split(*arrays, random_state=rs, test_size=self.validation_fraction,
+                                     stratify=stratify)
+            X_tr, X_val, y_tr, y_val = parts[:4]
+            if sample_weight is not None:
+                sw_tr, sw_val = parts[4], parts[5]
+            if X_val.shape[0] < 2:
+                raise ValueError("The validation set is too small. Increase 'validation_fraction' "
+                                 "or the size of your dataset.")
+            if not _is_regressor(self):
+                y_val = self._label_binarizer.inverse_transform(y_val)
+        n = X_tr.shape[0]
+        if self.batch_size == "auto":
+            batch_size = min(200, n)
+        else:
+            if self.batch_size > n:
+                warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be "
+                              "clipped", stacklevel=3)
+            batch_size = int(np.clip(self.batch_size, 1, n))
+        if sw_tr is not None:
+            sw_sum = float(sw_tr.sum())
+            model._alpha_per_batch = self.alpha / self._loss_scale() * n / sw_sum
+        else:
+            sw_sum = float(n)
+        model.optimizer.lr = self._learning_rate * (self._loss_scale() if self.solver == "sgd" else 1.0)
+        n_batches = -(-n // batch_size)
+        self.n_iter_ = 0
+
+        def end_of_epoch(model, epoch, logs):
+            return self._end_of_epoch(logs["loss"], n, n_batches / sw_sum, early, X_val, y_val, sw_val,
+                                      incremental)
+
+        try:
+            model.fit(X_tr, self._targets(y_tr), epochs=1 if incremental else self.max_iter,
+                      batch_size=batch_size, shuffle=self.shuffle, verbose=0, sample_weight=sw_tr,
+                      callbacks=[end_of_epoch])
+        except TrainingDivergedError as exc:
+            raise ValueError(_DIVERGED) from exc
+        except KeyboardInterrupt:
+            warnings.warn("Training interrupted by user.", stacklevel=3)
+        if early:
+            model.set_weights(self._best_weights)
+
+    def _end_of_epoch(self, loss, n, penalty_per_sample, early, X_val, y_val, sw_val, incremental):
+        """scikit-learn's end-of-iteration bookkeeping; True stops training."""
+        self.n_iter_ += 1
+        self.t_ += n
+        self.loss_ = self._report_loss(loss * self._loss_scale(), penalty_per_sample)
+        self.loss_curve_.append(self.loss_)
+        if self.verbose:
+            print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
+        if early:
+            score = self._score(X_val, y_val, sample_weight=sw_val)
+            self.validation_scores_.append(score)
+            if self.verbose:
+                print("Validation score: %f" % score)
+            if score < self.best_validation_score_ + self.tol:
+                self._no_improvement_count += 1
+            else:
+                self._no_improvement_count = 0
+            if score > self.best_validation_score_:
+                self.best_validation_score_ = score
+                self._best_weights = self._model.get_weights()
+        else:
+            if self.loss_ > self.best_loss_ - self.tol:
+                self._no_improvement_count += 1
+            else:
+                self._no_improvement_count = 0
+            self.best_loss_ = min(self.best_loss_, self.loss_)
+        if self.solver == "sgd" and self.learning_rate == "invscaling":
+            self._set_learning_rate(float(self.learning_rate_init) / (self.t_ + 1) ** self.power_t)
+        if self._no_improvement_count > self.n_iter_no_change:
+            what = "Validation score" if early else "Training loss"
+            msg = (f"{what} did not improve more than tol={self.tol:f} for {self.n_iter_no_change} "
+                   "consecutive epochs.")
+            if self.solver == "sgd" and self.learning_rate == "adaptive" and self._learning_rate > 1e-6:
+                self._set_learning_rate(self._learning_rate / 5.0)
+                self._no_improvement_count = 0
+                if self.verbose:
+                    print(msg + " Setting learning rate to %f" % self._learning_rate)
+            else:
+                if self.verbose:
+                    print(msg + (" Learning rate too small." if self.learning_rate == "adaptive"
+                                 and self.solver == "sgd" else "") + " Stopping.")
+                return True
+        if not incremental and self.n_iter_ == self.max_iter:
+            warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
+                          "optimization hasn't converged yet.", ConvergenceWarning, stacklevel=2)
+        return False
+
+    # -------------------------------------------------------------- predict
+    def _forward(self, X, check_input=True):
+        if check_input:
+            X = _validate_data(self, X, dtype=(np.float64, np.float32), reset=False)
+        return self._model.predict(X)
+
+    def _score(self, X, y, sample_weight=None):
+        y_pred = self._predict(X, check_input=False)
+        if np.issubdtype(y_pred.dtype, np.floating) and not np.isfinite(y_pred).all():
+            return np.nan
+        return self._score_function(y, y_pred, sample_weight=sample_weight)
+
+    def _check_solver(self):
+        if self.solver not in _STOCHASTIC:
+            raise AttributeError(f"partial_fit is only available for stochastic optimizers. {self.solver} is "
+                                 "not stochastic.")
+        return True
+
+    def _validate_validation_data(self, validation_data):
+        if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
+            raise ValueError("validation_data must be a tuple (X_val, y_val).")
+        X_val, y_val = validation_data
+        X_val = _validate_data(self, X_val, dtype=(np.float64, np.float32), reset=False)
+        y_val = np.asarray(y_val)
+        if y_val.ndim == 2 and y_val.shape[1] == 1:
+            y_val = column_or_1d(y_val, warn=True)
+        if y_val.shape[0] != X_val.shape[0]:
+            raise ValueError(f"validation_data has {X_val.shape[0]} samples in X_val but {y_val.shape[0]} "
+                             "in y_val; they must match.")
+        if len(y_val) < 2:
+            raise ValueError("The validation set is too small: it needs at least 2 samples.")
+        return X_val, y_val
+
+
+
+_EXTRA_DOC = """
+    dtype : {"float32", "float64"}, default="float32"
+        Precision of the weights and of training; input is converted to it.
+    backend : {"auto", "cython", "numba", "reference"} or None, default=None
+        Kernel backend; None uses ``FASTMLP_BACKEND`` or "auto".
+    n_threads : int or None, default=None
+        Bound on BLAS, Numba and OpenMP threads during fit and predict.
+    dropout : float, default=0.0
+        Not available yet: values > 0 raise a ValueError.
+    batch_norm : bool, default=False
+        Not available yet: True raises a ValueError.
+    init : str or None, default=None
+        None: scikit-learn's initialisation, drawn from ``random_state`` as
+        scikit-learn draws it. Otherwise a :mod:`fastmlp.initializers` name
+        ("he_uniform", "glorot_normal", ...) for the weights, with zero biases.
+    clip_norm : float or None, default=None
+        Rescale each step's gradient to this global L2 norm at most (sgd, adam).
+"""
+
+_PARAMS_DOC = """
+    Parameters
+    ----------
+    hidden_layer_sizes : array-like of shape (n_layers - 2,), default=(100,)
+        The ith element is the number of neurons in the ith hidden layer.
+    activation : str or list of str, default="relu"
+        'identity', 'logistic', 'tanh', 'relu' or any fastmlp activation
+        ('leaky_relu', 'elu', 'selu', 'gelu', 'swish', 'softplus', ...); a list
+        gives one per hidden layer.
+    solver, alpha, batch_size, learning_rate, learning_rate_init, power_t, max_iter, shuffle,
+    random_state, tol, verbose, warm_start, momentum, nesterovs_momentum, early_stopping,
+    validation_fraction, beta_1, beta_2, epsilon, n_iter_no_change, max_fun
+        As in scikit-learn, with the same defaults. ``solver="lbfgs"`` runs
+        scipy's L-BFGS-B on fastmlp's full-batch loss and gradient.""" + _EXTRA_DOC + """
+    Attributes
+    ----------
+    coefs_ : list of ndarray of shape (fan_in, fan_out), copies of the weights
+    intercepts_ : list of ndarray of shape (fan_out,)
+    loss_, best_loss_, loss_curve_, validation_scores_, best_validation_score_, n_iter_,
+    n_layers_, n_outputs_, out_activation_, t_, n_features_in_, feature_names_in_
+        As in scikit-learn.
+"""
+
+
+def _store(est, params):
+    for name, value in params.items():
+        if name not in ("self", "__class__"):
+            setattr(est, name, value)
+
+
+class MLPClassifier(ClassifierMixin, _BaseMLP):
+    __doc__ = ("Multi-layer perceptron classifier: scikit-learn's MLPClassifier, trained by fastmlp.\n"
+               "\n    Binary (one logistic output), multiclass (softmax) and multilabel (one logistic\n"
+               "    output per label) as in scikit-learn.\n" + _PARAMS_DOC
+               + "    classes_ : ndarray of shape (n_classes,)\n")
+
+    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=0.0001,
+                 batch_size="auto", learning_rate="constant", learning_rate_init=0.001, power_t=0.5,
+                 max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False,
+                 momentum=0.9, nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
+                 dtype="float32", backend=None, n_threads=None, dropout=0.0, batch_norm=False, init=None,
+                 clip_norm=None):
+        _store(self, locals())
+
+    _score_function = staticmethod(accuracy_score)
+
+    def fit(self, X, y, sample_weight=None, validation_data=None):
+        """Fit the model to X (n_samples, n_features) and class labels y.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,) or (n_samples, n_labels) label indicators
+        sample_weight : array-like of shape (n_samples,), optional
+        validation_data : (X_val, y_val), optional
+            Turns on early stopping on this set instead of a held-out
+            ``validation_fraction`` (sgd and adam).
+
+        Returns
+        -------
+        self
+        """
+        return self._fit(X, y, sample_weight=sample_weight, validation_data=validation_data)
+
+    def _validate_input(self, X, y, incremental, reset):
+        X, y = _validate_data(self, X, y, multi_output=True, dtype=(np.float64, np.float32), reset=reset)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
+        if (not hasattr(self, "classes_")) or (not self.warm_start and not incremental):
+            self._label_binarizer = LabelBinarizer()
+            self._label_binarizer.fit(y)
+            self.classes_ = self._label_binarizer.classes_
+        else:
+            classes = unique_labels(y)
+            if self.warm_start:
+                if set(classes) != set(self.classes_):
+                    raise ValueError("warm_start can only be used where `y` has the same classes as in the "
+                                     f"previous call to fit. Previously got {self.classes_}, `y` has {classes}")
+            elif len(np.setdiff1d(classes, self.classes_, assume_unique=True)):
+                raise ValueError(f"`y` has classes not in `self.classes_`. `self.classes_` has "
+                                 f"{self.classes_}. 'y' has {classes}.")
+        return X, self._label_binarizer.transform(y).astype(bool)
+
+    @available_if(lambda est: est._check_solver())
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
+        """One epoch over (X, y); ``classes`` (all labels) is required on the first call."""
+        if _check_partial_fit_first_call(self, classes):
+            self._label_binarizer = LabelBinarizer()
+            if type_of_target(y).startswith("multilabel"):
+                self._label_binarizer.fit(y)
+            else:
+                self._label_binarizer.fit(classes)
+        return self._fit(X, y, sample_weight=sample_weight, incremental=True)
+
+    def _predict(self, X, check_input=True):
+        y_pred = self._forward(X, check_input)
+        if self.n_outputs_ == 1:
+            y_pred = y_pred.ravel()
+        return self._label_binarizer.inverse_transform(y_pred)
+
+    def predict(self, X):
+        """Predicted classes, of shape (n_samples,) or (n_samples, n_labels) for multilabel."""
+        check_is_fitted(self)
+        return self._predict(X)
+
+    def predict_proba(self, X):
+        """Class probabilities of shape (n_samples, n_classes), in the order of ``classes_``."""
+        check_is_fitted(self)
+        y_pred = self._forward(X)
+        if self.n_outputs_ == 1:
+            y_pred = y_pred.ravel()
+        if y_pred.ndim == 1:
+            return np.vstack([1 - y_pred, y_pred]).T
+        return y_pred
+
+    def predict_log_proba(self, X):
+        """``log(predict_proba(X))``."""
+        y_prob = self.predict_proba(X)
+        return np.log(y_prob, out=y_prob)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True
+        return tags
+
+    def _more_tags(self):  # scikit-learn < 1.6
+        return {"multilabel": True}
+
+
+class MLPRegressor(RegressorMixin, _BaseMLP):
+    __doc__ = ("Multi-layer perceptron regressor: scikit-learn's MLPRegressor, trained by fastmlp.\n"
+               "\n    loss : {'squared_error', 'poisson'}, default='squared_error'\n"
+               "        Half the squared error, as scikit-learn; 'poisson' is not available yet.\n"
+               + _PARAMS_DOC)
+
+    _parameter_constraints: dict = {**_BaseMLP._parameter_constraints,
+                                    "loss": [StrOptions({"squared_error", "poisson"})]}
+
+    def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
+                 alpha=0.0001, batch_size="auto", learning_rate="constant", learning_rate_init=0.001,
+                 power_t=0.5, max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False,
+                 warm_start=False, momentum=0.9, nesterovs_momentum=True, early_stopping=False,
+                 validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10,
+                 max_fun=15000, dtype="float32", backend=None, n_threads=None, dropout=0.0, batch_norm=False,
+                 init=None, clip_norm=None):
+        _store(self, locals())
+
+    _score_function = staticmethod(r2_score)
+
+    def fit(self, X, y, sample_weight=None, validation_data=None):
+        """Fit the model to X (n_samples, n_features) and targets y (n_samples,) or (n_samples, n_outputs).
+
+        ``validation_data=(X_val, y_val)`` turns on early stopping on that set
+        instead of a held-out ``validation_fraction`` (sgd and adam).
+        """
+        return self._fit(X, y, sample_weight=sample_weight, validation_data=validation_data)
+
+    def _validate_input(self, X, y, incremental, reset):
+        X, y = _validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=(np.float64, np.float32),
+                              reset=reset)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
+        return X, y
+
+    @available_if(lambda est: est._check_solver())
+    def partial_fit(self, X, y, sample_weight=None):
+        """One epoch over (X, y)."""
+        return self._fit(X, y, sample_weight=sample_weight, incremental=True)
+
+    def _predict(self, X, check_input=True):
+        y_pred = self._forward(X, check_input)
+        return y_pred.ravel() if y_pred.shape[1] == 1 else y_pred
+
+    def predict(self, X):
+        """Predicted values, of shape (n_samples,) or (n_samples, n_outputs)."""
+        check_is_fitted(self)
+        return self._predict(X)
