@@ -1,0 +1,56 @@
+"""Smoke test of the benchmark suite: it runs, it prints its table, its kernel checks pass.
+
+The benchmarks themselves are not collected by the default ``python -m pytest``
+(testpaths is ``tests``); this only checks, at tiny sizes, that
+``benchmarks/compare.py`` and ``benchmarks/test_kernels.py`` still work.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ROWS = ("A b128", "A b32", "A b512", "B b32", "C predict")
+
+
+def _run(args, env=None, timeout=600):
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=full_env)
+
+
+def _check_table(out):
+    assert "CPU:" in out and "threads: 2" in out, out
+    assert "| workload | unit | cython | numba | reference | PyTorch | scikit-learn | GEMM bound |" in out, out
+    for row in ROWS:
+        assert f"| {row} |" in out, f"row {row!r} missing:\n{out}"
+
+
+def test_compare_smoke():
+    proc = _run(["benchmarks/compare.py", "--quick", "--smoke"])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    _check_table(proc.stdout)
+    assert "| memory A b128" in proc.stdout or "memory:" in proc.stdout
+
+
+def test_compare_without_torch_and_sklearn(tmp_path):
+    # Shadow both packages with modules that fail to import, as if not installed.
+    (tmp_path / "torch.py").write_text("raise ImportError('torch hidden by the smoke test')\n")
+    (tmp_path / "sklearn.py").write_text("raise ImportError('sklearn hidden by the smoke test')\n")
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    proc = _run(["benchmarks/compare.py", "--smoke", "--no-memory"], env={"PYTHONPATH": path})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    _check_table(proc.stdout)
+    assert "torch not installed" in proc.stdout and "sklearn not installed" in proc.stdout
+    a128 = next(line for line in proc.stdout.splitlines() if line.startswith("| A b128 |"))
+    assert a128.count("n/a") >= 2, a128
+
+
+def test_kernel_benchmarks_pass():
+    pytest.importorskip("pytest_benchmark")
+    proc = _run(["-m", "pytest", "benchmarks/test_kernels.py", "--benchmark-disable", "-q",
+                 "-p", "no:cacheprovider"])
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "passed" in proc.stdout
