@@ -86,6 +86,23 @@ def _set_parallel_min_work(Py_ssize_t n):
     return old
 
 
+# Inside the training loop the elementwise work between BLAS calls stays on
+# one thread by default: an OpenMP team woken right after a threaded GEMM finds
+# the BLAS workers still spinning on the other cores, and on a 2-core machine
+# each region then waits for a time slice (measured: 10x slower epochs on the
+# 784-256-128-10 net). BLAS keeps its threads; see _set_loop_parallel.
+cdef bint _loop_parallel = False
+
+
+def _set_loop_parallel(bint on):
+    """Let the training loop's elementwise kernels use OpenMP (off by default);
+    returns the old setting. For measurements and tests."""
+    global _loop_parallel
+    old = _loop_parallel
+    _loop_parallel = on
+    return old
+
+
 cdef inline bint _parallel(Py_ssize_t work) noexcept nogil:
     return _n_threads > 1 and work >= _par_min_work
 
@@ -1203,6 +1220,7 @@ def train_steps(const floating[:, ::1] X, const int64_t[::1] y, const floating[:
     buffers Z, A, dA must be C-contiguous arrays of the data's dtype, shaped
     (batch, fan_out) as the plan says (checked by the Python shim)."""
     cdef Py_ssize_t i, n_units = plan_i.shape[0], done
+    cdef int saved_threads = 0
     cdef UnitPtrs* units = <UnitPtrs*>malloc(n_units * sizeof(UnitPtrs))
     cdef floating[:, ::1] ZL = Z[n_units - 1]
     cdef floating[:, ::1] AL = A[n_units - 1]
@@ -1223,10 +1241,149 @@ def train_steps(const floating[:, ::1] X, const int64_t[::1] y, const floating[:
             units[i].Z = cnp.PyArray_DATA(<cnp.ndarray>Z[i])
             units[i].A = cnp.PyArray_DATA(<cnp.ndarray>A[i])
             units[i].dA = cnp.PyArray_DATA(<cnp.ndarray>dA[i])
+        if not _loop_parallel:
+            saved_threads = _n_threads
+            set_num_threads(1)
         with nogil:
             done = _train_loop(X, y, Y, sw, order, start, n_steps, units, n_units, params, grads,
                                x_buf, y_buf, Y_buf, sw_buf, ZL, AL, dAL, P, loss_kind, opt_kind,
                                opt_f, state1, state2, t0, clip_norm, losses_out, correct_out)
     finally:
         free(units)
+        if saved_threads > 0:
+            set_num_threads(saved_threads)
     return done
+
+
+# ---------------------------------------------------------------- inference
+# Below this many multiply-adds a plain loop beats a BLAS call (whose
+# interface costs about a microsecond): the single-row predict of small nets.
+cdef Py_ssize_t _SMALL_PRODUCT = 16384
+
+
+cdef void _small_matmul(const floating* X, const floating* W, floating* Z, Py_ssize_t n,
+                        Py_ssize_t k, Py_ssize_t d) noexcept nogil:
+    # Z (n, k) = X (n, d) @ W (d, k), row by row as axpy over W's rows (contiguous).
+    cdef Py_ssize_t r, i, j
+    cdef floating xv
+    cdef floating* z
+    cdef const floating* w
+    for r in range(n):
+        z = Z + r * k
+        for j in range(k):
+            z[j] = 0
+        for i in range(d):
+            xv = X[r * d + i]
+            w = W + i * k
+            for j in range(k):
+                z[j] += xv * w[j]
+
+
+cdef bint _predict_rows(const floating* X, Py_ssize_t n, Py_ssize_t d, UnitPtrs* units,
+                        Py_ssize_t n_units, const floating* params, floating* x_buf,
+                        floating* out) noexcept nogil:
+    # One forward pass over n <= capacity rows, serial (small batches: a
+    # parallel region would cost more than the work). False on NaN/inf in X.
+    cdef Py_ssize_t i, r, k
+    cdef UnitPtrs* u
+    cdef const floating* inp
+    cdef floating v
+    for i in range(n * d):
+        v = X[i]
+        if not isfinite(v):
+            return False
+        x_buf[i] = v
+    inp = x_buf
+    for i in range(n_units):
+        u = &units[i]
+        k = u.fan_out
+        if u.kind == 1:
+            if n * k * u.fan_in <= _SMALL_PRODUCT:
+                _small_matmul(inp, &params[u.w_off], <floating*>u.Z, n, k, u.fan_in)
+            else:
+                _gemm_p(inp, &params[u.w_off], <floating*>u.Z, <int>n, <int>k, <int>u.fan_in,
+                        False, False, 0.0)
+            for r in range(n):
+                _bias_act_row(<floating*>u.Z + r * k, &params[u.b_off], <floating*>u.A + r * k, k,
+                              u.use_bias, u.act, <floating>u.alpha)
+        elif u.act != IDENTITY:
+            for r in range(n):
+                _bias_act_row(<floating*>u.Z + r * k, params, <floating*>u.A + r * k, k,
+                              False, u.act, <floating>u.alpha)
+        inp = <floating*>u.A
+    memcpy(out, inp, n * units[n_units - 1].fan_out * sizeof(floating))
+    return True
+
+
+cdef class Predictor:
+    """Compiled :func:`fastmlp.backends.reference.make_predictor`: the plan is
+    turned into raw pointers once; ``run`` checks its two arrays with the
+    NumPy C API and makes one GIL-free pass, allocating nothing."""
+    cdef UnitPtrs* units
+    cdef Py_ssize_t n_units, capacity, d_in, d_out
+    cdef int typenum
+    cdef char* params
+    cdef char* x_buf
+    cdef list keep
+
+    def __cinit__(self):
+        self.units = NULL
+
+    def __init__(self, const int64_t[:, ::1] plan_i, const double[:, ::1] plan_f,
+                 cnp.ndarray params, cnp.ndarray x_buf, list Z, list A):
+        cdef Py_ssize_t i, n_units = plan_i.shape[0]
+        if n_units < 1:
+            raise ValueError("make_predictor: the plan has no units")
+        self.units = <UnitPtrs*>malloc(n_units * sizeof(UnitPtrs))
+        if self.units == NULL:
+            raise MemoryError()
+        for i in range(n_units):
+            self.units[i].kind = <int>plan_i[i, 0]
+            self.units[i].fan_in = plan_i[i, 1]
+            self.units[i].fan_out = plan_i[i, 2]
+            self.units[i].act = <int>plan_i[i, 3]
+            self.units[i].use_bias = plan_i[i, 4] != 0
+            self.units[i].w_off = plan_i[i, 5]
+            self.units[i].b_off = plan_i[i, 6]
+            self.units[i].alpha = plan_f[i, 0]
+            self.units[i].l2 = 0.0
+            self.units[i].Z = cnp.PyArray_DATA(<cnp.ndarray>Z[i])
+            self.units[i].A = cnp.PyArray_DATA(<cnp.ndarray>A[i])
+            self.units[i].dA = NULL
+        self.n_units = n_units
+        self.capacity = x_buf.shape[0]
+        self.d_in = x_buf.shape[1]
+        self.d_out = plan_i[n_units - 1, 2]
+        self.typenum = cnp.PyArray_TYPE(x_buf)
+        self.params = <char*>cnp.PyArray_DATA(params)
+        self.x_buf = <char*>cnp.PyArray_DATA(x_buf)
+        self.keep = [params, x_buf, list(Z), list(A)]
+
+    def __dealloc__(self):
+        free(self.units)
+
+    def run(self, cnp.ndarray X not None, cnp.ndarray out not None):
+        cdef Py_ssize_t n
+        cdef bint ok
+        if (cnp.PyArray_TYPE(X) != self.typenum or cnp.PyArray_NDIM(X) != 2
+                or not cnp.PyArray_IS_C_CONTIGUOUS(X) or X.shape[1] != self.d_in
+                or X.shape[0] < 1 or X.shape[0] > self.capacity):
+            raise ValueError(f"predictor: X must be a C-contiguous array of the model's dtype, "
+                             f"(1..{self.capacity}, {self.d_in})")
+        n = X.shape[0]
+        if (cnp.PyArray_TYPE(out) != self.typenum or cnp.PyArray_NDIM(out) != 2
+                or not cnp.PyArray_IS_C_CONTIGUOUS(out) or not cnp.PyArray_ISWRITEABLE(out)
+                or out.shape[0] != n or out.shape[1] != self.d_out):
+            raise ValueError(f"predictor: out must be a writeable C-contiguous ({n}, {self.d_out}) "
+                             "array of the model's dtype")
+        if self.typenum == cnp.NPY_FLOAT:
+            with nogil:
+                ok = _predict_rows(<const float*>cnp.PyArray_DATA(X), n, self.d_in, self.units,
+                                   self.n_units, <const float*>self.params, <float*>self.x_buf,
+                                   <float*>cnp.PyArray_DATA(out))
+        else:
+            with nogil:
+                ok = _predict_rows(<const double*>cnp.PyArray_DATA(X), n, self.d_in, self.units,
+                                   self.n_units, <const double*>self.params, <double*>self.x_buf,
+                                   <double*>cnp.PyArray_DATA(out))
+        return ok

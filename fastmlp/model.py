@@ -57,6 +57,13 @@ class _Unit:
         return (self.fan_in * self.fan_out + self.fan_out * self.use_bias) if self.dense else 0
 
 
+# Batches up to this many rows take the per-request predict path.
+_SMALL_ROWS = 64
+# OpenBLAS runs a GEMM of m*n*k <= 65536 * 4 multiply-adds on one thread
+# (interface/gemm.c, SMP_THRESHOLD_MIN * GEMM_MULTITHREAD_THRESHOLD).
+_BLAS_SERIAL_WORK = 65536 * 4
+
+
 class _Buffers:
     """Per-batch-size work arrays of the forward and backward passes."""
 
@@ -130,7 +137,7 @@ class Sequential:
         self._weighted = False
         self.optimizer = None
         self._alpha_per_batch = 0.0  # scikit-learn's L2 scaling: alpha / (2 n_batch) * ||W||^2
-        self._infer_cache = None
+        self._infer_cache = self._predictor = None
         self.input_dim = None
         if input_dim is not None:
             self.build(_validation.check_positive_int(input_dim, "input_dim"))
@@ -165,7 +172,7 @@ class Sequential:
             if u.dense:
                 u.W[...] = _init.initialize(u.init, u.act, u.fan_in, u.fan_out, self._rng, self.dtype)
         self._set_acts()
-        self._infer_cache = None
+        self._infer_cache = self._predictor = None
         return self
 
     def _bind_views(self):
@@ -236,7 +243,7 @@ class Sequential:
         self.clip_norm = None if clip_norm is None else _validation.check_positive(clip_norm, "clip_norm")
         if self.built:
             self._set_acts()
-            self._infer_cache = None
+            self._infer_cache = self._predictor = None
         return self
 
     # ------------------------------------------------------------- threading
@@ -400,7 +407,7 @@ class Sequential:
         if not np.isfinite(self._params).all():
             self._params[...] = snapshot
             where = f"the weights from the start of epoch {epoch + 1}"
-        self._infer_cache = None
+        self._infer_cache = self._predictor = None
         raise TrainingDivergedError(
             f"The loss became {loss} at epoch {epoch + 1}, step {step + 1}. The model keeps {where}. "
             f"Try a lower learning rate (now {self.optimizer.lr:g}), gradient clipping "
@@ -429,10 +436,19 @@ class Sequential:
         -------
         ndarray of shape (n_samples, n_outputs), of the model's dtype.
         """
+        out = self._predict_small(X, batch_size, n_threads)
+        if out is not None:
+            return out
         batch_size = _validation.check_positive_int(batch_size, "batch_size")
+        if n_threads is not None:
+            _validation.check_positive_int(n_threads, "n_threads")
         self._require_built()
         X = self._check_X(X)
         n = X.shape[0]
+        # converted small inputs take the same path, so give the same numbers
+        out = self._predict_small(X, n, None)
+        if out is not None:
+            return out
         out = np.empty((n, self._units[-1].fan_out), dtype=self.dtype)
         with self._threads(n_threads):
             for start in range(0, n, batch_size):
@@ -441,6 +457,35 @@ class Sequential:
                 buf.x[...] = chunk
                 out[start:start + chunk.shape[0]] = self._forward(buf, self._infer_acts)
         return out
+
+    def _predict_small(self, X, batch_size, n_threads):
+        """The per-request path: one native call for a C-contiguous batch of up
+        to ``_SMALL_ROWS`` rows of the model's dtype, or None to take the general
+        path (which also raises the errors). Its products are below OpenBLAS's
+        own threading threshold and its loops are serial, so no thread limits
+        are set (each threadpoolctl call costs milliseconds)."""
+        if not (type(X) is np.ndarray and X.ndim == 2 and X.dtype == self.dtype
+                and self._units is not None and X.flags.c_contiguous
+                and 1 <= X.shape[0] <= _SMALL_ROWS and X.shape[1] == self.input_dim
+                and type(batch_size) is int and batch_size >= X.shape[0]
+                and (n_threads is None or (type(n_threads) is int and n_threads >= 1))):
+            return None
+        p = self._predictor
+        if p is None:
+            # as many rows as keep every product on one BLAS thread (none: False)
+            rows = min(_SMALL_ROWS, (_BLAS_SERIAL_WORK - 1) // max(u.fan_in * u.fan_out for u in self._units))
+            if rows < 1:
+                p = self._predictor = False
+            else:
+                buf = _Buffers(self, rows, training=False)
+                plan_i, plan_f = self._plan_arrays(self._infer_acts, rows)
+                p = self._predictor = self.backend.make_predictor(plan_i, plan_f, self._params, buf.x,
+                                                                  buf.Z, buf.A)
+                self._predictor_rows = rows
+        if p is False or X.shape[0] > self._predictor_rows:
+            return None
+        out = np.empty((X.shape[0], self._units[-1].fan_out), dtype=self.dtype)
+        return out if p.run(X, out) else None
 
     def _infer_buffers(self, n):
         if self._infer_cache is None or self._infer_cache.n != n:
@@ -535,17 +580,18 @@ class Sequential:
             arrays.append(src)
         for dst, src in zip(targets, arrays):
             dst[...] = src
-        self._infer_cache = None
+        self._infer_cache = self._predictor = None
 
     # ------------------------------------------------------------- pickling
     def __getstate__(self):
         state = dict(self.__dict__)
         state["backend"] = None
-        state["_infer_cache"] = None
+        state["_infer_cache"] = state["_predictor"] = None
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        self.__dict__.setdefault("_predictor", None)
         self.backend = get_backend(self.backend_name)
         if self._units is not None:
             self._bind_views()

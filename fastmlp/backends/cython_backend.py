@@ -183,3 +183,35 @@ def train_steps(X, y, Y, sw, order, start, n_steps, plan_i, plan_f, params, grad
         _as(Y_buf, dt), _as(sw_buf, dt), list(Z), list(A), list(dA), P, int(loss_kind), int(opt_kind),
         _np.ascontiguousarray(opt_f, dtype=_np.float64), _as(state1, dt), _as(state2, dt), int(t0),
         float(clip_norm), losses_out, correct_out))
+
+
+def _check_predictor_buffers(plan_i, params, x_buf, Z, A):
+    dt = x_buf.dtype
+    if dt not in (_np.float32, _np.float64) or params.dtype != dt or not (
+            x_buf.flags.c_contiguous and params.flags.c_contiguous) or x_buf.ndim != 2:
+        raise ValueError("make_predictor: params and x_buf must be C-contiguous float32 or float64 "
+                         "arrays of one dtype")
+    if x_buf.shape[1] != plan_i[0, 1]:
+        raise ValueError(f"make_predictor: x_buf has {x_buf.shape[1]} columns, the plan {plan_i[0, 1]}")
+    rows = x_buf.shape[0]
+    for i, fan_out in enumerate(plan_i[:, 2]):
+        for name, bufs in (("Z", Z), ("A", A)):
+            b = bufs[i]
+            if not (isinstance(b, _np.ndarray) and b.dtype == dt and b.flags.c_contiguous
+                    and b.shape == (rows, fan_out)):
+                raise ValueError(f"make_predictor: {name}[{i}] must be a C-contiguous {dt} array of "
+                                 f"shape ({rows}, {fan_out})")
+    dense = plan_i[plan_i[:, 0] == 1]
+    if dense.size and params.shape[0] < max((dense[:, 5] + dense[:, 1] * dense[:, 2]).max(),
+                                            (dense[:, 6] + dense[:, 2] * dense[:, 4]).max()):
+        raise ValueError("make_predictor: the plan's offsets reach outside params")
+
+
+def make_predictor(plan_i, plan_f, params, x_buf, Z, A):
+    """A compiled inference object (see reference.make_predictor)."""
+    plan_i = _np.ascontiguousarray(plan_i, dtype=_INT64)
+    if ((plan_i[:, 3] < 0) | (plan_i[:, 3] >= len(_activations.ACTIVATIONS))).any():
+        raise ValueError(f"unknown activation code in plan: {plan_i[:, 3]}")
+    _check_predictor_buffers(plan_i, params, x_buf, Z, A)
+    return _kernels.Predictor(plan_i, _np.ascontiguousarray(plan_f, dtype=_np.float64), params, x_buf,
+                              list(Z), list(A))

@@ -807,3 +807,64 @@ def train_steps(X, y, Y, sw, order, start, n_steps, plan_i, plan_f, params, grad
         np.ascontiguousarray(plan_f[:, 1]), Ws, bs, dWs, dbs, params, grads, x_buf, y_buf, Y_buf,
         sw_buf, *lists, P, empty2, int(loss_kind), int(opt_kind), np.asarray(opt_f, dtype=np.float64),
         state1, state2, int(t0), float(clip_norm), losses_out, correct_out))
+
+
+@_jit
+def _predict_rows(X, kinds, acts, alphas, Ws, bs, x_buf, Z, A, out):
+    # One forward pass over the first n rows of the buffers; False on NaN/inf in X.
+    n, d = X.shape
+    for r in range(n):
+        for j in range(d):
+            v = X[r, j]
+            if not math.isfinite(v):
+                return False
+            x_buf[r, j] = v
+    inp = x_buf[:n]
+    for i in range(len(Z)):
+        Zi = Z[i][:n]
+        Ai = A[i][:n]
+        if kinds[i] == 1:
+            np.dot(inp, Ws[i], Zi)
+            _bias_act_forward(Zi, bs[i], acts[i], alphas[i], Ai)
+        else:
+            _act_forward(Zi, acts[i], alphas[i], Ai)
+        inp = Ai
+    out[...] = inp
+    return True
+
+
+class _Predictor:
+    """Compiled make_predictor: typed lists built once; ``run`` is one jitted call."""
+
+    def __init__(self, plan_i, plan_f, params, x_buf, Z, A):
+        self.dtype, self.capacity, self.d_in = x_buf.dtype, x_buf.shape[0], x_buf.shape[1]
+        self.d_out = int(plan_i[-1, 2])
+        self.Ws, self.bs, _, _ = _unit_views(plan_i, params, params)
+        self.kinds = np.ascontiguousarray(plan_i[:, 0])
+        self.acts = np.ascontiguousarray(plan_i[:, 3])
+        self.alphas = np.ascontiguousarray(plan_f[:, 0], dtype=np.float64)
+        self.x_buf, self.Z, self.A = x_buf, numba.typed.List(Z), numba.typed.List(A)
+
+    def run(self, X, out):
+        if not (type(X) is np.ndarray and X.dtype == self.dtype and X.ndim == 2
+                and X.flags.c_contiguous and X.shape[1] == self.d_in and 1 <= X.shape[0] <= self.capacity):
+            raise ValueError(f"predictor: X must be a C-contiguous array of the model's dtype, "
+                             f"(1..{self.capacity}, {self.d_in})")
+        if not (type(out) is np.ndarray and out.dtype == self.dtype and out.flags.c_contiguous
+                and out.flags.writeable and out.shape == (X.shape[0], self.d_out)):
+            raise ValueError(f"predictor: out must be a writeable C-contiguous ({X.shape[0]}, {self.d_out}) "
+                             "array of the model's dtype")
+        return _predict_rows(X, self.kinds, self.acts, self.alphas, self.Ws, self.bs, self.x_buf,
+                             self.Z, self.A, out)
+
+
+def make_predictor(plan_i, plan_f, params, x_buf, Z, A):
+    """A compiled inference object (see reference.make_predictor)."""
+    plan_i = np.ascontiguousarray(plan_i, dtype=np.int64)
+    for act in plan_i[:, 3]:
+        _check_act(act)
+    for i, fan_out in enumerate(plan_i[:, 2]):
+        for bufs in (Z, A):
+            if bufs[i].shape != (x_buf.shape[0], fan_out) or bufs[i].dtype != x_buf.dtype:
+                raise ValueError(f"make_predictor: Z[{i}] and A[{i}] must be ({x_buf.shape[0]}, {fan_out})")
+    return _Predictor(plan_i, plan_f, params, x_buf, Z, A)

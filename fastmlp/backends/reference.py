@@ -516,3 +516,41 @@ def train_steps(X, y, Y, sw, order, start, n_steps, plan_i, plan_f, params, grad
             return s
         optimizer_step(kernels, params, grads, opt_kind, opt_f, state1, state2, t0 + s + 1, clip_norm)
     return n_steps
+
+
+class _Predictor:
+    """See :func:`make_predictor`."""
+
+    def __init__(self, plan_i, plan_f, params, x_buf, Z, A):
+        self.plan_i, self.plan_f, self.params = plan_i, plan_f, params
+        self.x_buf, self.Z, self.A = x_buf, list(Z), list(A)
+
+    def run(self, X, out):
+        n = X.shape[0]
+        if not (X.dtype == self.x_buf.dtype and X.ndim == 2 and X.flags.c_contiguous
+                and X.shape[1] == self.x_buf.shape[1]
+                and 1 <= n <= self.x_buf.shape[0] and out.shape == (n, self.plan_i[-1, 2])
+                and out.dtype == X.dtype):
+            raise ValueError("predictor: X or out has the wrong dtype or shape")
+        if not np.isfinite(X).all():
+            return False
+        x = self.x_buf[:n]
+        x[...] = X
+        out[...] = forward_units(sys.modules[__name__], self.plan_i, self.plan_f, self.params, x,
+                                 [z[:n] for z in self.Z], [a[:n] for a in self.A])
+        return True
+
+
+def make_predictor(plan_i, plan_f, params, x_buf, Z, A):
+    """An inference object for up to ``x_buf.shape[0]`` rows at a time.
+
+    The object keeps the plan, the parameters (by reference: later updates to
+    ``params`` are seen) and the buffers (x_buf, per-unit Z and A, shaped as
+    for :func:`forward_units`). ``run(X, out)`` checks X (C-contiguous, the
+    buffers' dtype, ``1 <= len(X) <= len(x_buf)`` rows) and out
+    (``(len(X), n_outputs)``), returns False without touching out when X holds
+    a NaN or an infinity, else writes the forward pass of X into out and
+    returns True. Native backends run it in one call with no allocation: the
+    per-request path of an application that embeds a model.
+    """
+    return _Predictor(plan_i, plan_f, params, x_buf, Z, A)

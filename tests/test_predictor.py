@@ -1,0 +1,225 @@
+"""The per-request inference path (make_predictor, Sequential.predict on small
+batches) and the Cython backend's OpenMP paths, against the reference."""
+import pickle
+
+import numpy as np
+import pytest
+
+import fastmlp as fm
+from fastmlp import activations as A
+from fastmlp.backends import reference as ref
+
+from conftest import BACKENDS, DTYPES, NATIVE_BACKENDS, assert_close
+
+ALL_CODES = sorted(code for code, _, _ in A.ACTIVATIONS.values())
+
+
+def _plan(rng, d, hidden_act, out_act, extra_activation):
+    """Dense(d->6, hidden_act, no bias) [+ Activation(tanh)] -> Dense(6->3, out_act)."""
+    rows = [(ref.KIND_DENSE, d, 6, hidden_act, 0, 0, 0)]
+    if extra_activation:
+        rows.append((ref.KIND_ACTIVATION, 6, 6, A.TANH, 0, 0, 0))
+    w1 = d * 6
+    rows.append((ref.KIND_DENSE, 6, 3, out_act, 1, w1, w1 + 18))
+    plan_i = np.array(rows, dtype=np.int64)
+    plan_f = np.zeros((len(rows), 2))
+    plan_f[:, ref.P_ALPHA] = 0.3
+    return plan_i, plan_f, w1 + 21
+
+
+def _buffers(plan_i, rows, dt, d):
+    x = np.empty((rows, d), dt)
+    Z, Aa, prev = [], [], x
+    for kind, _, fan_out, act, *_ in plan_i:
+        z = np.empty((rows, fan_out), dt) if kind == ref.KIND_DENSE else prev
+        a = z if act == A.IDENTITY else np.empty((rows, fan_out), dt)
+        Z.append(z)
+        Aa.append(a)
+        prev = a
+    return x, Z, Aa
+
+
+@pytest.mark.parametrize("dt", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("act", ALL_CODES)
+@pytest.mark.parametrize("extra_activation", [False, True], ids=["dense", "with_activation_unit"])
+def test_predictor_matches_reference(backend_name, dt, act, extra_activation):
+    be = fm.get_backend(backend_name)
+    rng = np.random.default_rng(act)
+    d, cap = 5, 9
+    plan_i, plan_f, n_params = _plan(rng, d, act, A.SOFTMAX if act % 2 else act, extra_activation)
+    params = (rng.standard_normal(n_params) * 0.7).astype(dt)
+    x_buf, Z, Aa = _buffers(plan_i, cap, dt, d)
+    pred = be.make_predictor(plan_i, plan_f, params, x_buf, Z, Aa)
+    for n in (1, 4, cap):
+        X = (rng.standard_normal((n, d)) * 2).astype(dt)
+        want = ref.forward_units(ref, plan_i, plan_f, params, X.copy(), *_buffers(plan_i, n, dt, d)[1:])
+        out = np.full((n, 3), -7.0, dt)
+        assert pred.run(X, out) is True
+        assert_close(out, want, dt, rtol=1e-5 if dt == np.float32 else 1e-12)
+    # the parameters are held by reference: an in-place update is seen
+    params *= 0.5
+    X = rng.standard_normal((2, d)).astype(dt)
+    want = ref.forward_units(ref, plan_i, plan_f, params, X.copy(), *_buffers(plan_i, 2, dt, d)[1:])
+    out = np.empty((2, 3), dt)
+    assert pred.run(X, out)
+    assert_close(out, want, dt, rtol=1e-5 if dt == np.float32 else 1e-12)
+
+
+def test_predictor_refuses_bad_input(backend_name):
+    be, dt = fm.get_backend(backend_name), np.float32
+    plan_i, plan_f, n_params = _plan(None, 4, A.RELU, A.IDENTITY, False)
+    x_buf, Z, Aa = _buffers(plan_i, 3, dt, 4)
+    pred = be.make_predictor(plan_i, plan_f, np.ones(n_params, dt), x_buf, Z, Aa)
+    out = np.full((1, 3), 5.0, dt)
+    X = np.ones((1, 4), dt)
+    X[0, 2] = np.nan
+    assert pred.run(X, out) is False
+    X[0, 2] = np.inf
+    assert pred.run(X, out) is False
+    for bad in (np.ones((1, 4), np.float64), np.ones((1, 5), dt), np.ones((4, 4), dt),
+                np.ones((0, 4), dt), np.ones((1, 8), dt)[:, ::2], np.ones(4, dt)):
+        with pytest.raises(ValueError, match="predictor"):
+            pred.run(bad, out)
+    with pytest.raises(ValueError, match="predictor"):
+        pred.run(np.ones((1, 4), dt), np.empty((1, 2), dt))
+
+
+def _net(backend, dtype="float32", **kw):
+    model = fm.Sequential([fm.Dense(16, activation="relu"), fm.Dense(8, activation="tanh"), fm.Dense(3)],
+                          input_dim=6, seed=3, backend=backend, dtype=dtype, **kw)
+    model.compile(loss="cross_entropy", optimizer=fm.optim.Adam(lr=1e-2))
+    return model
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_small_predict_matches_batch_predict(backend_name, dtype):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 6)).astype(dtype)
+    y = rng.integers(0, 3, 300)
+    model = _net(backend_name, dtype)
+    model.fit(X, y, epochs=2, batch_size=32, verbose=0)
+    big = model.predict(X[:200], batch_size=4096)  # general path (200 > 64 rows)
+    assert model._predictor is None
+    for i in (0, 17, 199):
+        assert_close(model.predict(X[i:i + 1]), big[i:i + 1], dtype, rtol=1e-5 if dtype == "float32" else 1e-12)
+    assert model._predictor not in (None, False)  # the small path ran
+    assert_close(model.predict(X[:64]), big[:64], dtype, rtol=1e-5 if dtype == "float32" else 1e-12)
+    np.testing.assert_allclose(model.predict(X[:5]).sum(axis=1), 1.0, rtol=1e-5)
+    # further training and set_weights are seen by the cached predictor
+    before = model.predict(X[:1]).copy()
+    model.fit(X, y, epochs=1, batch_size=32, verbose=0)
+    after = model.predict(X[:1])
+    assert not np.allclose(before, after)
+    ws = [np.zeros_like(w) for w in model.get_weights()]
+    model.set_weights(ws)
+    np.testing.assert_allclose(model.predict(X[:1]), np.full((1, 3), 1 / 3), rtol=1e-6)
+    # a pickled model predicts the same through the same path
+    model.set_weights([rng.standard_normal(w.shape) for w in ws])
+    clone = pickle.loads(pickle.dumps(model))
+    np.testing.assert_array_equal(clone.predict(X[:1]), model.predict(X[:1]))
+
+
+def test_small_predict_errors_like_the_general_path(backend_name):
+    model = _net(backend_name)
+    x = np.ones((1, 6), np.float32)
+    x[0, 4] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        model.predict(x)
+    with pytest.raises(ValueError, match="features"):
+        model.predict(np.ones((1, 5), np.float32))
+    # other dtypes and layouts are converted, as on the general path
+    z = np.ones((6, 1), np.float64).T
+    np.testing.assert_allclose(model.predict(z), model.predict(np.ones((1, 6), np.float32)), rtol=1e-6)
+
+
+def test_large_layers_skip_the_small_path(backend_name):
+    # a product above OpenBLAS's one-thread threshold even for one row
+    model = fm.Sequential([fm.Dense(600, activation="relu"), fm.Dense(2)], input_dim=500, seed=0,
+                          backend=backend_name)
+    model.compile(loss="mse", optimizer=fm.optim.SGD(0.1))
+    x = np.random.default_rng(1).standard_normal((1, 500)).astype(np.float32)
+    out = model.predict(x)
+    assert model._predictor is False
+    W0, b0, W1, b1 = model.get_weights()
+    want = np.maximum(x.astype(np.float64) @ W0 + b0, 0) @ W1 + b1
+    np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------- the Cython backend's OpenMP paths
+@pytest.fixture
+def omp():
+    if "cython" not in BACKENDS:
+        pytest.skip("the cython backend is not built")
+    from fastmlp import _kernels as K
+
+    old_work = K._set_parallel_min_work(1)
+    old_loop = K._set_loop_parallel(True)
+    old_threads = K.get_num_threads()
+    K.set_num_threads(2)
+    yield K
+    K.set_num_threads(old_threads)
+    K._set_parallel_min_work(old_work)
+    K._set_loop_parallel(old_loop)
+
+
+@pytest.mark.parametrize("dt", DTYPES, ids=["float32", "float64"])
+def test_cython_parallel_kernels_match_reference(omp, dt):
+    cy = fm.get_backend("cython")
+    rng = np.random.default_rng(5)
+    n, k = 37, 11
+    Z = rng.standard_normal((n, k)).astype(dt)
+    b = rng.standard_normal(k).astype(dt)
+    for act in ALL_CODES:
+        got, want = np.empty_like(Z), np.empty_like(Z)
+        z1, z2 = Z.copy(), Z.copy()
+        cy.bias_act_forward(z1, b, act, 0.2, got)
+        ref.bias_act_forward(z2, b, act, 0.2, want)
+        assert_close(got, want, dt, rtol=1e-5 if dt == np.float32 else 1e-12, err_msg=f"act {act}")
+        if act != A.STEP:
+            dA = rng.standard_normal((n, k)).astype(dt)
+            g1, g2 = np.empty_like(dA), np.empty_like(dA)
+            cy.act_backward(z1, got, dA, act, 0.2, g1)
+            ref.act_backward(z2, want, dA, act, 0.2, g2)
+            assert_close(g1, g2, dt, rtol=1e-5 if dt == np.float32 else 1e-12, err_msg=f"act {act}")
+    y = rng.integers(0, k, n).astype(np.int64)
+    sw = np.empty(0, dt)
+    P1, P2, d1, d2 = (np.empty((n, k), dt) for _ in range(4))
+    l1 = cy.softmax_cross_entropy(Z, y, sw, P1, d1)
+    l2 = ref.softmax_cross_entropy(Z, y, sw, P2, d2)
+    assert_close(l1, l2, dt)
+    assert_close(d1, d2, dt)
+    p0, g = rng.standard_normal(1000).astype(dt), rng.standard_normal(1000).astype(dt)
+    p1, p2, m1, m2, v1, v2 = p0.copy(), p0.copy(), *(np.zeros(1000, dt) for _ in range(4))
+    for step in (1, 2):
+        cy.adam_update(p1, g, m1, v1, 0.01, 0.9, 0.999, 1e-8, step)
+        ref.adam_update(p2, g, m2, v2, 0.01, 0.9, 0.999, 1e-8, step)
+    assert_close(p1, p2, dt, rtol=1e-6 if dt == np.float32 else 1e-13)
+    q1, q2, s1, s2 = p0.copy(), p0.copy(), np.zeros(1000, dt), np.zeros(1000, dt)
+    cy.sgd_update(q1, g, s1, 0.1, 0.9, True)
+    ref.sgd_update(q2, g, s2, 0.1, 0.9, True)
+    assert_close(q1, q2, dt)
+    s1, s2 = np.zeros(1000, dt), np.zeros(1000, dt)
+    cy.rmsprop_update(q1, g, s1, 0.1, 0.9, 1e-8)
+    ref.rmsprop_update(q2, g, s2, 0.1, 0.9, 1e-8)
+    assert_close(q1, q2, dt, rtol=1e-5 if dt == np.float32 else 1e-12)
+    assert_close(cy.sum_squares(p0), ref.sum_squares(p0), dt, rtol=1e-5 if dt == np.float32 else 1e-12)
+
+
+def test_cython_parallel_training_loop_matches_serial(omp):
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((200, 12))
+    y = rng.integers(0, 4, 200)
+
+    def weights():
+        model = fm.Sequential([fm.Dense(32, activation="gelu"), fm.Dense(4)], input_dim=12, seed=1,
+                              dtype="float64", backend="cython")
+        model.compile(loss="cross_entropy", optimizer=fm.optim.Adam(lr=1e-2))
+        model.fit(X, y, epochs=2, batch_size=16, verbose=0)
+        return model.get_weights()
+
+    parallel = weights()
+    omp.set_num_threads(1)
+    omp._set_loop_parallel(False)
+    serial = weights()
+    for a, b in zip(parallel, serial):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-13)
