@@ -45,6 +45,21 @@ def check_dtype(dtype):
     return dt
 
 
+def all_finite(a):
+    """Whether a float array holds no NaN or infinity, without a full-size
+    temporary: a sum propagates both (one pass, no allocation); only when it
+    is not finite (bad values, or finite ones that overflow) are the rows
+    checked exactly, a block at a time."""
+    if a.size == 0:
+        return True
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(a.sum()):
+            return True
+    rows = a.reshape(a.shape[0], -1) if a.ndim > 1 else a.reshape(-1, 1)
+    step = max(1, (1 << 18) // max(1, rows.shape[1]))
+    return all(np.isfinite(rows[i:i + step]).all() for i in range(0, rows.shape[0], step))
+
+
 def _first_nonfinite(a):
     bad = ~np.isfinite(a)
     pos = np.unravel_index(int(np.argmax(bad)), a.shape)
@@ -88,7 +103,7 @@ def check_X(X, dtype, name="X"):
         arr = arr.reshape(arr.shape[0], -1)
     if arr.shape[1] == 0:
         raise ValueError(f"{name} has 0 features; at least 1 feature is required.")
-    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+    if np.issubdtype(arr.dtype, np.floating) and not all_finite(arr):
         kind, (row, col) = _first_nonfinite(arr)
         raise ValueError(f"{name} contains {kind} at row {row}, column {col}; clean or impute it first.")
     return np.ascontiguousarray(arr, dtype=dtype)
@@ -131,7 +146,7 @@ def check_targets(y, n_samples, n_outputs, dtype, name="y"):
     check_length(arr, n_samples, name)
     if arr.shape[1] != n_outputs:
         raise ValueError(f"{name} has {arr.shape[1]} columns, but the output layer has {n_outputs} units.")
-    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+    if np.issubdtype(arr.dtype, np.floating) and not all_finite(arr):
         kind, (row, col) = _first_nonfinite(arr)
         raise ValueError(f"{name} contains {kind} at row {row}, column {col}; clean it first.")
     return np.ascontiguousarray(arr, dtype=dtype)

@@ -399,3 +399,25 @@ def test_divergence_in_first_step_names_epoch_1_step_1(backend_name):
         m.fit(X, Y, epochs=1, batch_size=4, verbose=0)
     for a, b in zip(m.get_weights(), before):
         np.testing.assert_array_equal(a, b)
+
+
+def test_all_finite_without_a_full_size_temporary():
+    from fastmlp._validation import all_finite
+
+    big = np.full((300, 7), np.finfo(np.float32).max, dtype=np.float32)  # the sum overflows
+    assert all_finite(big)
+    for bad in (np.inf, -np.inf, np.nan):
+        x = big.copy()
+        x[211, 3] = bad
+        assert not all_finite(x)
+    pair = np.zeros((5, 2))
+    pair[1, 0], pair[3, 1] = np.inf, -np.inf  # sums to NaN, still reported
+    assert not all_finite(pair)
+    assert all_finite(np.ones((4, 3)))
+    assert all_finite(np.empty((0, 3)))
+    with pytest.raises(ValueError, match="infinity at row 211, column 3"):
+        x = big.copy()
+        x[211, 3] = np.inf
+        m = fastmlp.Sequential([fastmlp.Dense(2)], input_dim=7)
+        m.compile(loss="mse", optimizer=fastmlp.optim.SGD(0.1))
+        m.predict(x)

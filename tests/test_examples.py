@@ -1,0 +1,39 @@
+"""The examples as a user runs them: accuracy floors from the acceptance criteria."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FASHION_DIR = ROOT.parent / "shared" / "data" / "fashion-mnist"
+FASHION_FILES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                 "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+
+
+def run_example(*args, timeout):
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def accuracy(stdout, label):
+    match = re.search(rf"{label} test accuracy: ([0-9.]+)", stdout)
+    assert match, stdout
+    return float(match.group(1))
+
+
+def test_quickstart_digits_reaches_95_percent():
+    out = run_example("examples/quickstart.py", timeout=300)
+    assert accuracy(out, "digits") >= 0.95, out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not all((FASHION_DIR / f).is_file() for f in FASHION_FILES),
+                    reason=f"Fashion-MNIST files not found in {FASHION_DIR}")
+def test_fashion_mnist_example_reaches_88_percent():
+    # the example as documented: 784-256-128-10 ReLU, Adam(1e-3), batch 128, 10 epochs
+    out = run_example("examples/fashion_mnist.py", "--verbose", "0", timeout=900)
+    assert accuracy(out, "Fashion-MNIST") >= 0.88, out
