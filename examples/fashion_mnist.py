@@ -1,6 +1,6 @@
 """Train a 784-256-128-10 ReLU net on the real Fashion-MNIST and print test accuracy.
 
-    python examples/fashion_mnist.py [--data DIR] [--epochs 10] [--backend auto] [--threads 2]
+    python examples/fashion_mnist.py [--data DIR] [--epochs 15] [--backend auto] [--threads 2]
 
 The data is looked up in --data, $FASTMLP_DATA, ../shared/data/fashion-mnist
 beside this repository, and /usr/share/datasets/fashion-mnist (Debian's
@@ -33,7 +33,7 @@ def build(backend="auto", n_threads=None, seed=0, dtype="float32"):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--threads", type=int, default=None)
