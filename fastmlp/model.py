@@ -259,6 +259,15 @@ class Sequential:
         with threadpool_limits(limits=n, user_api="blas"):
             yield
 
+    def _fit_threads(self, n_threads, batch_size):
+        """The thread policy of a fit: one thread when every product of a step
+        is below BLAS's own threading threshold (a small net would only pay for
+        waking and syncing threads: PyTorch issue 144633), else the bound that
+        was asked for (None: the libraries' defaults, all cores)."""
+        n = n_threads if n_threads is not None else self.n_threads
+        work = batch_size * max(u.fan_in * u.fan_out for u in self._units)
+        return 1 if work < _BLAS_SERIAL_WORK else n
+
     # -------------------------------------------------------------- targets
     def _check_targets(self, y, n, name="y"):
         """Validated targets and the loss kind they select (one-hot rows or labels)."""
@@ -342,7 +351,7 @@ class Sequential:
             opt.init_state(self._params.size, self.dtype, np)
         history = History()
         batch_size = min(batch_size, n)
-        with self._threads(n_threads):
+        with self._threads(self._fit_threads(n_threads, batch_size)):
             bufs = {}
             for epoch in range(epochs):
                 t0 = time.perf_counter()

@@ -223,3 +223,28 @@ def test_cython_parallel_training_loop_matches_serial(omp):
     serial = weights()
     for a, b in zip(parallel, serial):
         np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-13)
+
+
+# ------------------------------------------------------------ thread policy
+def _blas_threads():
+    from threadpoolctl import threadpool_info
+
+    return {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+
+@pytest.mark.parametrize("batch_size, hidden, expect_one", [(32, 64, True), (128, 256, False)])
+def test_fit_thread_policy(backend_name, batch_size, hidden, expect_one):
+    pytest.importorskip("threadpoolctl")
+    seen = []
+    rng = np.random.default_rng(0)
+    d = 20 if expect_one else 784
+    X = rng.standard_normal((2 * batch_size, d)).astype(np.float32)
+    y = rng.integers(0, 2, 2 * batch_size)
+    model = fm.Sequential([fm.Dense(hidden, activation="relu"), fm.Dense(2)], input_dim=d, seed=0,
+                          backend=backend_name, n_threads=2)
+    model.compile(loss="cross_entropy", optimizer=fm.optim.SGD(0.01))
+    model.fit(X, y, epochs=1, batch_size=batch_size, verbose=0,
+              callbacks=[lambda m, e, logs: seen.append(_blas_threads())])
+    assert seen and seen[0], "no BLAS library seen"
+    want = 1 if expect_one else 2
+    assert set(seen[0].values()) == {want}, seen[0]
