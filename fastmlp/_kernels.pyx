@@ -766,12 +766,19 @@ cdef void c_adam_update(floating[::1] p, const floating[::1] g, floating[::1] m,
                    feps)
 
 
+cdef extern from "_fastmath.h" nogil:
+    double fm_sumsq_f(const float* x, Py_ssize_t n)
+    double fm_sumsq_d(const double* x, Py_ssize_t n)
+
+
 cdef inline double _sumsq_span(const floating* x, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef double s = 0.0
-    for i in range(n):
-        s += <double>x[i] * x[i]
-    return s
+    # sum of squares in double, vectorized (reassociated: see _fastmath.h).
+    # Per step of the 784-256-128-10 net with an L2 penalty it was 0.12 s/epoch
+    # as a sequential loop.
+    if floating is float:
+        return fm_sumsq_f(x, n)
+    else:
+        return fm_sumsq_d(x, n)
 
 
 cdef double c_sum_squares(const floating[::1] x) noexcept nogil:

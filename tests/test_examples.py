@@ -37,3 +37,16 @@ def test_fashion_mnist_example_reaches_88_percent():
     # the example as documented: 784-256-128-10 ReLU, Adam(1e-3), batch 128, 15 epochs
     out = run_example("examples/fashion_mnist.py", "--verbose", "0", timeout=900)
     assert accuracy(out, "Fashion-MNIST") >= 0.88, out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not all((FASHION_DIR / f).is_file() for f in FASHION_FILES),
+                    reason=f"Fashion-MNIST files not found in {FASHION_DIR}")
+def test_sklearn_compare_accuracy_within_one_point():
+    # (256, 128), adam, batch 128, 15 epochs, float32, both estimators, same hyperparameters.
+    # Only accuracy is asserted: speed is measured by running the script, never by a timed test.
+    out = run_example("examples/sklearn_compare.py", timeout=1500)
+    acc = {name: float(v) for name, v in re.findall(r"(fastmlp|scikit-learn): test accuracy ([0-9.]+)", out)}
+    assert set(acc) == {"fastmlp", "scikit-learn"}, out
+    assert acc["fastmlp"] >= 0.88, out
+    assert abs(acc["fastmlp"] - acc["scikit-learn"]) <= 0.01, out

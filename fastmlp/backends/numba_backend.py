@@ -666,7 +666,7 @@ def scale_inplace(x, factor):
 
 
 # ------------------------------------------------------------ the step loop
-@_jit
+@_jit_reduce
 def _sum_squares_2d(W):
     s = 0.0
     for i in range(W.shape[0]):
