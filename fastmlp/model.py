@@ -57,6 +57,21 @@ class _Unit:
         return (self.fan_in * self.fan_out + self.fan_out * self.use_bias) if self.dense else 0
 
 
+_CONTROLLER = None
+
+
+def _blas_controller():
+    """One threadpoolctl controller for the process: building one scans every
+    loaded library (about 17 ms), which a bare ``threadpool_limits`` call does
+    each time. Made at first use, after the backends have loaded their BLAS."""
+    global _CONTROLLER
+    if _CONTROLLER is None:
+        from threadpoolctl import ThreadpoolController
+
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER
+
+
 # Batches up to this many rows take the per-request predict path.
 _SMALL_ROWS = 64
 # OpenBLAS runs a GEMM of m*n*k <= 65536 * 4 multiply-adds on one thread
@@ -253,10 +268,8 @@ class Sequential:
         if n is None:
             yield
             return
-        from threadpoolctl import threadpool_limits
-
         self.backend.set_num_threads(n)
-        with threadpool_limits(limits=n, user_api="blas"):
+        with _blas_controller().limit(limits=n, user_api="blas"):
             yield
 
     def _fit_threads(self, n_threads, batch_size):
