@@ -48,13 +48,14 @@ cdef enum:
     STEP = 10
     SOFTMAX = 11
     LOG_SOFTMAX = 12
-    N_ACTIVATIONS = 13
+    EXP = 13
+    N_ACTIVATIONS = 14
 
 ACTIVATION_CODES = {
     "IDENTITY": IDENTITY, "SIGMOID": SIGMOID, "TANH": TANH, "RELU": RELU,
     "LEAKY_RELU": LEAKY_RELU, "ELU": ELU, "SELU": SELU, "SOFTPLUS": SOFTPLUS,
     "SWISH": SWISH, "GELU": GELU, "STEP": STEP, "SOFTMAX": SOFTMAX,
-    "LOG_SOFTMAX": LOG_SOFTMAX,
+    "LOG_SOFTMAX": LOG_SOFTMAX, "EXP": EXP,
 }
 
 cdef double SELU_ALPHA = 1.6732632423543772848170429916717
@@ -282,6 +283,9 @@ cdef void _act_row(const floating* z, floating* a, Py_ssize_t k, int act,
     elif act == STEP:
         for j in range(k):
             a[j] = 1 if z[j] > 0 else 0
+    elif act == EXP:
+        for j in range(k):
+            a[j] = _exp(z[j])
     elif act == SOFTMAX:
         m = _row_max(z, k)
         acc = 0.0
@@ -396,6 +400,9 @@ cdef void _act_grad_row(const floating* z, const floating* a, const floating* da
                              + x * <floating>INV_SQRT_2PI * _exp(<floating>-0.5 * x * x))
     elif act == STEP:  # zero derivative; the def wrapper refuses it
         memset(dz, 0, k * sizeof(floating))
+    elif act == EXP:  # exp' = exp
+        for j in range(k):
+            dz[j] = da[j] * a[j]
     elif act == SOFTMAX:
         acc = 0.0
         for j in range(k):
@@ -641,6 +648,41 @@ cdef double c_mse_loss(const floating[:, ::1] Yhat, const floating[:, ::1] Y,
             w = _weight(sample_weight, i)
             total += w * _mse_row(&Yhat[i, 0], &Y[i, 0], <floating>(2.0 * w / denom),
                                   &dYhat[i, 0], k)
+    return total / denom
+
+
+cdef double _poisson_row(const floating* z, const floating* t, floating c, floating* p,
+                         floating* dz, Py_ssize_t k) noexcept nogil:
+    """Row of the Poisson loss from log-rates: returns sum exp(z) - t*z; p = exp(z)."""
+    cdef Py_ssize_t j
+    cdef floating x, e
+    cdef double loss = 0.0
+    for j in range(k):
+        x = z[j]
+        e = _exp(x)
+        loss += e - t[j] * x
+        p[j] = e
+        dz[j] = (e - t[j]) * c
+    return loss
+
+
+cdef double c_poisson_loss(const floating[:, ::1] Z, const floating[:, ::1] Y,
+                           const floating[::1] sample_weight, floating[:, ::1] P,
+                           floating[:, ::1] dZ) noexcept nogil:
+    """Weighted mean (over rows, then columns) of exp(z) - y*z; P = exp(Z), dZ (OUT).
+    Targets must already be >= 0."""
+    cdef Py_ssize_t i, n = Z.shape[0], k = Z.shape[1]
+    cdef double denom = _weight_sum(sample_weight, n) * k, w, total = 0.0
+    if _parallel(n * k):
+        for i in prange(n, schedule='static', nogil=True, num_threads=_n_threads):
+            w = _weight(sample_weight, i)
+            total += w * _poisson_row(&Z[i, 0], &Y[i, 0], <floating>(w / denom), &P[i, 0],
+                                      &dZ[i, 0], k)
+    else:
+        for i in range(n):
+            w = _weight(sample_weight, i)
+            total += w * _poisson_row(&Z[i, 0], &Y[i, 0], <floating>(w / denom), &P[i, 0],
+                                      &dZ[i, 0], k)
     return total / denom
 
 
@@ -1007,6 +1049,41 @@ def mse_loss(const floating[:, ::1] Yhat, const floating[:, ::1] Y,
     return loss
 
 
+cdef Py_ssize_t _first_negative(const floating[:, ::1] Y) noexcept nogil:
+    # Flat index of the first entry that is not >= 0 (negative or NaN), or -1.
+    cdef Py_ssize_t i, j, n = Y.shape[0], k = Y.shape[1]
+    for i in range(n):
+        for j in range(k):
+            if not Y[i, j] >= 0:
+                return i * k + j
+    return -1
+
+
+def _check_nonnegative_targets(const floating[:, ::1] Y):
+    """Raise ValueError when Y has an entry that is not >= 0 (Poisson targets)."""
+    cdef Py_ssize_t bad
+    with nogil:
+        bad = _first_negative(Y)
+    if bad >= 0:
+        raise ValueError(f"poisson_loss: targets must be >= 0 (counts or rates), got "
+                         f"Y[{bad // Y.shape[1]}, {bad % Y.shape[1]}] = {Y[bad // Y.shape[1], bad % Y.shape[1]]}.")
+
+
+def poisson_loss(const floating[:, ::1] Z, const floating[:, ::1] Y,
+                 const floating[::1] sample_weight, floating[:, ::1] P, floating[:, ::1] dZ):
+    """Poisson loss exp(z) - y*z from log-rates (see reference)."""
+    cdef Py_ssize_t n = Z.shape[0], k = Z.shape[1]
+    cdef double loss
+    _check2("Y", Y.shape[0], Y.shape[1], n, k)
+    _check_weights(sample_weight.shape[0], n)
+    _check2("P", P.shape[0], P.shape[1], n, k)
+    _check2("dZ", dZ.shape[0], dZ.shape[1], n, k)
+    _check_nonnegative_targets(Y)
+    with nogil:
+        loss = c_poisson_loss(Z, Y, sample_weight, P, dZ)
+    return loss
+
+
 cdef inline _check1(str what, Py_ssize_t got, Py_ssize_t n):
     if got != n:
         raise ValueError(f"{what} has length {got}, expected {n}.")
@@ -1109,7 +1186,7 @@ cdef double _count_correct(const floating[:, ::1] out, const int64_t[::1] y,
                            const floating[:, ::1] Y, int loss_kind) noexcept nogil:
     cdef Py_ssize_t i, j, best, truth, n = out.shape[0], k = out.shape[1]
     cdef Py_ssize_t c = 0
-    if loss_kind == 4:  # mse: no accuracy
+    if loss_kind == 4 or loss_kind == 5:  # mse, poisson: no accuracy
         return 0.0
     if loss_kind == 3:  # binary cross-entropy: mean over the columns of each row
         for i in range(n):
@@ -1152,7 +1229,7 @@ cdef Py_ssize_t _train_loop(
     cdef floating* prev_dA
     cdef const int64_t[::1] idx
     cdef double loss, norm
-    cdef bint fused = loss_kind == 0 or loss_kind == 1 or loss_kind == 3
+    cdef bint fused = loss_kind == 0 or loss_kind == 1 or loss_kind == 3 or loss_kind == 5
     for s in range(n_steps):
         idx = order[start + s * rows:start + (s + 1) * rows]
         c_gather_rows(X, idx, x_buf)
@@ -1184,6 +1261,8 @@ cdef Py_ssize_t _train_loop(
             loss = c_softmax_cross_entropy_onehot(ZL, Y_buf, sw_buf, P, dAL)
         elif loss_kind == 3:
             loss = c_sigmoid_binary_cross_entropy(ZL, Y_buf, sw_buf, P, dAL)
+        elif loss_kind == 5:
+            loss = c_poisson_loss(ZL, Y_buf, sw_buf, P, dAL)
         elif loss_kind == 2:
             loss = c_nll_loss(AL, y_buf, sw_buf, dAL)
         else:

@@ -152,6 +152,16 @@ def check_targets(y, n_samples, n_outputs, dtype, name="y"):
     return np.ascontiguousarray(arr, dtype=dtype)
 
 
+def check_nonnegative_targets(target, name="y", loss="poisson"):
+    """Raise if a validated (finite) target array has a negative entry."""
+    if target.size and target.min() < 0:
+        row, col = np.unravel_index(int(np.argmin(target)), target.shape)
+        raise ValueError(
+            f"Loss {loss!r} needs targets >= 0 (counts or rates), but {name} has {target[row, col].item()!r} "
+            f"at row {row}, column {col}."
+        )
+
+
 def check_sample_weight(sample_weight, n_samples, dtype):
     """Validate sample weights; None gives an empty array (meaning all ones)."""
     if sample_weight is None:

@@ -6,6 +6,10 @@ and is ignored by the others. Derivatives at points where none exists follow
 PyTorch: ReLU'(0) = 0, LeakyReLU'(0) = alpha, ELU'(0) = alpha (PyTorch's
 ``x <= 0`` branch; equal to 1 for the default alpha), SELU'(0) =
 scale * alpha, step has no trainable derivative at all.
+
+``exp`` (code 13, appended after the row-wise codes so that the older codes
+keep their numbers) is the inverse of the log link: the output activation of
+the Poisson loss, whose output layer produces the log-rate.
 """
 
 IDENTITY = 0
@@ -22,6 +26,8 @@ STEP = 10
 # Row-wise activations: they couple the columns of a row.
 SOFTMAX = 11
 LOG_SOFTMAX = 12
+# Element-wise again; appended at the end of the table so codes stay stable.
+EXP = 13
 
 ROWWISE = frozenset({SOFTMAX, LOG_SOFTMAX})
 
@@ -43,6 +49,7 @@ ACTIVATIONS = {
     "gelu": (GELU, 0.0, "torch.nn.GELU (exact erf form)"),
     "softmax": (SOFTMAX, 0.0, "torch.nn.Softmax(dim=1)"),
     "log_softmax": (LOG_SOFTMAX, 0.0, "torch.nn.LogSoftmax(dim=1)"),
+    "exp": (EXP, 0.0, "torch.exp"),
 }
 
 # scikit-learn's names for the same functions.

@@ -10,12 +10,23 @@ How the numbers line up with scikit-learn's
 -------------------------------------------
 * Losses are reported (``loss_``, ``loss_curve_``, ``best_loss_``) in
   scikit-learn's convention: log-loss summed over the labels of a multilabel
-  problem, half the squared error for regression, plus
+  problem, half the squared error for regression (averaged over the
+  outputs), the half Poisson deviance ``y*log(y/mu) - y + mu`` (summed over
+  the outputs) for ``loss="poisson"``, plus
   ``alpha / (2 * sum of batch weights) * ||W||**2``.
+* ``loss="poisson"``: the output layer gives the log-rate ``z`` and
+  ``out_activation_`` is "exp", as in scikit-learn; fastmlp's kernel
+  minimises ``exp(z) - y*z`` (PyTorch's ``PoissonNLLLoss(log_input=True)``),
+  which differs from the deviance only by ``y*log(y) - y``, a constant of the
+  data: it is added to the reported loss (the weighted mean of the training
+  targets' constant), never to the gradient.
 * The gradient is scikit-learn's. fastmlp's losses are means over the output
   columns (PyTorch's ``reduction="mean"``); scikit-learn's gradient is ``c``
-  times that, with ``c = n_labels`` (multilabel) or ``n_outputs / 2``
-  (regression). SGD runs with ``lr * c``, Adam with ``epsilon / c`` (Adam is
+  times that, with ``c = n_labels`` (multilabel), ``n_outputs / 2``
+  (squared error: scikit-learn's delta ``y_pred - y`` is the gradient of half
+  the squared error summed over the outputs) or ``n_outputs`` (Poisson: its
+  delta ``exp(z) - y`` is the gradient of the deviance summed over the
+  outputs). SGD runs with ``lr * c``, Adam with ``epsilon / c`` (Adam is
   otherwise invariant to the scale) and the L2 term with ``alpha / c``, so
   every update is scikit-learn's update. L-BFGS minimises ``c`` times the loss.
 * SGD momentum: scikit-learn keeps the velocity ``v = momentum * v - lr * g``,
@@ -41,6 +52,7 @@ import warnings
 import numpy as np
 import scipy
 import scipy.optimize
+import scipy.special
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import accuracy_score, r2_score
@@ -66,7 +78,8 @@ except ImportError:  # pragma: no cover - scikit-learn 1.4 / 1.5
         return estimator._validate_data(*args, **kwargs)
 
 _STOCHASTIC = ("sgd", "adam")
-_OUT_LOSS = {"softmax": "cross_entropy", "logistic": "binary_cross_entropy", "identity": "mse"}
+_OUT_LOSS = {"softmax": "cross_entropy", "logistic": "binary_cross_entropy", "identity": "mse",
+             "exp": "poisson"}
 
 
 def _is_regressor(est):
@@ -165,15 +178,12 @@ class _BaseMLP(BaseEstimator):
                              "use batch_norm=False.")
         if self.init is not None:
             _init.resolve(self.init, _act.RELU)  # raises on unknown names, listing the valid ones
-        if getattr(self, "loss", None) == "poisson":
-            raise ValueError("loss='poisson' is not available in fastmlp yet (it needs an exp output and a "
-                             "Poisson loss kernel); use loss='squared_error' or scikit-learn's MLPRegressor.")
         return [int(s) for s in sizes], acts
 
     def _loss_scale(self):
         """scikit-learn's gradient over fastmlp's (see the module docstring)."""
         if _is_regressor(self):
-            return self.n_outputs_ / 2.0
+            return float(self.n_outputs_) if self.out_activation_ == "exp" else self.n_outputs_ / 2.0
         return float(self.n_outputs_) if self.out_activation_ == "logistic" else 1.0
 
     # ------------------------------------------------------------------- fit
@@ -189,6 +199,10 @@ class _BaseMLP(BaseEstimator):
                 sample_weight = None  # the same fit, on the unweighted kernels
         if y.ndim == 1:
             y = y.reshape(-1, 1)
+        if _is_regressor(self) and self.loss == "poisson" and y.size and not (y >= 0).all():
+            row, col = np.unravel_index(int(np.argmax(~(y >= 0))), y.shape)
+            raise ValueError(f"loss='poisson' needs targets y >= 0 (counts or rates), got {y[row, col].item()!r} at "
+                             f"row {row}" + (f", column {col}" if y.shape[1] > 1 else "") + ".")
         val = None
         if validation_data is not None:
             if self.solver == "lbfgs":
@@ -227,7 +241,7 @@ class _BaseMLP(BaseEstimator):
         self.n_layers_ = len(units)
         self._units, self._model_solver = units, self.solver
         if _is_regressor(self):
-            self.out_activation_ = "identity"
+            self.out_activation_ = "exp" if self.loss == "poisson" else "identity"
         elif self._label_binarizer.y_type_ == "multiclass":
             self.out_activation_ = "softmax"
         else:
@@ -295,17 +309,29 @@ class _BaseMLP(BaseEstimator):
                           f"{res.message}\n\nIncrease the number of iterations to improve the convergence "
                           f"(max_iter={self.max_iter}).", ConvergenceWarning, stacklevel=3)
         sw_sum = X.shape[0] if sample_weight is None else float(sample_weight.sum())
+        self._set_loss_constant(y, sample_weight)
         self.loss_ = self._report_loss(float(res.fun), 1.0 / sw_sum)
+
+    def _set_loss_constant(self, y, sample_weight):
+        """What scikit-learn's reported loss adds to ``c`` times fastmlp's: for
+        Poisson, ``y*log(y) - y`` summed over the outputs, weighted mean over
+        the rows (0 otherwise)."""
+        self._loss_constant = 0.0
+        if getattr(self, "out_activation_", None) == "exp":
+            t = scipy.special.xlogy(y, y) - y
+            self._loss_constant = float(np.average(t, weights=sample_weight, axis=0).sum())
 
     def _report_loss(self, scaled_loss, penalty_per_sample):
         """scikit-learn's ``loss_`` from ``c`` times fastmlp's loss.
 
-        They differ only for multi-output regression, where scikit-learn's
-        gradient sums the outputs but its loss averages them; the L2 term
-        (``penalty_per_sample * alpha / 2 * ||W||**2``, from the current
-        weights) is kept whole.
+        They differ for multi-output squared error, where scikit-learn's
+        gradient sums the outputs but its loss averages them (the L2 term,
+        ``penalty_per_sample * alpha / 2 * ||W||**2`` from the current
+        weights, is kept whole), and for Poisson by the deviance's constant.
         """
         k = self.n_outputs_
+        if getattr(self, "out_activation_", None) == "exp":
+            return scaled_loss + getattr(self, "_loss_constant", 0.0)
         if not _is_regressor(self) or k == 1:
             return scaled_loss
         sq = sum(float(np.dot(w.ravel(), w.ravel())) for w in self._model.get_weights()[0::2])
@@ -376,6 +402,7 @@ class _BaseMLP(BaseEstimator):
         else:
             sw_sum = float(n)
         model.optimizer.lr = self._learning_rate * (self._loss_scale() if self.solver == "sgd" else 1.0)
+        self._set_loss_constant(y_tr, sw_tr)
         n_batches = -(-n // batch_size)
         self.n_iter_ = 0
 
@@ -628,7 +655,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 class MLPRegressor(RegressorMixin, _BaseMLP):
     __doc__ = ("Multi-layer perceptron regressor: scikit-learn's MLPRegressor, trained by fastmlp.\n"
                "\n    loss : {'squared_error', 'poisson'}, default='squared_error'\n"
-               "        Half the squared error, as scikit-learn; 'poisson' is not available yet.\n"
+               "        Half the squared error, or with 'poisson' the half Poisson deviance on an exp\n"
+               "        output (out_activation_ 'exp'; targets must be >= 0), as scikit-learn.\n"
                + _PARAMS_DOC)
 
     _parameter_constraints: dict = {**_BaseMLP._parameter_constraints,

@@ -38,7 +38,7 @@ _HE_FAMILY = {_act.RELU, _act.LEAKY_RELU, _act.ELU, _act.GELU, _act.SWISH, _act.
 
 def auto_initializer(act_code):
     """The "auto" rule: He for the ReLU family, LeCun (normal) for SELU,
-    Glorot for sigmoid, tanh, softmax, identity and the rest."""
+    Glorot for sigmoid, tanh, softmax, identity, exp and the rest."""
     if act_code in _HE_FAMILY:
         return "he_uniform"
     if act_code == _act.SELU:

@@ -3,10 +3,10 @@
 Two kinds of loss:
 
 * fused with the output activation (``cross_entropy`` with softmax,
-  ``binary_cross_entropy`` with sigmoid): the output layer produces logits in
-  training; the kernel returns the loss and the gradient at the logits
-  (``probabilities - targets``) in one pass, and ``predict`` applies the
-  activation. The output layer may say ``activation=None`` / "identity" or
+  ``binary_cross_entropy`` with sigmoid, ``poisson`` with exp): the output
+  layer produces logits (log-rates for ``poisson``) in training; the kernel
+  returns the loss and the gradient at the logits (``prediction - targets``)
+  in one pass, and ``predict`` applies the activation. The output layer may say ``activation=None`` / "identity" or
   name the activation itself (Keras style): both train the same way.
 * applied to the output layer's activations (``nll`` after log-softmax,
   ``mse`` after any activation): the kernel returns the gradient at the
@@ -36,6 +36,10 @@ LOSSES = {
     "binary_cross_entropy": LossSpec("binary_cross_entropy", _ref.LOSS_BCE, -1,
                                      _act.SIGMOID, (_act.IDENTITY, _act.SIGMOID), False, _act.SIGMOID),
     "mse": LossSpec("mse", _ref.LOSS_MSE, -1, -1, (), False, -1),
+    # exp(z) - y*z on the log-rate z (PyTorch's PoissonNLLLoss(log_input=True));
+    # predict returns the rate exp(z). Targets are counts / rates >= 0.
+    "poisson": LossSpec("poisson", _ref.LOSS_POISSON, -1, _act.EXP, (_act.IDENTITY, _act.EXP), False,
+                        _act.EXP),
 }
 ALIASES = {
     "categorical_crossentropy": "cross_entropy",
@@ -43,6 +47,7 @@ ALIASES = {
     "binary_crossentropy": "binary_cross_entropy",
     "squared_error": "mse",
     "mean_squared_error": "mse",
+    "poisson_nll": "poisson",
 }
 
 
@@ -62,6 +67,7 @@ def check_output(spec, out_act):
             "cross_entropy": "end the model with a linear Dense layer (logits) or activation='softmax'",
             "nll": "end the model with Activation('log_softmax')",
             "binary_cross_entropy": "end the model with a linear Dense layer (logits) or activation='sigmoid'",
+            "poisson": "end the model with a linear Dense layer (log-rates) or activation='exp'",
         }[spec.name]
         raise ValueError(
             f"Loss {spec.name!r} needs an output activation of {allowed}, but the model ends in "

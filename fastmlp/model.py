@@ -72,6 +72,8 @@ def _blas_controller():
     return _CONTROLLER
 
 
+# Losses without an accuracy.
+_REGRESSION = (_ref.LOSS_MSE, _ref.LOSS_POISSON)
 # Batches up to this many rows take the per-request predict path.
 _SMALL_ROWS = 64
 # OpenBLAS runs a GEMM of m*n*k <= 65536 * 4 multiply-adds on one thread
@@ -231,7 +233,11 @@ class Sequential:
 
         Parameters
         ----------
-        loss : {"cross_entropy", "nll", "binary_cross_entropy", "mse"}
+        loss : {"cross_entropy", "nll", "binary_cross_entropy", "mse", "poisson"}
+            "poisson": the output layer gives log-rates z (linear, or
+            activation="exp"), the loss is ``exp(z) - y*z`` (PyTorch's
+            ``PoissonNLLLoss(log_input=True)``), targets must be >= 0 and
+            ``predict`` returns the rates ``exp(z)``.
         optimizer : fastmlp.optim.Optimizer or {"sgd", "rmsprop", "adam"}
         clip_norm : float or None
             Rescale the gradient so that its global L2 norm is at most this
@@ -292,7 +298,10 @@ class Sequential:
                     raise ValueError(f"Loss {spec.name!r} takes integer class labels, not one-hot rows.")
                 return _validation.check_targets(arr, n, k, self.dtype, name), spec.onehot_kind
             return _validation.check_labels(arr, n, k, name), spec.kind
-        return _validation.check_targets(y, n, k, self.dtype, name), spec.kind
+        target = _validation.check_targets(y, n, k, self.dtype, name)
+        if spec.kind == _ref.LOSS_POISSON:
+            _validation.check_nonnegative_targets(target, name, spec.name)
+        return target, spec.kind
 
     # ------------------------------------------------------------ one step
     def _plan_arrays(self, acts, n):
@@ -327,6 +336,7 @@ class Sequential:
         X : array of shape (n_samples, n_features) or (n_samples, ...) (flattened)
         y : integer labels (n_samples,) or one-hot (n_samples, n_classes) for
             classification losses; (n_samples,) or (n_samples, n_outputs) for mse
+            and poisson (counts or rates >= 0)
         epochs : int
         batch_size : int; ``len(X)`` gives batch gradient descent, 1 stochastic
             gradient descent. A last partial batch is trained, not dropped.
@@ -420,7 +430,7 @@ class Sequential:
             if rem:
                 weights[-1] = rem
         logs = {"loss": float(np.dot(losses, weights) / weights.sum())}
-        if self._loss_kind != _ref.LOSS_MSE:
+        if self._loss_kind not in _REGRESSION:
             logs["accuracy"] = float(correct.sum()) / n
         return logs
 
@@ -452,7 +462,8 @@ class Sequential:
             raise RuntimeError("The model has no weights yet: pass input_dim=... or call fit first.")
 
     def predict(self, X, batch_size=4096, n_threads=None):
-        """Model outputs: probabilities for cross_entropy / binary_cross_entropy, else the raw output.
+        """Model outputs: probabilities for cross_entropy / binary_cross_entropy, rates exp(z) for
+        poisson, else the raw output.
 
         Returns
         -------
@@ -534,7 +545,7 @@ class Sequential:
             total, wsum, correct = 0.0, 0.0, 0.0
             plan_i, plan_f = self._plan_arrays(self._train_acts, 1)
             plan_f[:, _ref.P_L2] = 0.0  # the penalty is added once below, not per chunk
-            fused = self._loss_kind in (_ref.LOSS_CE, _ref.LOSS_CE_ONEHOT, _ref.LOSS_BCE)
+            fused = self._loss_kind in _ref.FUSED_LOSSES
             L = len(self._units) - 1
             for start in range(0, n, batch_size):
                 sl = slice(start, min(start + batch_size, n))
@@ -550,7 +561,7 @@ class Sequential:
                 wsum += bw
                 correct += _ref.count_correct(buf.Z[L] if fused else buf.A[L], y, Y, self._loss_kind)
             result = {"loss": total / wsum + self._penalty(n)}
-            if self._loss_kind != _ref.LOSS_MSE:
+            if self._loss_kind not in _REGRESSION:
                 result["accuracy"] = correct / n
             return result
         finally:

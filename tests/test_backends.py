@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from scipy.special import xlogy
 
 import fastmlp
 from fastmlp import activations as A
@@ -26,7 +27,7 @@ KERNELS = [
     "set_num_threads", "gemm", "gather_rows", "act_forward", "bias_act_forward", "dense_forward",
     "act_backward", "bias_grad", "dense_backward", "softmax_cross_entropy",
     "softmax_cross_entropy_onehot", "nll_loss", "sigmoid_binary_cross_entropy", "mse_loss",
-    "sgd_update", "rmsprop_update", "adam_update", "sum_squares", "scale_inplace", "train_steps",
+    "poisson_loss", "sgd_update", "rmsprop_update", "adam_update", "sum_squares", "scale_inplace", "train_steps",
     "make_predictor",
 ]
 # Public functions of reference that are backend-generic Python (they take a
@@ -307,6 +308,10 @@ def _loss_cases(rng, shape, dt, weighted):
     Ybin = (rng.random(shape) < 0.5).astype(dt)
     Ysoft = rng.random(shape).astype(dt)
     Yreal = rand(rng, shape, dt)
+    # Poisson: moderate log-rates, targets that are counts (with zeros) or real rates >= 0
+    lograte = rand(rng, shape, dt, 1.5)
+    counts = rng.poisson(np.exp(lograte.astype(np.float64))).astype(dt)
+    rates = (rng.random(shape) * 4.0).astype(dt)
     return [
         ("softmax_cross_entropy", (Z, y, sw), [shape, shape]),
         ("softmax_cross_entropy_onehot", (Z, onehot, sw), [shape, shape]),
@@ -315,6 +320,8 @@ def _loss_cases(rng, shape, dt, weighted):
         ("sigmoid_binary_cross_entropy", (Z, Ybin, sw), [shape, shape]),
         ("sigmoid_binary_cross_entropy", (Z, Ysoft, sw), [shape, shape]),
         ("mse_loss", (Z, Yreal, sw), [shape]),
+        ("poisson_loss", (lograte, counts, sw), [shape, shape]),
+        ("poisson_loss", (lograte, rates, sw), [shape, shape]),
     ]
 
 
@@ -363,6 +370,11 @@ def test_losses_formulas(backend_name, weighted):
             per_row = (np.logaddexp(0, Z) - Z * T).mean(1)
             np.testing.assert_allclose(outs[0], 1 / (1 + np.exp(-Z)), rtol=1e-12)
             np.testing.assert_allclose(outs[1], (outs[0] - T) * (sw / (sw.sum() * k))[:, None], atol=1e-14)
+        elif kernel == "poisson_loss":  # PyTorch's PoissonNLLLoss(log_input=True): exp(z) - y*z
+            Z = args[0]
+            per_row = (np.exp(Z) - T * Z).mean(1)
+            np.testing.assert_allclose(outs[0], np.exp(Z), rtol=1e-12)
+            np.testing.assert_allclose(outs[1], (np.exp(Z) - T) * (sw / (sw.sum() * k))[:, None], atol=1e-14)
         else:
             per_row = ((args[0] - T) ** 2).mean(1)
             np.testing.assert_allclose(outs[0], 2 * (args[0] - T) * (sw / (sw.sum() * k))[:, None], atol=1e-14)
@@ -384,6 +396,37 @@ def test_losses_extreme_logits(backend_name, dt):
     want = (np.logaddexp(0, Z.astype(np.float64)) - Z * Y).mean()
     np.testing.assert_allclose(loss, want, rtol=1e-5)
     assert np.isfinite(P).all() and np.isfinite(dZ).all()
+
+
+def test_poisson_loss_large_log_rates(backend_name, dt):
+    """No clipping (as PyTorch and scikit-learn): exp(z) within range is exact,
+    beyond it the loss is +inf (which the training loop reports), never NaN."""
+    be = backend(backend_name)
+    big = 80.0 if dt == np.float32 else 700.0  # exp(big) is finite in dt
+    Z = np.array([[big, -big, 0.0]], dtype=dt)
+    Y = np.array([[3.0, 0.0, 2.0]], dtype=dt)
+    empty = np.empty(0, dt)
+    P, dZ = np.empty_like(Z), np.empty_like(Z)
+    loss = be.poisson_loss(Z, Y, empty, P, dZ)
+    z64, y64 = Z.astype(np.float64), Y.astype(np.float64)
+    np.testing.assert_allclose(loss, (np.exp(z64) - y64 * z64).mean(), rtol=1e-5)
+    np.testing.assert_allclose(P, np.exp(z64), rtol=1e-5)
+    np.testing.assert_allclose(dZ, (np.exp(z64) - y64) / 3, rtol=1e-5)
+    Z[0, 0] = 100.0 if dt == np.float32 else 800.0  # exp overflows
+    loss = be.poisson_loss(Z, Y, empty, P, dZ)
+    assert loss == np.inf
+
+
+def test_poisson_loss_negative_targets_raise(backend_name, dt):
+    be = backend(backend_name)
+    Z = np.zeros((3, 2), dt)
+    P, dZ = np.full_like(Z, 7.0), np.full_like(Z, 7.0)
+    for bad in (-1.0, np.nan):
+        Y = np.ones((3, 2), dt)
+        Y[2, 1] = bad
+        with pytest.raises(ValueError, match=r"poisson_loss: targets must be >= 0.*Y\[2, 1\]"):
+            be.poisson_loss(Z, Y, np.empty(0, dt), P, dZ)
+        assert (P == 7.0).all() and (dZ == 7.0).all()  # refused before any work
 
 
 # ------------------------------------------------------------- optimizers
@@ -497,8 +540,9 @@ def _buffers(plan_i, bs, dt, d):
     return Z, Aa, dA
 
 
-@pytest.mark.parametrize("loss_kind", [ref.LOSS_CE, ref.LOSS_CE_ONEHOT, ref.LOSS_NLL, ref.LOSS_BCE, ref.LOSS_MSE],
-                         ids=["ce", "ce_onehot", "nll", "bce", "mse"])
+@pytest.mark.parametrize("loss_kind", [ref.LOSS_CE, ref.LOSS_CE_ONEHOT, ref.LOSS_NLL, ref.LOSS_BCE, ref.LOSS_MSE,
+                                       ref.LOSS_POISSON],
+                         ids=["ce", "ce_onehot", "nll", "bce", "mse", "poisson"])
 @pytest.mark.parametrize("opt_kind", [ref.OPT_SGD, ref.OPT_RMSPROP, ref.OPT_ADAM], ids=["sgd", "rmsprop", "adam"])
 def test_train_steps(native_name, dt, loss_kind, opt_kind):
     be = backend(native_name)
@@ -515,6 +559,8 @@ def test_train_steps(native_name, dt, loss_kind, opt_kind):
         Y = (rng.random((n, k)) < 0.5).astype(dt)
     elif loss_kind == ref.LOSS_MSE:
         Y = rand(rng, (n, k), dt, 1.0)
+    elif loss_kind == ref.LOSS_POISSON:
+        Y = rng.poisson(2.0, (n, k)).astype(dt)
     else:
         Y = np.empty((0, 0), dt)
     sw = rng.uniform(0.5, 2.0, n).astype(dt)
@@ -548,6 +594,35 @@ def test_train_steps(native_name, dt, loss_kind, opt_kind):
     np.testing.assert_array_equal(cg, cw)
     assert_close(pg, pw, dt, rtol=1e-4 if dt == np.float32 else 1e-10)
     assert_close(sg1, sw1, dt, rtol=1e-4 if dt == np.float32 else 1e-10)
+    assert not np.array_equal(pw, params0)  # the steps did train
+    if loss_kind == ref.LOSS_POISSON:
+        assert (cw == 0).all()  # no accuracy for a regression loss
+        # the first step's loss is the Poisson loss at the initial weights
+        rows = order[1:1 + bs]
+        x0 = X[rows]
+        W0, b0 = params0[:20].reshape(4, 5), params0[20:25]
+        W1, b1 = params0[25:25 + 5 * k].reshape(5, k), params0[25 + 5 * k:]
+        z = (np.tanh(x0.astype(np.float64) @ W0 + b0) @ W1 + b1)
+        w = sw[rows].astype(np.float64)
+        want = np.dot(w, (np.exp(z) - Y[rows] * z).mean(1)) / w.sum() + 0.5 * 0.01 * float(np.sum(W0 * W0))
+        assert_close(lw[0], want, dt, rtol=1e-4 if dt == np.float32 else 1e-10)
+
+
+def test_train_steps_poisson_negative_targets_raise(backend_name):
+    be = backend(backend_name)
+    dt = np.dtype(np.float64)
+    n, d, k, bs = 6, 4, 2, 3
+    plan_i, plan_f, n_params = _model_plan(dt, ref.LOSS_POISSON, k)
+    Z, Aa, dA = _buffers(plan_i, bs, dt, d)
+    Y = np.ones((n, k))
+    Y[4, 0] = -2.0
+    params = np.full(n_params, 0.1)
+    with pytest.raises(ValueError, match=r"targets must be >= 0"):
+        be.train_steps(np.zeros((n, d)), np.empty(0, np.int64), Y, np.empty(0), np.arange(n), 0, 2,
+                       plan_i, plan_f, params, np.zeros(n_params), np.empty((bs, d)), np.empty(0, np.int64),
+                       np.empty((bs, k)), np.empty(0), Z, Aa, dA, np.empty((bs, k)), ref.LOSS_POISSON,
+                       ref.OPT_SGD, np.array([0.1, 0.0, 0.0, 0.0]), np.zeros(n_params), np.empty(0), 0, 0.0,
+                       np.zeros(2), np.zeros(2))
 
 
 # ------------------------------------------------------------- properties
@@ -596,7 +671,13 @@ def test_losses_nonnegative(name, Z, seed, weighted):
     for kernel, args, out_shapes in _loss_cases(rng, (n, k), dt, weighted):
         args = (Z if kernel != "nll_loss" else args[0],) + tuple(args[1:])
         loss, outs = _run_loss(be, kernel, args, out_shapes, dt)
-        assert loss >= -1e-12, kernel
+        if kernel == "poisson_loss":
+            # exp(z) - y*z >= y - y*log(y) (the deviance is >= 0), not >= 0
+            Y, w = args[1], (args[2] if weighted else np.ones(n))
+            bound = np.dot(w, (Y - xlogy(Y, Y)).mean(1)) / w.sum()
+            assert loss >= bound - 1e-9 * max(1.0, abs(bound)), kernel
+        else:
+            assert loss >= -1e-12, kernel
         assert np.isfinite(loss) and all(np.isfinite(o).all() for o in outs), kernel
 
 

@@ -223,6 +223,32 @@ def test_binary_cross_entropy_rejects_tanh_output(backend_name):
         m.compile(loss="binary_cross_entropy")
 
 
+def test_poisson_rejects_relu_output(backend_name):
+    m = fastmlp.Sequential([Dense(2, "relu")], input_dim=4, backend=backend_name)
+    with pytest.raises(ValueError, match=r"Loss 'poisson' needs an output activation of 'identity' or 'exp', "
+                                         r"but the model ends in 'relu'.*log-rates"):
+        m.compile(loss="poisson")
+
+
+def test_poisson_negative_targets_raise_before_any_work(backend_name):
+    X, _ = data()
+    model = compiled(backend_name, loss="poisson", k=2)
+    before = model.get_weights()
+    Y = np.ones((10, 2))
+    Y[6, 1] = -0.5
+    with pytest.raises(ValueError, match=r"Loss 'poisson' needs targets >= 0 \(counts or rates\), but y has "
+                                         r"-0.5 at row 6, column 1"):
+        model.fit(X, Y, verbose=0)
+    assert_untouched(model, before)
+    with pytest.raises(ValueError, match=r"y_val has -0.5 at row 6"):
+        model.fit(X, np.ones((10, 2)), validation_data=(X, Y), verbose=0)
+    assert_untouched(model, before)
+    with pytest.raises(ValueError, match=r"needs targets >= 0"):
+        model.evaluate(X, Y)
+    model.fit(X, np.abs(Y), verbose=0)  # zeros and positive rates are fine
+    assert model.optimizer.t == 1
+
+
 def test_cross_entropy_needs_two_units(backend_name):
     m = fastmlp.Sequential([Dense(4, "relu"), Dense(1)], input_dim=4, backend=backend_name)
     with pytest.raises(ValueError, match=r"needs an output layer of at least 2 units.*binary_cross_entropy"):
@@ -303,13 +329,13 @@ def test_unknown_activation_lists_valid():
         Dense(3, "rleu")
     with pytest.raises(ValueError, match="Unknown activation 'foo'"):
         Activation("foo")
-    assert "elu, gelu, identity, leaky_relu, log_softmax, relu, selu, sigmoid" in valid
+    assert "elu, exp, gelu, identity, leaky_relu, log_softmax, relu, selu, sigmoid" in valid
 
 
 def test_unknown_loss_lists_valid():
     m = fastmlp.Sequential([Dense(3)], input_dim=2)
     with pytest.raises(ValueError, match=re.escape("Unknown loss 'hinge'. Valid losses: binary_cross_entropy, "
-                                                   "cross_entropy, mse, nll.")):
+                                                   "cross_entropy, mse, nll, poisson.")):
         m.compile(loss="hinge")
 
 

@@ -170,6 +170,72 @@ def test_lbfgs_reaches_sklearns_loss():
         assert ours.n_iter_ < 500 and ours.loss_ == pytest.approx(ref.loss_, rel=0.01)
 
 
+def _poisson_data(n=200, k=1, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, 3))
+    W = rng.standard_normal((3, k)) * 0.5
+    Y = rng.poisson(np.exp(X @ W + 0.3)).astype(float)
+    return X, (Y[:, 0] if k == 1 else Y)
+
+
+@pytest.mark.parametrize("k", [1, 2], ids=["1_output", "2_outputs"])
+def test_poisson_matches_sklearn(k):
+    """loss='poisson': exp output, scikit-learn's half Poisson deviance as loss_ (constant
+    y*log(y) - y included), its gradient (delta exp(z) - y summed over the outputs)."""
+    X, y = _poisson_data(k=k)
+    # SGD, unshuffled, with L2: scikit-learn's steps exactly
+    ours, ref = _curves(MLPRegressor, sk_nn.MLPRegressor, X, y, loss="poisson", solver="sgd", alpha=0.01,
+                        learning_rate_init=0.01)
+    assert ours.out_activation_ == ref.out_activation_ == "exp"
+    np.testing.assert_allclose(ours.loss_curve_, ref.loss_curve_, rtol=1e-10)
+    for a, b in zip(ours.coefs_ + ours.intercepts_, ref.coefs_ + ref.intercepts_):
+        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(ours.predict(X), ref.predict(X), rtol=1e-10)
+    assert ours.predict(X).shape == ref.predict(X).shape
+    # Adam: the same up to where epsilon is added
+    ours, ref = _curves(MLPRegressor, sk_nn.MLPRegressor, X, y, loss="poisson", solver="adam",
+                        learning_rate_init=0.01)
+    np.testing.assert_allclose(ours.loss_curve_, ref.loss_curve_, rtol=1e-5)
+    np.testing.assert_allclose(ours.predict(X), ref.predict(X), rtol=1e-4)
+    assert ours.score(X, y) == pytest.approx(ref.score(X, y), abs=1e-4)
+    # L-BFGS: the same objective and gradient from the same start, the same iterations
+    kw = dict(loss="poisson", hidden_layer_sizes=(8,), solver="lbfgs", max_iter=30, random_state=0)
+    ours, ref = MLPRegressor(dtype="float64", **kw).fit(X, y), sk_nn.MLPRegressor(**kw).fit(X, y)
+    np.testing.assert_allclose(ours.loss_, ref.loss_, rtol=1e-8)
+    np.testing.assert_allclose(ours.predict(X), ref.predict(X), rtol=1e-6)
+    assert ours.score(X, y) > 0.3  # the fit explains the rates
+
+
+def test_poisson_sample_weight_float32_and_errors():
+    X, y = _poisson_data(n=120)
+    sw = np.random.default_rng(3).uniform(0.5, 2.0, len(y))
+    kw = dict(loss="poisson", hidden_layer_sizes=(8,), solver="lbfgs", max_iter=30, random_state=0)
+    ours = MLPRegressor(dtype="float64", **kw).fit(X, y, sample_weight=sw)
+    ref = sk_nn.MLPRegressor(**kw).fit(X, y, sample_weight=sw)
+    np.testing.assert_allclose(ours.loss_, ref.loss_, rtol=1e-8)
+    np.testing.assert_allclose(ours.predict(X), ref.predict(X), rtol=1e-6)
+    # the default float32 trains the same model to float32's precision
+    kw.update(solver="adam", max_iter=10, learning_rate_init=0.01, shuffle=False)
+    f32 = MLPRegressor(**kw).fit(X, y)
+    f64 = MLPRegressor(dtype="float64", **kw).fit(X, y)
+    assert f32.predict(X).dtype == np.float32 and (f32.predict(X) > 0).all()
+    np.testing.assert_allclose(f32.predict(X), f64.predict(X), rtol=1e-3)
+    np.testing.assert_allclose(f32.loss_curve_, f64.loss_curve_, rtol=1e-4)
+    # partial_fit trains one epoch on the same loss
+    pf = MLPRegressor(**kw)
+    for _ in range(3):
+        pf.partial_fit(X, y)
+    assert pf.out_activation_ == "exp" and len(pf.loss_curve_) == 3
+    # negative targets: a clear error before any work (scikit-learn would return NaN losses)
+    bad = y.copy()
+    bad[5] = -1.0
+    for solver in ("lbfgs", "adam"):
+        est = MLPRegressor(loss="poisson", solver=solver)
+        with pytest.raises(ValueError, match=r"loss='poisson' needs targets y >= 0.*-1\.0 at row 5"):
+            est.fit(X, bad)
+        assert not hasattr(est, "coefs_")
+
+
 # ------------------------------------------------------------------ behaviour
 def test_binary_multiclass_multilabel(blobs):
     X, y = blobs
@@ -206,8 +272,6 @@ def test_fastmlp_extras(blobs):
         MLPClassifier(hidden_layer_sizes=(4, 4), activation=["relu"]).fit(X, y)
     with pytest.raises(ValueError, match="Unknown activation"):
         MLPClassifier(activation="relux").fit(X, y)
-    with pytest.raises(ValueError, match="poisson"):
-        MLPRegressor(loss="poisson").fit(X, y)
 
 
 def test_partial_fit(blobs):

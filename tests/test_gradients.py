@@ -47,6 +47,8 @@ def test_activation_gradient(backend_name, code):
     if code in KINKED:  # keep FD steps away from the kink at 0
         Z = np.where(np.abs(Z) < 0.1, np.sign(Z + 1e-300) * 0.1 + Z, Z)
     Z[0, :3] = [25.0, -25.0, 19.0]  # softplus threshold region and saturations
+    if code == A.EXP:  # exp(25) would swamp the finite differences of the other entries
+        Z[0, :3] = [6.0, -25.0, 4.0]
     alpha = ALPHA.get(code, 0.0)
     dA = rng.standard_normal(Z.shape)
     out = np.empty_like(Z)
@@ -64,7 +66,7 @@ def test_activation_gradient(backend_name, code):
 
 
 # ------------------------------------------------------------- loss kernels
-LOSS_CASES = ["ce", "ce_onehot", "ce_soft", "nll", "bce", "bce_soft", "mse"]
+LOSS_CASES = ["ce", "ce_onehot", "ce_soft", "nll", "bce", "bce_soft", "mse", "poisson", "poisson_rates"]
 
 
 def _loss_setup(case, rng, n=6, k=4):
@@ -83,6 +85,10 @@ def _loss_setup(case, rng, n=6, k=4):
         return "sigmoid_binary_cross_entropy", Z, (rng.random((n, k)) < 0.5).astype(float), 2
     if case == "bce_soft":
         return "sigmoid_binary_cross_entropy", Z, rng.random((n, k)), 2
+    if case == "poisson":  # log-rates and counts (with zeros)
+        return "poisson_loss", Z, rng.poisson(2.0, (n, k)).astype(float), 2
+    if case == "poisson_rates":
+        return "poisson_loss", Z, rng.random((n, k)) * 5.0, 2
     return "mse_loss", Z, rng.standard_normal((n, k)), 1
 
 
@@ -125,6 +131,9 @@ HEADS = {
     "mse": ("mse", [Dense(2)], "real"),
     "mse_tanh_out": ("mse", [Dense(2, "tanh")], "real"),
     "mse_softmax_out": ("mse", [Dense(3), Activation("softmax")], "probs"),
+    "poisson": ("poisson", [Dense(2)], "counts"),
+    "poisson_exp_layer": ("poisson", [Dense(2, "exp")], "counts"),
+    "mse_exp_out": ("mse", [Dense(2), Activation("exp")], "real"),
 }
 
 
@@ -137,6 +146,8 @@ def _targets(kind, rng, n):
         return (rng.random((n, 2)) < 0.5).astype(float)
     if kind == "probs":
         return rng.dirichlet(np.ones(3), n)
+    if kind == "counts":
+        return rng.poisson(1.5, (n, 2)).astype(float)
     return rng.standard_normal((n, 2))
 
 

@@ -265,6 +265,70 @@ def test_predict_sigmoid_for_bce_and_raw_for_mse(backend_name):
         np.testing.assert_allclose(model.predict(X), post(Z), rtol=1e-10, err_msg=loss)
 
 
+def _poisson_data(n=60, d=4, k=2, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d))
+    W = rng.standard_normal((d, k)) * 0.4
+    return X, rng.poisson(np.exp(X @ W + 0.5)).astype(float)
+
+
+@pytest.mark.parametrize("out", ["linear", "exp"])
+def test_poisson_fit_predict_evaluate(backend_name, out):
+    """Sequential(...).compile(loss="poisson"): the output layer gives log-rates z,
+    predict returns exp(z), evaluate the weighted mean of exp(z) - y*z."""
+    X, Y = _poisson_data()
+    model = fastmlp.Sequential([Dense(6, "tanh"), Dense(2, "exp" if out == "exp" else None)], input_dim=4,
+                               dtype="float64", seed=1, backend=backend_name)
+    model.compile(loss="poisson", optimizer=Adam(lr=0.02))
+    assert model._infer_acts[-1] == fastmlp.activations.EXP
+    assert model._train_acts[-1] == fastmlp.activations.IDENTITY
+    hist = model.fit(X, Y, epochs=15, batch_size=16, verbose=0)
+    assert set(hist.history) == {"loss", "time"}  # no accuracy for a regression loss
+    assert hist.history["loss"][-1] < hist.history["loss"][0] - 0.1
+    W0, b0, W1, b1 = model.get_weights()
+    Z = np.tanh(X @ W0 + b0) @ W1 + b1
+    rates = model.predict(X)  # 60 rows: the general path
+    np.testing.assert_allclose(rates, np.exp(Z), rtol=1e-10)
+    np.testing.assert_allclose(model.predict(X[:7]), np.exp(Z[:7]), rtol=1e-10)  # the small path
+    np.testing.assert_allclose(model.predict(X, batch_size=7), rates, rtol=1e-12)
+    sw = np.linspace(0.5, 2.0, len(X))
+    for w in (None, sw):
+        res = model.evaluate(X, Y, sample_weight=w, batch_size=25)
+        assert set(res) == {"loss"}
+        ww = np.ones(len(X)) if w is None else w
+        want = np.dot(ww, (np.exp(Z) - Y * Z).mean(1)) / ww.sum()
+        np.testing.assert_allclose(res["loss"], want, rtol=1e-10)
+    # the fitted rates are close to the data's (the model learned something)
+    assert np.mean(np.abs(rates - Y)) < np.mean(np.abs(Y.mean(0) - Y))
+
+
+def test_poisson_exp_output_layer_trains_like_linear(backend_name):
+    """Dense(k, "exp") + poisson is the same model as Dense(k) + poisson (the exp is fused)."""
+    X, Y = _poisson_data(n=30)
+    models = []
+    for act in (None, "exp"):
+        m = fastmlp.Sequential([Dense(5, "relu"), Dense(2, act)], input_dim=4, dtype="float64", seed=4,
+                               backend=backend_name)
+        m.compile(loss="poisson", optimizer=SGD(lr=0.05, momentum=0.9))
+        m.fit(X, Y, epochs=3, batch_size=8, verbose=0)
+        models.append(m)
+    for a, b in zip(models[0].get_weights(), models[1].get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+    np.testing.assert_allclose(models[0].predict(X), models[1].predict(X), rtol=1e-12)
+
+
+def test_exp_activation_without_poisson_is_plain_exp(backend_name):
+    """exp as a hidden / mse output activation: predict applies it as is."""
+    X, _ = small_data()
+    X = X * 0.3
+    model = fastmlp.Sequential([Dense(5, "exp"), Dense(2), Activation("exp")], input_dim=4, dtype="float64",
+                               seed=0, backend=backend_name)
+    model.compile(loss="mse", optimizer=SGD(lr=1e-3))
+    model.fit(X, np.ones((10, 2)), epochs=2, verbose=0)
+    W0, b0, W1, b1 = model.get_weights()
+    np.testing.assert_allclose(model.predict(X), np.exp(np.exp(X @ W0 + b0) @ W1 + b1), rtol=1e-10)
+
+
 def test_predict_in_chunks_equals_whole(backend_name):
     X, y = small_data(n=25)
     model = small_model(backend_name)
@@ -364,7 +428,7 @@ def test_initializer_aliases_and_zeros():
     ("relu", "he_uniform"), ("leaky_relu", "he_uniform"), ("elu", "he_uniform"),
     ("selu", "lecun_normal"),
     ("tanh", "glorot_uniform"), ("sigmoid", "glorot_uniform"), (None, "glorot_uniform"),
-    ("softmax", "glorot_uniform"),
+    ("softmax", "glorot_uniform"), ("exp", "glorot_uniform"),
 ])
 def test_auto_initializer(act, expected):
     assert init_mod.resolve("auto", fastmlp.activations.resolve(act)[1]) == expected

@@ -4,6 +4,7 @@ import inspect
 import numpy as np
 import pytest
 
+from fastmlp.activations import ACTIVATIONS
 from fastmlp.backends import numba_backend as nb
 from fastmlp.backends import reference as ref
 
@@ -139,7 +140,7 @@ def test_errors():
     with pytest.raises(ValueError, match="step"):
         nb.act_backward(Z, Z, Z, 10, 0.0, Z.copy())
     with pytest.raises(ValueError, match="unknown activation"):
-        nb.act_forward(Z, 13, 0.0, Z.copy())
+        nb.act_forward(Z, len(ACTIVATIONS), 0.0, Z.copy())  # one past the last code
     with pytest.raises(ValueError, match="unknown activation"):
         nb.act_backward(Z, Z, Z, -1, 0.0, Z.copy())
     with pytest.raises(ValueError, match="label"):

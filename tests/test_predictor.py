@@ -119,6 +119,27 @@ def test_small_predict_matches_batch_predict(backend_name, dtype):
     np.testing.assert_array_equal(clone.predict(X[:1]), model.predict(X[:1]))
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_small_predict_poisson_returns_rates(backend_name, dtype):
+    """The per-request path applies the model's inference activations, which end in exp for poisson."""
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((100, 6)).astype(dtype)
+    Y = rng.poisson(2.0, (100, 3)).astype(dtype)
+    model = fm.Sequential([fm.Dense(8, activation="tanh"), fm.Dense(3)], input_dim=6, seed=3,
+                          backend=backend_name, dtype=dtype)
+    model.compile(loss="poisson", optimizer=fm.optim.Adam(lr=1e-2))
+    model.fit(X, Y, epochs=2, batch_size=32, verbose=0)
+    big = model.predict(X, batch_size=4096)  # general path
+    assert model._predictor is None
+    small = model.predict(X[:5])
+    assert model._predictor not in (None, False)  # the small path ran
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    assert_close(small, big[:5], dtype, rtol=tol)
+    W0, b0, W1, b1 = (w.astype(np.float64) for w in model.get_weights())
+    rates = np.exp(np.tanh(X[:5].astype(np.float64) @ W0 + b0) @ W1 + b1)
+    assert_close(small, rates, dtype, rtol=tol)
+
+
 def test_small_predict_errors_like_the_general_path(backend_name):
     model = _net(backend_name)
     x = np.ones((1, 6), np.float32)

@@ -103,6 +103,10 @@ def mse_loss(Yhat, Y, sample_weight, dYhat):
     return _kernels.mse_loss(Yhat, _as(Y, Yhat.dtype), _as(sample_weight, Yhat.dtype), dYhat)
 
 
+def poisson_loss(Z, Y, sample_weight, P, dZ):
+    return _kernels.poisson_loss(Z, _as(Y, Z.dtype), _as(sample_weight, Z.dtype), P, dZ)
+
+
 def sgd_update(p, g, buf, lr, momentum, nesterov):
     if buf.dtype != p.dtype and buf.shape[0] == 0:
         buf = _np.empty(0, p.dtype)
@@ -133,7 +137,7 @@ def _copy_docs():
         "set_num_threads", "gemm", "gather_rows", "act_forward", "bias_act_forward",
         "dense_forward", "act_backward", "bias_grad", "dense_backward",
         "softmax_cross_entropy", "softmax_cross_entropy_onehot", "nll_loss",
-        "sigmoid_binary_cross_entropy", "mse_loss", "sgd_update", "rmsprop_update",
+        "sigmoid_binary_cross_entropy", "mse_loss", "poisson_loss", "sgd_update", "rmsprop_update",
         "adam_update", "sum_squares", "scale_inplace",
     ):
         fn = globals()[name]
@@ -173,6 +177,8 @@ def train_steps(X, y, Y, sw, order, start, n_steps, plan_i, plan_f, params, grad
         raise IndexError("train_steps: the batches reach outside order or X")
     if y.shape[0] and (y.min() < 0 or y.max() >= plan_i[-1, 2]):
         raise ValueError("train_steps: labels must lie in [0, n_outputs)")
+    if int(loss_kind) == 5 and Y.size:  # poisson: the compiled loop does not check targets
+        _kernels._check_nonnegative_targets(_as(Y, X.dtype))
     dense = plan_i[plan_i[:, 0] == 1]
     if params.shape[0] < (dense[:, 5] + dense[:, 1] * dense[:, 2]).max():
         raise ValueError("train_steps: the plan's offsets reach outside params")

@@ -29,6 +29,7 @@ from numba.extending import overload
 from .. import _config
 from ..activations import (
     ELU,
+    EXP,
     GELU,
     IDENTITY,
     LEAKY_RELU,
@@ -48,7 +49,7 @@ from ..activations import (
 NAME = "numba"
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-_N_CODES = 13
+_N_CODES = 14
 # error_model="numpy": x / 0 gives inf or nan as in NumPy instead of raising
 # ZeroDivisionError, and the check it drops is what kept divisions and
 # square roots from vectorising (Adam: 8x faster with it).
@@ -213,6 +214,9 @@ def _act_row(z, act, alpha, a):
     elif act == STEP:
         for j in range(k):
             a[j] = one if z[j] > 0 else zero
+    elif act == EXP:
+        for j in range(k):
+            a[j] = math.exp(z[j])
     elif act == SOFTMAX:
         m = _row_max(z)
         s = 0.0
@@ -311,6 +315,9 @@ def _act_backward_row(z, a, da, act, alpha, dz):
             x = z[j]
             d = half * (one + math.erf(x * c)) + x * c2 * math.exp(-half * x * x)
             dz[j] = da[j] * d
+    elif act == EXP:
+        for j in range(k):
+            dz[j] = da[j] * a[j]  # exp' = exp
     elif act == SOFTMAX:
         s = 0.0
         for j in range(k):
@@ -488,6 +495,39 @@ def _mse_loss(Yhat, Y, sample_weight, dYhat):
     return loss / (wsum * k)
 
 
+@_jit
+def _first_negative(Y):
+    # Flat index of the first entry that is not >= 0 (negative or NaN), or -1.
+    n, k = Y.shape
+    for i in range(n):
+        for j in range(k):
+            if not Y[i, j] >= 0:
+                return i * k + j
+    return -1
+
+
+@_jit
+def _poisson_loss(Z, Y, sample_weight, P, dZ):
+    # Z, Y, P, dZ : (n, k); targets already checked >= 0
+    n, k = Z.shape
+    has_w = sample_weight.shape[0] != 0
+    wsum = _weight_sum(sample_weight, n)
+    loss = 0.0
+    for i in range(n):
+        w = sample_weight[i] if has_w else 1.0
+        coef = Z.dtype.type(w / (wsum * k))
+        row = 0.0
+        for j in range(k):
+            x = Z[i, j]
+            t = Y[i, j]
+            e = math.exp(x)
+            row += e - t * x
+            P[i, j] = e
+            dZ[i, j] = (e - t) * coef
+        loss += w * row
+    return loss / (wsum * k)
+
+
 # ------------------------------------------------------------ optimizers
 @_jit
 def _sgd_update(p, g, buf, lr, momentum, nesterov):
@@ -640,6 +680,22 @@ def mse_loss(Yhat, Y, sample_weight, dYhat):
     return float(_mse_loss(Yhat, Y, sample_weight, dYhat))
 
 
+def _check_nonnegative_targets(Y):
+    bad = int(_first_negative(Y)) if Y.size else -1
+    if bad >= 0:
+        r, c = divmod(bad, Y.shape[1])
+        raise ValueError(f"poisson_loss: targets must be >= 0 (counts or rates), got Y[{r}, {c}] = {Y[r, c]}.")
+
+
+def poisson_loss(Z, Y, sample_weight, P, dZ):
+    """Poisson loss exp(z) - y*z from log-rates; P = exp(Z); returns the loss.
+
+    Raises ValueError before any work when Y has a negative entry.
+    """
+    _check_nonnegative_targets(Y)
+    return float(_poisson_loss(Z, Y, sample_weight, P, dZ))
+
+
 def sgd_update(p, g, buf, lr, momentum, nesterov):
     """In-place SGD as torch.optim.SGD (dampening 0)."""
     _sgd_update(p, g, buf, float(lr), float(momentum), bool(nesterov))
@@ -687,7 +743,7 @@ def _count_correct(out, y, Y, loss_kind):
                 if (out[i, j] > 0) == (Y[i, j] > 0.5):
                     c += 1
         return c / k
-    if loss_kind == 4:
+    if loss_kind == 4 or loss_kind == 5:  # mse, poisson: no accuracy
         return 0.0
     c = 0
     for i in range(n):
@@ -713,7 +769,7 @@ def _train_steps(X, y, Y, sw, order, start, n_steps, kinds, acts, alphas, l2s, W
                  opt_kind, opt_f, state1, state2, t0, clip_norm, losses_out, correct_out):
     rows = x_buf.shape[0]
     L = len(Z) - 1
-    fused = loss_kind == 0 or loss_kind == 1 or loss_kind == 3
+    fused = loss_kind == 0 or loss_kind == 1 or loss_kind == 3 or loss_kind == 5
     for s in range(n_steps):
         idx = order[start + s * rows:start + (s + 1) * rows]
         _gather_rows(X, idx, x_buf)
@@ -738,6 +794,8 @@ def _train_steps(X, y, Y, sw, order, start, n_steps, kinds, acts, alphas, l2s, W
             loss = _softmax_cross_entropy_onehot(Z[L], Y_buf, sw_buf, P, dA[L])
         elif loss_kind == 3:
             loss = _sigmoid_binary_cross_entropy(Z[L], Y_buf, sw_buf, P, dA[L])
+        elif loss_kind == 5:
+            loss = _poisson_loss(Z[L], Y_buf, sw_buf, P, dA[L])
         elif loss_kind == 2:
             loss = _nll_loss(A[L], y_buf, sw_buf, dA[L])
         else:
@@ -798,6 +856,8 @@ def train_steps(X, y, Y, sw, order, start, n_steps, plan_i, plan_f, params, grad
         _check_act(act)
         if act == STEP:
             raise ValueError("step has a zero derivative everywhere; it cannot be trained through")
+    if int(loss_kind) == 5:  # poisson: the compiled loop does not check targets
+        _check_nonnegative_targets(Y)
     Ws, bs, dWs, dbs = _unit_views(plan_i, params, grads)
     lists = [numba.typed.List(bufs) for bufs in (Z, A, dA)]
     empty2 = np.empty((0, 0), dtype=params.dtype)

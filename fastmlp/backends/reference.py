@@ -13,7 +13,7 @@ with ``inspect.signature``). Conventions shared by all of them:
 * Losses are weighted means over the batch:
   ``loss = sum_i w_i * l_i / sum_i w_i`` (plain mean when ``sample_weight``
   is empty), where ``l_i`` is the row's loss; for the element-wise losses
-  (binary cross-entropy, MSE) ``l_i`` is the mean over the row's columns, so
+  (binary cross-entropy, MSE, Poisson) ``l_i`` is the mean over the row's columns, so
   the unweighted loss equals PyTorch's ``reduction="mean"``. The gradient
   returned is the gradient of that loss.
 """
@@ -25,6 +25,7 @@ from scipy.special import erf as _erf
 
 from ..activations import (
     ELU,
+    EXP,
     GELU,
     IDENTITY,
     LEAKY_RELU,
@@ -123,6 +124,8 @@ def act_forward(Z, act, alpha, A):
         A[...] = 0.5 * Z * (1.0 + _erf(Z * _SQRT_HALF))
     elif act == STEP:
         A[...] = (Z > 0).astype(Z.dtype)
+    elif act == EXP:
+        np.exp(Z, out=A)
     elif act == SOFTMAX:
         e = np.exp(Z - Z.max(axis=1, keepdims=True))
         A[...] = e / e.sum(axis=1, keepdims=True)
@@ -182,6 +185,8 @@ def act_backward(Z, A, dA, act, alpha, dZ):
         d = s * (1.0 + Z * (1.0 - s))
     elif act == GELU:
         d = 0.5 * (1.0 + _erf(Z * _SQRT_HALF)) + Z * _INV_SQRT_2PI * np.exp(-0.5 * Z * Z)
+    elif act == EXP:
+        d = A  # exp' = exp
     elif act == SOFTMAX:
         dZ[...] = A * (dA - (dA * A).sum(axis=1, keepdims=True))
         return
@@ -299,6 +304,35 @@ def mse_loss(Yhat, Y, sample_weight, dYhat):
     return loss
 
 
+def _check_nonnegative_targets(Y):
+    if Y.size and not (Y >= 0).all():  # also refuses NaN
+        r, c = np.unravel_index(int(np.argmax(~(Y >= 0))), Y.shape)
+        raise ValueError(f"poisson_loss: targets must be >= 0 (counts or rates), got Y[{r}, {c}] = {Y[r, c]}.")
+
+
+def poisson_loss(Z, Y, sample_weight, P, dZ):
+    """Poisson negative log-likelihood from log-rates: ``exp(z) - y*z`` per
+    element (PyTorch's ``PoissonNLLLoss(log_input=True, full=False)``;
+    scikit-learn's ``HalfPoissonLoss`` without its constant ``y*log(y) - y``).
+
+    Z : (n, k) log-rates, Y : (n, k) targets >= 0, sample_weight (IN);
+    P = exp(Z) (the predicted rates), dZ = (exp(Z) - Y) * w_i / (sum(w) * k)
+    (OUT). z is not clipped (neither PyTorch nor scikit-learn clip it): a
+    log-rate beyond log(max float) gives an infinite loss, which the training
+    loop reports as divergence. Raises ValueError, before writing anything,
+    when Y has a negative (or NaN) entry.
+    """
+    _check_nonnegative_targets(Y)
+    n, k = Z.shape
+    w, wsum = _weights(sample_weight, n, Z.dtype)
+    with np.errstate(over="ignore"):  # an overflow is an infinite loss, reported by the caller
+        P[...] = np.exp(Z)
+    l = P - Y * Z
+    loss = float(np.dot(w, l.sum(axis=1)) / (wsum * k))
+    dZ[...] = (P - Y) * (w / (wsum * k))[:, None]
+    return loss
+
+
 # ------------------------------------------------------------ optimizers
 def sgd_update(p, g, buf, lr, momentum, nesterov):
     """In-place SGD as torch.optim.SGD (dampening 0).
@@ -362,7 +396,9 @@ KIND_ACTIVATION, KIND_DENSE = 0, 1
 # Columns of the float plan.
 P_ALPHA, P_L2 = 0, 1
 # Loss kinds.
-LOSS_CE, LOSS_CE_ONEHOT, LOSS_NLL, LOSS_BCE, LOSS_MSE = range(5)
+LOSS_CE, LOSS_CE_ONEHOT, LOSS_NLL, LOSS_BCE, LOSS_MSE, LOSS_POISSON = range(6)
+# Losses fused with the output activation: they read the output unit's Z.
+FUSED_LOSSES = (LOSS_CE, LOSS_CE_ONEHOT, LOSS_BCE, LOSS_POISSON)
 # Optimizer kinds; OPT_NONE computes loss and gradients without an update.
 OPT_NONE, OPT_SGD, OPT_RMSPROP, OPT_ADAM = -1, 0, 1, 2
 
@@ -401,6 +437,8 @@ def loss_and_grads(kernels, plan_i, plan_f, params, grads, x, Z, A, dA, P, y, Y,
         loss = kernels.softmax_cross_entropy_onehot(Z[L], Y, sw, P, dA[L])
     elif loss_kind == LOSS_BCE:
         loss = kernels.sigmoid_binary_cross_entropy(Z[L], Y, sw, P, dA[L])
+    elif loss_kind == LOSS_POISSON:
+        loss = kernels.poisson_loss(Z[L], Y, sw, P, dA[L])
     elif loss_kind == LOSS_NLL:
         loss = kernels.nll_loss(A[L], y, sw, dA[L])
     else:
@@ -426,7 +464,7 @@ def loss_and_grads(kernels, plan_i, plan_f, params, grads, x, Z, A, dA, P, y, Y,
 def count_correct(out, y, Y, loss_kind):
     """Correct predictions of a batch from the training-time output (logits,
     or log-probabilities for nll); for binary cross-entropy the mean over
-    columns of each row. Returns a float."""
+    columns of each row; 0 for the regression losses (mse, poisson). Returns a float."""
     if loss_kind in (LOSS_CE, LOSS_NLL):
         return float(np.count_nonzero(np.argmax(out, axis=1) == y))
     if loss_kind == LOSS_CE_ONEHOT:
@@ -478,7 +516,7 @@ def train_steps(X, y, Y, sw, order, start, n_steps, plan_i, plan_f, params, grad
         with ``bs`` rows (or empty like their source) (OUT)
     Z, A, dA : sequences of per-unit (bs, fan_out) buffers with the
         aliasing of :func:`forward_units` / :func:`loss_and_grads` (OUT)
-    P : (bs, k) probabilities of the fused losses (OUT)
+    P : (bs, k) probabilities (rates for poisson) of the fused losses (OUT)
     loss_kind : LOSS_*; opt_kind : OPT_*
     opt_f : float64 (4,): SGD (lr, momentum, nesterov, 0); RMSprop (lr, rho,
         eps, 0); Adam (lr, beta1, beta2, eps)
@@ -497,7 +535,7 @@ def train_steps(X, y, Y, sw, order, start, n_steps, plan_i, plan_f, params, grad
     kernels = sys.modules[__name__]
     bs = x_buf.shape[0]
     L = plan_i.shape[0] - 1
-    fused = loss_kind in (LOSS_CE, LOSS_CE_ONEHOT, LOSS_BCE)
+    fused = loss_kind in FUSED_LOSSES
     for s in range(n_steps):
         idx = order[start + s * bs:start + (s + 1) * bs]
         kernels.gather_rows(X, idx, x_buf)
