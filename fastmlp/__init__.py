@@ -1,7 +1,7 @@
 """fastmlp: train multilayer perceptrons on the CPU at native speed."""
 from . import activations, datasets, initializers, losses, optim
 from .backends import available_backends, get_backend, use_backend
-from .layers import Activation, Dense
+from .layers import Activation, Dense, Dropout
 from .model import History, Sequential
 
 __version__ = "0.1.0"
@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Activation",
     "Dense",
+    "Dropout",
     "History",
     "Sequential",
     "activations",

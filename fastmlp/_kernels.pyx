@@ -24,7 +24,7 @@ from libc.math cimport (
     erf, erff, exp, expf, expm1, expm1f, fabs, fabsf, log, log1p, log1pf, logf,
     isfinite, pow, sqrt, sqrtf, tanh, tanhf,
 )
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
@@ -1132,12 +1132,73 @@ def scale_inplace(floating[::1] x, double factor):
         c_scale_inplace(x, factor)
 
 
+# ------------------------------------------------------------ dropout
+# The counter-based generator of reference.dropout_mask: nested splitmix64
+# streams, in uint64_t arithmetic (modulo 2**64 as C defines it).
+cdef uint64_t _GOLDEN = 0x9E3779B97F4A7C15ULL
+
+
+cdef inline uint64_t _mix64(uint64_t z) noexcept nogil:
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL
+    return z ^ (z >> 31)
+
+
+cdef void _dropout_mask_p(uint64_t seed, uint64_t step, uint64_t unit, double rate, floating* M,
+                          Py_ssize_t size) noexcept nogil:
+    cdef uint64_t k2 = _mix64(_mix64(seed + _GOLDEN * (step + 1)) + _GOLDEN * (unit + 1))
+    cdef floating scale = <floating>(1.0 / (1.0 - rate))
+    cdef double u
+    cdef Py_ssize_t e
+    for e in range(size):
+        u = <double>(_mix64(k2 + _GOLDEN * <uint64_t>(e + 1)) >> 11) * (1.0 / 9007199254740992.0)
+        M[e] = scale if u >= rate else 0
+
+
+cdef void _mul_mask_p(const floating* X, const floating* M, floating* out, Py_ssize_t size) noexcept nogil:
+    cdef Py_ssize_t e
+    for e in range(size):
+        out[e] = X[e] * M[e]
+
+
+def dropout_mask(uint64_t seed, Py_ssize_t step, Py_ssize_t unit, double rate, floating[:, ::1] M):
+    """Fill M with an inverted-dropout mask (see reference.dropout_mask)."""
+    if step < 0 or unit < 0:
+        raise ValueError("dropout_mask: step and unit must be >= 0")
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"dropout_mask: rate must be in [0, 1), got {rate}")
+    if M.shape[0] == 0 or M.shape[1] == 0:
+        return
+    with nogil:
+        _dropout_mask_p(seed, <uint64_t>step, <uint64_t>unit, rate, &M[0, 0], M.shape[0] * M.shape[1])
+
+
+def dropout_forward(const floating[:, ::1] Z, const floating[:, ::1] M, floating[:, ::1] A):
+    """A = Z * M element-wise; A may be Z (see reference.dropout_forward)."""
+    _check2("M", M.shape[0], M.shape[1], Z.shape[0], Z.shape[1])
+    _check2("A", A.shape[0], A.shape[1], Z.shape[0], Z.shape[1])
+    if Z.shape[0] == 0 or Z.shape[1] == 0:
+        return
+    with nogil:
+        _mul_mask_p(&Z[0, 0], &M[0, 0], &A[0, 0], Z.shape[0] * Z.shape[1])
+
+
+def dropout_backward(const floating[:, ::1] dA, const floating[:, ::1] M, floating[:, ::1] dZ):
+    """dZ = dA * M element-wise; dZ may be dA (see reference.dropout_backward)."""
+    _check2("M", M.shape[0], M.shape[1], dA.shape[0], dA.shape[1])
+    _check2("dZ", dZ.shape[0], dZ.shape[1], dA.shape[0], dA.shape[1])
+    if dA.shape[0] == 0 or dA.shape[1] == 0:
+        return
+    with nogil:
+        _mul_mask_p(&dA[0, 0], &M[0, 0], &dZ[0, 0], dA.shape[0] * dA.shape[1])
+
+
 # ------------------------------------------------------------ the step loop
 # The plan's per-unit buffers are separate arrays, which a nogil loop can
 # only hold as pointers: train_steps gathers them into an array of UnitPtrs
 # once per call, then runs every step without the GIL.
 cdef struct UnitPtrs:
-    int kind            # 1 dense, 0 activation only (reference.KIND_*)
+    int kind            # 1 dense, 0 activation only, 2 dropout (reference.KIND_*)
     int act
     bint use_bias
     Py_ssize_t fan_in, fan_out, w_off, b_off
@@ -1145,6 +1206,7 @@ cdef struct UnitPtrs:
     void* Z
     void* A
     void* dA
+    void* M             # dropout units: the (rows, fan_out) mask; else NULL
 
 
 cdef void _rows_bias_act(floating* Z, const floating* b, floating* A, Py_ssize_t n, Py_ssize_t k,
@@ -1218,7 +1280,7 @@ cdef Py_ssize_t _train_loop(
         floating[:, ::1] x_buf, int64_t[::1] y_buf, floating[:, ::1] Y_buf, floating[::1] sw_buf,
         floating[:, ::1] ZL, floating[:, ::1] AL, floating[:, ::1] dAL, floating[:, ::1] P,
         int loss_kind, int opt_kind, const double[::1] opt_f, floating[::1] state1,
-        floating[::1] state2, Py_ssize_t t0, double clip_norm, double[::1] losses_out,
+        floating[::1] state2, Py_ssize_t t0, double clip_norm, uint64_t seed, double[::1] losses_out,
         double[::1] correct_out) noexcept nogil:
     cdef Py_ssize_t s, i, j, r, rows = x_buf.shape[0], L = n_units - 1
     cdef Py_ssize_t fan_in, fan_out
@@ -1250,6 +1312,10 @@ cdef Py_ssize_t _train_loop(
                         <int>u.fan_in, False, False, 0.0)
                 _rows_bias_act(<floating*>u.Z, &params[u.b_off], <floating*>u.A, rows, u.fan_out,
                                u.use_bias, u.act, <floating>u.alpha)
+            elif u.kind == 2:
+                _dropout_mask_p(seed, <uint64_t>(t0 + s), <uint64_t>i, u.alpha, <floating*>u.M,
+                                rows * u.fan_out)
+                _mul_mask_p(<const floating*>u.Z, <const floating*>u.M, <floating*>u.A, rows * u.fan_out)
             elif u.act != IDENTITY:
                 _rows_bias_act(<floating*>u.Z, &params[0], <floating*>u.A, rows, u.fan_out,
                                False, u.act, <floating>u.alpha)
@@ -1274,6 +1340,8 @@ cdef Py_ssize_t _train_loop(
             if u.act != IDENTITY and (u.kind == 1 or i > 0):
                 _rows_act_grad(<floating*>u.Z, <floating*>u.A, <floating*>u.dA, rows, fan_out,
                                u.act, <floating>u.alpha)
+            if u.kind == 2 and i > 0:
+                _mul_mask_p(<const floating*>u.dA, <const floating*>u.M, <floating*>u.dA, rows * fan_out)
             if u.kind != 1:
                 continue
             W = &params[u.w_off]
@@ -1312,12 +1380,14 @@ def train_steps(const floating[:, ::1] X, const int64_t[::1] y, const floating[:
                 Py_ssize_t n_steps, const int64_t[:, ::1] plan_i, const double[:, ::1] plan_f,
                 floating[::1] params, floating[::1] grads, floating[:, ::1] x_buf,
                 int64_t[::1] y_buf, floating[:, ::1] Y_buf, floating[::1] sw_buf,
-                list Z, list A, list dA, floating[:, ::1] P, int loss_kind, int opt_kind,
+                list Z, list A, list dA, list M, floating[:, ::1] P, int loss_kind, int opt_kind,
                 const double[::1] opt_f, floating[::1] state1, floating[::1] state2,
-                Py_ssize_t t0, double clip_norm, double[::1] losses_out, double[::1] correct_out):
+                Py_ssize_t t0, double clip_norm, uint64_t seed, double[::1] losses_out,
+                double[::1] correct_out):
     """The whole-step training loop (see reference.train_steps); the per-unit
-    buffers Z, A, dA must be C-contiguous arrays of the data's dtype, shaped
-    (batch, fan_out) as the plan says (checked by the Python shim)."""
+    buffers Z, A, dA (and M of the dropout units) must be C-contiguous arrays
+    of the data's dtype, shaped (batch, fan_out) as the plan says (checked by
+    the Python shim)."""
     cdef Py_ssize_t i, n_units = plan_i.shape[0], done
     cdef int saved_threads = 0
     cdef UnitPtrs* units = <UnitPtrs*>malloc(n_units * sizeof(UnitPtrs))
@@ -1340,13 +1410,14 @@ def train_steps(const floating[:, ::1] X, const int64_t[::1] y, const floating[:
             units[i].Z = cnp.PyArray_DATA(<cnp.ndarray>Z[i])
             units[i].A = cnp.PyArray_DATA(<cnp.ndarray>A[i])
             units[i].dA = cnp.PyArray_DATA(<cnp.ndarray>dA[i])
+            units[i].M = cnp.PyArray_DATA(<cnp.ndarray>M[i]) if units[i].kind == 2 else NULL
         if not _loop_parallel:
             saved_threads = _n_threads
             set_num_threads(1)
         with nogil:
             done = _train_loop(X, y, Y, sw, order, start, n_steps, units, n_units, params, grads,
                                x_buf, y_buf, Y_buf, sw_buf, ZL, AL, dAL, P, loss_kind, opt_kind,
-                               opt_f, state1, state2, t0, clip_norm, losses_out, correct_out)
+                               opt_f, state1, state2, t0, clip_norm, seed, losses_out, correct_out)
     finally:
         free(units)
         if saved_threads > 0:
@@ -1409,6 +1480,8 @@ cdef bint _predict_rows(const floating* X, Py_ssize_t n, Py_ssize_t d, UnitPtrs*
             for r in range(n):
                 _bias_act_row(<floating*>u.Z + r * k, params, <floating*>u.A + r * k, k,
                               False, u.act, <floating>u.alpha)
+        elif u.A != u.Z:  # identity (a dropout unit at inference) with a buffer of its own
+            memcpy(u.A, u.Z, n * k * sizeof(floating))
         inp = <floating*>u.A
     memcpy(out, inp, n * units[n_units - 1].fan_out * sizeof(floating))
     return True
@@ -1449,6 +1522,7 @@ cdef class Predictor:
             self.units[i].Z = cnp.PyArray_DATA(<cnp.ndarray>Z[i])
             self.units[i].A = cnp.PyArray_DATA(<cnp.ndarray>A[i])
             self.units[i].dA = NULL
+            self.units[i].M = NULL
         self.n_units = n_units
         self.capacity = x_buf.shape[0]
         self.d_in = x_buf.shape[1]

@@ -68,7 +68,7 @@ from . import _validation
 from . import activations as _act
 from . import initializers as _init
 from . import optim as _optim
-from .layers import Dense
+from .layers import Dense, Dropout
 from .model import Sequential, TrainingDivergedError, _Buffers
 
 try:  # scikit-learn >= 1.6
@@ -170,9 +170,9 @@ class _BaseMLP(BaseEstimator):
                                  "'logistic' or another element-wise activation.")
             _act.resolve(a)
         _validation.check_dtype(self.dtype)
-        if self.dropout:
-            raise ValueError(f"dropout={self.dropout!r}: dropout is not available in fastmlp yet; "
-                             "use dropout=0.0 (or None) and alpha for regularisation.")
+        if self.dropout and self.solver == "lbfgs":
+            raise ValueError(f"dropout={self.dropout!r} needs a stochastic solver: L-BFGS's line search "
+                             "needs a deterministic loss. Use solver='adam' or 'sgd', or dropout=0.0.")
         if self.batch_norm:
             raise ValueError("batch_norm=True: batch normalisation is not available in fastmlp yet; "
                              "use batch_norm=False.")
@@ -215,10 +215,12 @@ class _BaseMLP(BaseEstimator):
         rs = check_random_state(self.random_state)
         if first_pass:
             self._initialize(y, units, acts, rs, early=self.early_stopping or val is not None)
-        elif units != self._units or (self.solver in _STOCHASTIC and not hasattr(self, "loss_curve_")):
+        elif (units != self._units or float(self.dropout or 0.0) != getattr(self, "_model_dropout", 0.0)
+              or (self.solver in _STOCHASTIC and not hasattr(self, "loss_curve_"))):
             raise ValueError(
                 f"warm_start / partial_fit continue the fitted network of layer sizes {self._units} "
-                f"(solver {self._model_solver!r}); this call needs {units} with solver {self.solver!r}. "
+                f"(solver {self._model_solver!r}, dropout {getattr(self, '_model_dropout', 0.0)}); this call "
+                f"needs {units} with solver {self.solver!r}, dropout {float(self.dropout or 0.0)}. "
                 "Set warm_start=False to start again."
             )
         model = self._model
@@ -240,6 +242,7 @@ class _BaseMLP(BaseEstimator):
         self.n_outputs_ = y.shape[1]
         self.n_layers_ = len(units)
         self._units, self._model_solver = units, self.solver
+        self._model_dropout = float(self.dropout or 0.0)
         if _is_regressor(self):
             self.out_activation_ = "exp" if self.loss == "poisson" else "identity"
         elif self._label_binarizer.y_type_ == "multiclass":
@@ -247,7 +250,11 @@ class _BaseMLP(BaseEstimator):
         else:
             self.out_activation_ = "logistic"
         init = "auto" if self.init is None else self.init
-        layers = [Dense(u, activation=a, kernel_initializer=init) for u, a in zip(units[1:-1], acts)]
+        layers = []
+        for u, a in zip(units[1:-1], acts):
+            layers.append(Dense(u, activation=a, kernel_initializer=init))
+            if self.dropout:
+                layers.append(Dropout(float(self.dropout)))
         layers.append(Dense(units[-1], kernel_initializer=init))
         weights = self._sklearn_init(units, rs) if self.init is None else None
         self._model = Sequential(layers, input_dim=units[0], dtype=self.dtype,
@@ -510,8 +517,13 @@ _EXTRA_DOC = """
         Kernel backend; None uses ``FASTMLP_BACKEND`` or "auto".
     n_threads : int or None, default=None
         Bound on BLAS, Numba and OpenMP threads during fit and predict.
-    dropout : float, default=0.0
-        Not available yet: values > 0 raise a ValueError.
+    dropout : float in [0, 1) or None, default=0.0
+        Inverted dropout (``torch.nn.Dropout``) after every hidden layer's
+        activation while training with solver "sgd" or "adam": each hidden
+        activation is zeroed with this probability and the survivors are
+        scaled by 1 / (1 - dropout); predict is deterministic (no dropout).
+        The masks are drawn from ``random_state``. 0.0 or None: no dropout.
+        With solver "lbfgs" a value > 0 raises a ValueError.
     batch_norm : bool, default=False
         Not available yet: True raises a ValueError.
     init : str or None, default=None

@@ -51,3 +51,21 @@ class Activation(Layer):
 
     def __init__(self, activation):
         self.activation = _act.resolve(activation)[0]
+
+
+class Dropout(Layer):
+    """Inverted dropout (``torch.nn.Dropout``): during training each element is
+    zeroed with probability ``rate`` and the survivors are scaled by
+    ``1 / (1 - rate)``; at predict and evaluate the layer is the identity.
+
+    The masks come from a counter-based generator seeded from the model's
+    ``seed``, so training is reproducible and the same in every backend.
+
+    Parameters
+    ----------
+    rate : float in [0, 1)
+        Probability of dropping an element; 0 makes the layer a no-op.
+    """
+
+    def __init__(self, rate=0.5):
+        self.rate = _validation.check_in_range(rate, "Dropout rate", 0.0, 1.0)

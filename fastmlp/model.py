@@ -1,10 +1,10 @@
 """Sequential: compile / fit / predict / evaluate / get_weights / set_weights.
 
 The model compiles its layers into a plan of units, each an optional dense
-product (W, b) followed by an activation; an Activation layer after a linear
-Dense fuses into its unit. All parameters live in one flat vector (each W and
-b is a view into it) and all gradients in another, so that an optimizer step
-is one kernel call. Per-batch buffers are allocated once per fit and batch
+product (W, b) followed by an activation, or a dropout unit; an Activation
+layer after a linear Dense fuses into its unit. All parameters live in one
+flat vector (each W and b is a view into it) and all gradients in another, so
+that an optimizer step is one kernel call. Per-batch buffers are allocated once per fit and batch
 size; a training step only calls backend kernels on them.
 """
 import contextlib
@@ -20,7 +20,7 @@ from . import losses as _losses
 from . import optim as _optim
 from .backends import get_backend
 from .backends import reference as _ref
-from .layers import Activation, Dense
+from .layers import Activation, Dense, Dropout
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -44,13 +44,20 @@ class History:
 
 
 class _Unit:
-    """One step of the plan: optional dense product + bias, then an activation."""
+    """One step of the plan: optional dense product + bias, then an activation;
+    or a dropout unit (``rate > 0``: not dense, identity activation)."""
+
+    rate = 0.0  # the drop rate of a dropout unit (class default: older pickles)
 
     def __init__(self, dense, fan_in, fan_out, act, alpha, use_bias=False, init="auto", l2=0.0):
         self.dense, self.fan_in, self.fan_out = dense, fan_in, fan_out
         self.act, self.alpha, self.use_bias, self.init, self.l2 = act, alpha, use_bias, init, l2
         self.w_off = self.b_off = 0
         self.W = self.b = self.dW = self.db = None
+
+    @property
+    def dropout(self):
+        return self.rate > 0.0
 
     @property
     def n_params(self):
@@ -81,6 +88,9 @@ _SMALL_ROWS = 64
 _BLAS_SERIAL_WORK = 65536 * 4
 
 
+_EMPTY_MASK = {np.dtype(t): np.empty((0, 0), dtype=t) for t in (np.float32, np.float64)}
+
+
 class _Buffers:
     """Per-batch-size work arrays of the forward and backward passes."""
 
@@ -90,10 +100,17 @@ class _Buffers:
         self.n = n
         self.x = np.empty((n, model.input_dim), dtype=dt)
         self.Z, self.A = [], []
+        # Dropout masks: a (n, fan_out) buffer per dropout unit (training only).
+        self.M = [_EMPTY_MASK[dt]] * len(units)
         prev = self.x
-        for unit, act in zip(units, acts):
+        for i, (unit, act) in enumerate(zip(units, acts)):
             z = np.empty((n, unit.fan_out), dtype=dt) if unit.dense else prev
-            a = z if act == _act.IDENTITY else np.empty((n, unit.fan_out), dtype=dt)
+            # in training a dropout unit keeps its input (the layer below needs
+            # it for its backward pass) and writes the dropped copy apart
+            own = act != _act.IDENTITY or (training and unit.dropout)
+            a = np.empty((n, unit.fan_out), dtype=dt) if own else z
+            if training and unit.dropout:
+                self.M[i] = np.empty((n, unit.fan_out), dtype=dt)
             self.Z.append(z)
             self.A.append(a)
             prev = a
@@ -119,12 +136,13 @@ class Sequential:
 
     Parameters
     ----------
-    layers : list of Dense / Activation
+    layers : list of Dense / Activation / Dropout
+        A Dropout layer cannot be the last one.
     input_dim : int, optional
         Number of input features; inferred at the first ``fit`` when omitted.
     dtype : {"float32", "float64"}
     seed : int or None
-        Seeds weight initialization and shuffling.
+        Seeds weight initialization, shuffling and the dropout masks.
     backend : {"auto", "cython", "numba", "reference"} or None
         Kernel backend; None uses ``FASTMLP_BACKEND`` or "auto".
     n_threads : int or None
@@ -137,10 +155,14 @@ class Sequential:
         if not layers:
             raise ValueError("Sequential needs at least one layer.")
         for layer in layers:
-            if not isinstance(layer, (Dense, Activation)):
-                raise TypeError(f"Layers must be fastmlp.Dense or fastmlp.Activation, got {layer!r}.")
+            if not isinstance(layer, (Dense, Activation, Dropout)):
+                raise TypeError(f"Layers must be fastmlp.Dense, fastmlp.Activation or fastmlp.Dropout, "
+                                f"got {layer!r}.")
         if not any(isinstance(layer, Dense) for layer in layers):
             raise ValueError("Sequential needs at least one Dense layer.")
+        if isinstance(layers[-1], Dropout):
+            raise ValueError("Dropout cannot be the last layer (the loss is computed on the output of "
+                             "the last Dense or Activation); put it before a Dense layer.")
         self.layers = layers
         self.dtype = _validation.check_dtype(dtype)
         self.seed = seed
@@ -163,6 +185,11 @@ class Sequential:
     def _plan(self, input_dim):
         units, fan_in = [], input_dim
         for layer in self.layers:
+            if isinstance(layer, Dropout):
+                if layer.rate > 0.0:  # Dropout(0) is the identity: no unit
+                    units.append(_Unit(False, fan_in, fan_in, _act.IDENTITY, 0.0))
+                    units[-1].rate = layer.rate
+                continue
             _, code, alpha = _act.resolve(layer.activation)
             if isinstance(layer, Dense):
                 units.append(_Unit(True, fan_in, layer.units, code, alpha, layer.use_bias,
@@ -216,12 +243,18 @@ class Sequential:
     def built(self):
         return self._units is not None
 
+    @property
+    def _has_dropout(self):
+        return self._units is not None and any(u.dropout for u in self._units)
+
     def count_params(self):
         return 0 if not self.built else int(self._params.size)
 
     def _output_act(self):
         code = _act.IDENTITY
         for layer in self.layers:
+            if isinstance(layer, Dropout):
+                continue
             _, c, _ = _act.resolve(layer.activation)
             if isinstance(layer, Dense) or c != _act.IDENTITY:
                 code = c
@@ -252,7 +285,7 @@ class Sequential:
                 "for two classes with 1 unit use loss='binary_cross_entropy'."
             )
         for layer in self.layers:
-            if layer.activation == "step":
+            if getattr(layer, "activation", None) == "step":
                 raise ValueError(
                     "The 'step' activation has a derivative of zero everywhere (and none at 0), so no "
                     "gradient flows through it and the model cannot be trained. Use 'sigmoid' or 'tanh' "
@@ -304,11 +337,21 @@ class Sequential:
         return target, spec.kind
 
     # ------------------------------------------------------------ one step
-    def _plan_arrays(self, acts, n):
-        """The plan the step loop walks (see reference.train_steps) for batches of n rows."""
+    def _plan_arrays(self, acts, n, dropout=False):
+        """The plan the step loop walks (see reference.train_steps) for batches of n rows.
+
+        With ``dropout`` (training steps) a dropout unit is a KIND_DROPOUT row
+        with its rate in the ALPHA column; otherwise (predict, evaluate, the
+        full-batch objective) it is an identity activation-only unit.
+        """
         plan_i = np.zeros((len(self._units), 7), dtype=np.int64)
         plan_f = np.zeros((len(self._units), 2), dtype=np.float64)
         for i, u in enumerate(self._units):
+            if u.dropout:
+                plan_i[i] = (_ref.KIND_DROPOUT if dropout else _ref.KIND_ACTIVATION, u.fan_in, u.fan_out,
+                             _act.IDENTITY, 0, 0, 0)
+                plan_f[i] = (u.rate if dropout else 0.0, 0.0)
+                continue
             plan_i[i] = (_ref.KIND_DENSE if u.dense else _ref.KIND_ACTIVATION, u.fan_in, u.fan_out,
                          acts[i], u.use_bias, u.w_off, u.b_off)
             # Keras' l2 * sum(W**2) plus scikit-learn's alpha / (2 n) * sum(W**2)
@@ -398,6 +441,9 @@ class Sequential:
     def _train_epoch(self, X, target, sw, batch_size, shuffle, bufs, epoch, snapshot):
         n = X.shape[0]
         order = self._rng.permutation(n) if shuffle else np.arange(n, dtype=np.int64)
+        # a fresh base seed of the dropout masks per epoch (drawn only when
+        # there is dropout, so that models without it keep their streams)
+        seed = int(self._rng.integers(0, 2**64, dtype=np.uint64)) if self._has_dropout else 0
         y, Y = (target, self._empty2) if target.ndim == 1 else (np.empty(0, np.int64), target)
         n_full, rem = divmod(n, batch_size)
         losses = np.empty(n_full + (rem > 0), dtype=np.float64)
@@ -412,12 +458,12 @@ class Sequential:
             buf = bufs.get(nb)
             if buf is None:
                 buf = bufs[nb] = _Buffers(self, nb, training=True)
-            plan_i, plan_f = self._plan_arrays(self._train_acts, nb)
+            plan_i, plan_f = self._plan_arrays(self._train_acts, nb, dropout=True)
             first = start // batch_size
             done = self.backend.train_steps(
                 X, y, Y, sw, order, start, steps, plan_i, plan_f, self._params, self._grads,
-                buf.x, buf.y, buf.Y, buf.sw, buf.Z, buf.A, buf.dA, buf.P, self._loss_kind,
-                opt.kind, hyper, state1, state2, opt.t, clip, losses[first:], correct[first:])
+                buf.x, buf.y, buf.Y, buf.sw, buf.Z, buf.A, buf.dA, buf.M, buf.P, self._loss_kind,
+                opt.kind, hyper, state1, state2, opt.t, clip, seed, losses[first:], correct[first:])
             opt.t += done
             if done < steps:
                 self._diverged(epoch, first + done, losses[first + done], snapshot)

@@ -27,8 +27,8 @@ KERNELS = [
     "set_num_threads", "gemm", "gather_rows", "act_forward", "bias_act_forward", "dense_forward",
     "act_backward", "bias_grad", "dense_backward", "softmax_cross_entropy",
     "softmax_cross_entropy_onehot", "nll_loss", "sigmoid_binary_cross_entropy", "mse_loss",
-    "poisson_loss", "sgd_update", "rmsprop_update", "adam_update", "sum_squares", "scale_inplace", "train_steps",
-    "make_predictor",
+    "poisson_loss", "sgd_update", "rmsprop_update", "adam_update", "sum_squares", "scale_inplace",
+    "dropout_mask", "dropout_forward", "dropout_backward", "train_steps", "make_predictor",
 ]
 # Public functions of reference that are backend-generic Python (they take a
 # kernels module, or post-process a step's output) rather than kernels.
@@ -528,7 +528,8 @@ def _buffers(plan_i, bs, dt, d):
     prev = np.empty((bs, d), dt)
     for kind, fan_in, fan_out, act, *_ in plan_i:
         z = np.empty((bs, fan_out), dt) if kind == ref.KIND_DENSE else prev
-        a = z if act == A.IDENTITY else np.empty((bs, fan_out), dt)
+        # a dropout unit keeps its input and writes the masked copy apart
+        a = z if act == A.IDENTITY and kind != ref.KIND_DROPOUT else np.empty((bs, fan_out), dt)
         Z.append(z)
         Aa.append(a)
         prev = a
@@ -538,6 +539,12 @@ def _buffers(plan_i, bs, dt, d):
     for i in range(L - 1, 0, -1):
         dA[i - 1] = np.empty((bs, plan_i[i][1]), dt) if plan_i[i][0] == ref.KIND_DENSE else dA[i]
     return Z, Aa, dA
+
+
+def _masks(plan_i, bs, dt):
+    """Dropout mask buffers: (bs, fan_out) for dropout units, (0, 0) for the others."""
+    return [np.full((bs, row[2]), np.nan, dt) if row[0] == ref.KIND_DROPOUT else np.empty((0, 0), dt)
+            for row in plan_i]
 
 
 @pytest.mark.parametrize("loss_kind", [ref.LOSS_CE, ref.LOSS_CE_ONEHOT, ref.LOSS_NLL, ref.LOSS_BCE, ref.LOSS_MSE,
@@ -583,8 +590,8 @@ def test_train_steps(native_name, dt, loss_kind, opt_kind):
         P = np.empty((bs, k), dt)
         losses, correct = np.full(n_steps, np.nan), np.full(n_steps, np.nan)
         done = mod.train_steps(X, y, Y, sw, order, 1, n_steps, plan_i, plan_f, params, grads,
-                               x_buf, y_buf, Y_buf, sw_buf, Z, Aa, dA, P, loss_kind,
-                               opt_kind, opt_f, s1, s2, 2, 0.5, losses, correct)
+                               x_buf, y_buf, Y_buf, sw_buf, Z, Aa, dA, _masks(plan_i, bs, dt), P, loss_kind,
+                               opt_kind, opt_f, s1, s2, 2, 0.5, 12345, losses, correct)
         return done, params, losses, correct, s1
 
     dw, pw, lw, cw, sw1 = run(ref)
@@ -620,9 +627,9 @@ def test_train_steps_poisson_negative_targets_raise(backend_name):
     with pytest.raises(ValueError, match=r"targets must be >= 0"):
         be.train_steps(np.zeros((n, d)), np.empty(0, np.int64), Y, np.empty(0), np.arange(n), 0, 2,
                        plan_i, plan_f, params, np.zeros(n_params), np.empty((bs, d)), np.empty(0, np.int64),
-                       np.empty((bs, k)), np.empty(0), Z, Aa, dA, np.empty((bs, k)), ref.LOSS_POISSON,
-                       ref.OPT_SGD, np.array([0.1, 0.0, 0.0, 0.0]), np.zeros(n_params), np.empty(0), 0, 0.0,
-                       np.zeros(2), np.zeros(2))
+                       np.empty((bs, k)), np.empty(0), Z, Aa, dA, _masks(plan_i, bs, dt), np.empty((bs, k)),
+                       ref.LOSS_POISSON, ref.OPT_SGD, np.array([0.1, 0.0, 0.0, 0.0]), np.zeros(n_params),
+                       np.empty(0), 0, 0.0, 0, np.zeros(2), np.zeros(2))
 
 
 # ------------------------------------------------------------- properties
@@ -838,9 +845,9 @@ def test_train_steps_stops_at_nonfinite_loss(backend_name):
         losses, correct = np.full(steps, np.nan), np.full(steps, np.nan)
         done = mod.train_steps(X, np.empty(0, np.int64), Y, np.empty(0, dt), order, 0, steps, plan_i, plan_f,
                                params, grads, np.empty((bs, d), dt), np.empty(0, np.int64),
-                               np.empty((bs, k), dt), np.empty(0, dt), Z, Aa, dA, np.empty((bs, k), dt),
-                               ref.LOSS_MSE, ref.OPT_SGD, np.array([0.1, 0.0, 0.0, 0.0]), s1, s2, 0, 0.0,
-                               losses, correct)
+                               np.empty((bs, k), dt), np.empty(0, dt), Z, Aa, dA, _masks(plan_i, bs, dt),
+                               np.empty((bs, k), dt), ref.LOSS_MSE, ref.OPT_SGD,
+                               np.array([0.1, 0.0, 0.0, 0.0]), s1, s2, 0, 0.0, 0, losses, correct)
         return done, params, losses
 
     with np.errstate(over="ignore", invalid="ignore"):

@@ -106,6 +106,43 @@ def test_digits_accuracy_matches_sklearn(digits, solver):
     assert abs(acc["fastmlp"] - acc["sklearn"]) < 0.01, acc
 
 
+def test_dropout_trains_digits_reproducibly(digits):
+    """dropout=0.2: a Dropout after every hidden activation; a sane test accuracy, the same fit for
+    the same random_state (masks included), another for another random_state or without dropout."""
+    Xtr, Xte, ytr, yte = digits
+    kw = dict(hidden_layer_sizes=(64, 32), max_iter=30, learning_rate_init=0.003)
+    with threadpool_limits(1):
+        clf = MLPClassifier(dropout=0.2, random_state=0, **kw).fit(Xtr, ytr)
+        layers = clf._model.layers
+        assert [type(layer).__name__ for layer in layers] == ["Dense", "Dropout", "Dense", "Dropout", "Dense"]
+        assert layers[1].rate == layers[3].rate == 0.2
+        assert clf.score(Xte, yte) > 0.93
+        proba = clf.predict_proba(Xte)
+        np.testing.assert_array_equal(clf.predict_proba(Xte), proba)  # predict has no dropout
+        again = MLPClassifier(dropout=0.2, random_state=0, **kw).fit(Xtr, ytr)
+        for a, b in zip(again.coefs_ + again.intercepts_, clf.coefs_ + clf.intercepts_):
+            np.testing.assert_array_equal(a, b)
+        assert again.loss_curve_ == clf.loss_curve_
+        other = MLPClassifier(dropout=0.2, random_state=1, **kw).fit(Xtr, ytr)
+        plain = MLPClassifier(dropout=0.0, random_state=0, **kw).fit(Xtr, ytr)
+    assert not np.allclose(other.coefs_[0], clf.coefs_[0])
+    assert not np.allclose(plain.coefs_[0], clf.coefs_[0])
+    # the training loss under dropout is above the one without
+    assert clf.loss_curve_[-1] > plain.loss_curve_[-1]
+    # warm_start cannot change the dropout of a fitted network
+    clf.set_params(warm_start=True, dropout=0.5)
+    with pytest.raises(ValueError, match="dropout"):
+        clf.fit(Xtr, ytr)
+
+
+def test_dropout_regressor(blobs):
+    X, y = blobs
+    reg = MLPRegressor(hidden_layer_sizes=(32,), dropout=0.1, max_iter=50, learning_rate_init=0.01,
+                       random_state=0).fit(X, X[:, 0] + 2 * X[:, 1])
+    assert reg.score(X, X[:, 0] + 2 * X[:, 1]) > 0.8
+    assert [type(layer).__name__ for layer in reg._model.layers] == ["Dense", "Dropout", "Dense"]
+
+
 def _curves(Est, SkEst, X, y, **kw):
     kw = dict(hidden_layer_sizes=(12,), max_iter=12, random_state=0, shuffle=False, **kw)
     ours = Est(dtype="float64", **kw).fit(X, y)
@@ -264,8 +301,8 @@ def test_fastmlp_extras(blobs):
     clf.fit(X, y)
     assert clf.coefs_[0].dtype == np.float32 and clf.score(X, y) > 0.7
     assert MLPClassifier(dtype="float64", max_iter=5).fit(X, y).coefs_[0].dtype == np.float64
-    with pytest.raises(ValueError, match="dropout is not available"):
-        MLPClassifier(dropout=0.2).fit(X, y)
+    with pytest.raises(ValueError, match="needs a stochastic solver"):
+        MLPClassifier(dropout=0.2, solver="lbfgs").fit(X, y)
     with pytest.raises(ValueError, match="batch normalisation is not available"):
         MLPClassifier(batch_norm=True).fit(X, y)
     with pytest.raises(ValueError, match="one activation per hidden layer"):

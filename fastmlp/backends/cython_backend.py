@@ -12,6 +12,7 @@ import numpy as _np
 
 from .. import _config, _kernels
 from .. import activations as _activations
+from .reference import _check_dropout_plan
 
 NAME = "cython"
 
@@ -125,6 +126,18 @@ def sum_squares(x):
     return _kernels.sum_squares(x)
 
 
+def dropout_mask(seed, step, unit, rate, M):
+    _kernels.dropout_mask(int(seed), int(step), int(unit), float(rate), M)
+
+
+def dropout_forward(Z, M, A):
+    _kernels.dropout_forward(Z, _as(M, Z.dtype), A)
+
+
+def dropout_backward(dA, M, dZ):
+    _kernels.dropout_backward(dA, _as(M, dA.dtype), dZ)
+
+
 def scale_inplace(x, factor):
     _kernels.scale_inplace(x, factor)
 
@@ -138,7 +151,8 @@ def _copy_docs():
         "dense_forward", "act_backward", "bias_grad", "dense_backward",
         "softmax_cross_entropy", "softmax_cross_entropy_onehot", "nll_loss",
         "sigmoid_binary_cross_entropy", "mse_loss", "poisson_loss", "sgd_update", "rmsprop_update",
-        "adam_update", "sum_squares", "scale_inplace",
+        "adam_update", "sum_squares", "scale_inplace", "dropout_mask", "dropout_forward",
+        "dropout_backward",
     ):
         fn = globals()[name]
         if fn.__doc__ is None:
@@ -162,15 +176,22 @@ def _check_unit_buffers(plan_i, x_buf, Z, A, dA):
 
 
 def train_steps(X, y, Y, sw, order, start, n_steps, plan_i, plan_f, params, grads,
-                x_buf, y_buf, Y_buf, sw_buf, Z, A, dA, P, loss_kind,
-                opt_kind, opt_f, state1, state2, t0, clip_norm, losses_out, correct_out):
+                x_buf, y_buf, Y_buf, sw_buf, Z, A, dA, M, P, loss_kind,
+                opt_kind, opt_f, state1, state2, t0, clip_norm, seed, losses_out, correct_out):
     """Run ``n_steps`` training steps in one compiled, GIL-free call (see reference.train_steps)."""
     plan_i = _np.ascontiguousarray(plan_i, dtype=_INT64)
     if (plan_i[:, 3] == _activations.STEP).any():
         raise ValueError("step has a zero derivative everywhere; it cannot be trained through")
     if ((plan_i[:, 3] < 0) | (plan_i[:, 3] >= len(_activations.ACTIVATIONS))).any():
         raise ValueError(f"unknown activation code in plan: {plan_i[:, 3]}")
+    if ((plan_i[:, 0] < 0) | (plan_i[:, 0] > 2)).any():
+        raise ValueError(f"train_steps: unknown unit kind in plan: {plan_i[:, 0]}")
     _check_unit_buffers(plan_i, x_buf, Z, A, dA)
+    _check_dropout_plan(plan_i, plan_f, x_buf, M)
+    if not 0 <= int(seed) < 2**64:
+        raise ValueError(f"train_steps: seed must be in [0, 2**64), got {seed}")
+    if t0 < 0:
+        raise ValueError("train_steps: t0 must be >= 0")
     n = X.shape[0]
     rows = x_buf.shape[0]
     if start < 0 or start + n_steps * rows > order.shape[0] or (order.size and (order.min() < 0 or order.max() >= n)):
@@ -186,9 +207,9 @@ def train_steps(X, y, Y, sw, order, start, n_steps, plan_i, plan_f, params, grad
     return int(_kernels.train_steps(
         X, _labels(y), _as(Y, dt), _as(sw, dt), _labels(order), int(start), int(n_steps), plan_i,
         _np.ascontiguousarray(plan_f, dtype=_np.float64), params, grads, x_buf, _labels(y_buf),
-        _as(Y_buf, dt), _as(sw_buf, dt), list(Z), list(A), list(dA), P, int(loss_kind), int(opt_kind),
-        _np.ascontiguousarray(opt_f, dtype=_np.float64), _as(state1, dt), _as(state2, dt), int(t0),
-        float(clip_norm), losses_out, correct_out))
+        _as(Y_buf, dt), _as(sw_buf, dt), list(Z), list(A), list(dA), list(M), P, int(loss_kind),
+        int(opt_kind), _np.ascontiguousarray(opt_f, dtype=_np.float64), _as(state1, dt), _as(state2, dt),
+        int(t0), float(clip_norm), int(seed), losses_out, correct_out))
 
 
 def _check_predictor_buffers(plan_i, params, x_buf, Z, A):

@@ -27,6 +27,7 @@ from numba import njit
 from numba.extending import overload
 
 from .. import _config
+from .reference import _check_dropout_plan
 from ..activations import (
     ELU,
     EXP,
@@ -599,6 +600,44 @@ def _scale_inplace(x, factor):
         x[i] *= f
 
 
+# ------------------------------------------------------------ dropout
+# The counter-based generator of reference.dropout_mask, in uint64 arithmetic
+# (every operand is a uint64: mixing it with int64 would give float64).
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+@_jit
+def _mix64(z):
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+@_jit
+def _dropout_mask(seed, step, unit, rate, M):
+    # seed : uint64; step, unit : int64 >= 0; M : (n, k) C-contiguous
+    k1 = _mix64(seed + _GOLDEN * (np.uint64(step) + np.uint64(1)))
+    k2 = _mix64(k1 + _GOLDEN * (np.uint64(unit) + np.uint64(1)))
+    scale = M.dtype.type(1.0 / (1.0 - rate))
+    zero = M.dtype.type(0.0)
+    m = M.reshape(-1)
+    e = np.uint64(0)
+    for j in range(m.shape[0]):
+        e += np.uint64(1)
+        u = np.float64(_mix64(k2 + _GOLDEN * e) >> np.uint64(11)) * (2.0 ** -53)
+        m[j] = scale if u >= rate else zero
+
+
+@_jit
+def _mul_mask(X, M, out):
+    # out = X * M element-wise; out may be X
+    for i in range(X.shape[0]):
+        for j in range(X.shape[1]):
+            out[i, j] = X[i, j] * M[i, j]
+
+
 # ------------------------------------------------------------ public API
 def gemm(A, B, C, trans_a, trans_b, beta):
     """C = op(A) @ op(B) + beta * C, op(M) = M.T when the flag is set.
@@ -721,6 +760,21 @@ def scale_inplace(x, factor):
     _scale_inplace(x, float(factor))
 
 
+def dropout_mask(seed, step, unit, rate, M):
+    """Fill M with an inverted-dropout mask (see reference.dropout_mask)."""
+    _dropout_mask(np.uint64(seed), int(step), int(unit), float(rate), M)
+
+
+def dropout_forward(Z, M, A):
+    """A = Z * M element-wise; A may be Z."""
+    _mul_mask(Z, M, A)
+
+
+def dropout_backward(dA, M, dZ):
+    """dZ = dA * M element-wise; dZ may be dA."""
+    _mul_mask(dA, M, dZ)
+
+
 # ------------------------------------------------------------ the step loop
 @_jit_reduce
 def _sum_squares_2d(W):
@@ -765,8 +819,8 @@ def _count_correct(out, y, Y, loss_kind):
 
 @_jit
 def _train_steps(X, y, Y, sw, order, start, n_steps, kinds, acts, alphas, l2s, Ws, bs, dWs, dbs,
-                 params, grads, x_buf, y_buf, Y_buf, sw_buf, Z, A, dA, P, empty2, loss_kind,
-                 opt_kind, opt_f, state1, state2, t0, clip_norm, losses_out, correct_out):
+                 params, grads, x_buf, y_buf, Y_buf, sw_buf, Z, A, dA, M, P, empty2, loss_kind,
+                 opt_kind, opt_f, state1, state2, t0, clip_norm, seed, losses_out, correct_out):
     rows = x_buf.shape[0]
     L = len(Z) - 1
     fused = loss_kind == 0 or loss_kind == 1 or loss_kind == 3 or loss_kind == 5
@@ -785,6 +839,9 @@ def _train_steps(X, y, Y, sw, order, start, n_steps, kinds, acts, alphas, l2s, W
         for i in range(L + 1):
             if kinds[i] == 1:
                 _dense_forward(x_buf if i == 0 else A[i - 1], Ws[i], bs[i], acts[i], alphas[i], Z[i], A[i])
+            elif kinds[i] == 2:
+                _dropout_mask(seed, t0 + s, i, alphas[i], M[i])
+                _mul_mask(Z[i], M[i], A[i])
             else:
                 _act_forward(Z[i], acts[i], alphas[i], A[i])
         # fused loss: the gradient at the output lands in dA[L]
@@ -804,6 +861,8 @@ def _train_steps(X, y, Y, sw, order, start, n_steps, kinds, acts, alphas, l2s, W
         for i in range(L, -1, -1):
             if acts[i] != 0 and (kinds[i] == 1 or i > 0):
                 _act_backward(Z[i], A[i], dA[i], acts[i], alphas[i], dA[i])
+            if kinds[i] == 2 and i > 0:
+                _mul_mask(dA[i], M[i], dA[i])
             if kinds[i] == 1:
                 if l2s[i] != 0.0:
                     loss += 0.5 * l2s[i] * _sum_squares_2d(Ws[i])
@@ -849,8 +908,8 @@ def _unit_views(plan_i, params, grads):
 
 
 def train_steps(X, y, Y, sw, order, start, n_steps, plan_i, plan_f, params, grads,
-                x_buf, y_buf, Y_buf, sw_buf, Z, A, dA, P, loss_kind,
-                opt_kind, opt_f, state1, state2, t0, clip_norm, losses_out, correct_out):
+                x_buf, y_buf, Y_buf, sw_buf, Z, A, dA, M, P, loss_kind,
+                opt_kind, opt_f, state1, state2, t0, clip_norm, seed, losses_out, correct_out):
     """Run ``n_steps`` training steps in one compiled call (see reference.train_steps)."""
     for act in plan_i[:, 3]:
         _check_act(act)
@@ -858,15 +917,17 @@ def train_steps(X, y, Y, sw, order, start, n_steps, plan_i, plan_f, params, grad
             raise ValueError("step has a zero derivative everywhere; it cannot be trained through")
     if int(loss_kind) == 5:  # poisson: the compiled loop does not check targets
         _check_nonnegative_targets(Y)
+    _check_dropout_plan(plan_i, plan_f, x_buf, M)
     Ws, bs, dWs, dbs = _unit_views(plan_i, params, grads)
-    lists = [numba.typed.List(bufs) for bufs in (Z, A, dA)]
     empty2 = np.empty((0, 0), dtype=params.dtype)
+    masks = [M[i] if plan_i[i, 0] == 2 else empty2 for i in range(plan_i.shape[0])]
+    lists = [numba.typed.List(bufs) for bufs in (Z, A, dA, masks)]
     return int(_train_steps(
         X, y, Y, sw, order, int(start), int(n_steps), np.ascontiguousarray(plan_i[:, 0]),
         np.ascontiguousarray(plan_i[:, 3]), np.ascontiguousarray(plan_f[:, 0]),
         np.ascontiguousarray(plan_f[:, 1]), Ws, bs, dWs, dbs, params, grads, x_buf, y_buf, Y_buf,
         sw_buf, *lists, P, empty2, int(loss_kind), int(opt_kind), np.asarray(opt_f, dtype=np.float64),
-        state1, state2, int(t0), float(clip_norm), losses_out, correct_out))
+        state1, state2, int(t0), float(clip_norm), np.uint64(seed), losses_out, correct_out))
 
 
 @_jit

@@ -387,13 +387,72 @@ def scale_inplace(x, factor):
     x *= factor
 
 
+# ------------------------------------------------------------ dropout
+# Counter-based random numbers, identical in every backend: nested splitmix64
+# streams. splitmix64 seeded with s yields mix(s + GOLDEN * i) as its i-th
+# output (i = 1, 2, ...); the mask element e (row-major in the (n, k) buffer)
+# of unit ``unit`` at step ``step`` is drawn as
+#   k1 = mix(seed + GOLDEN * (step + 1))
+#   k2 = mix(k1   + GOLDEN * (unit + 1))
+#   u  = (mix(k2  + GOLDEN * (e + 1)) >> 11) * 2**-53     (uniform in [0, 1))
+# and kept when u >= rate. All arithmetic is modulo 2**64.
+_GOLDEN = 0x9E3779B97F4A7C15
+_MIX1 = 0xBF58476D1CE4E5B9
+_MIX2 = 0x94D049BB133111EB
+_U64 = (1 << 64) - 1
+
+
+def _mix_int(z):
+    z &= _U64
+    z = ((z ^ (z >> 30)) * _MIX1) & _U64
+    z = ((z ^ (z >> 27)) * _MIX2) & _U64
+    return z ^ (z >> 31)
+
+
+def dropout_mask(seed, step, unit, rate, M):
+    """Fill M with an inverted-dropout mask: 0 with probability ``rate``, else
+    1 / (1 - rate) (in M's dtype), from the counter-based generator above.
+
+    seed : int in [0, 2**64); step, unit : int >= 0 (the training step and
+    the unit's row in the plan); rate : float in [0, 1) (IN);
+    M : (n, k) (OUT). The same arguments give the same mask in every backend.
+    """
+    k2 = _mix_int(_mix_int(int(seed) + _GOLDEN * (int(step) + 1)) + _GOLDEN * (int(unit) + 1))
+    e = np.arange(1, M.size + 1, dtype=np.uint64)
+    z = np.uint64(k2) + np.uint64(_GOLDEN) * e
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(_MIX1)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(_MIX2)
+    z ^= z >> np.uint64(31)
+    u = (z >> np.uint64(11)).astype(np.float64) * (2.0 ** -53)
+    scale = M.dtype.type(1.0 / (1.0 - rate))
+    M.reshape(-1)[...] = np.where(u >= rate, scale, M.dtype.type(0.0))
+
+
+def dropout_forward(Z, M, A):
+    """A = Z * M element-wise. Z, M : (n, k) (IN); A : (n, k) (OUT), may be Z."""
+    np.multiply(Z, M, out=A)
+
+
+def dropout_backward(dA, M, dZ):
+    """dZ = dA * M element-wise (the gradient through a fixed mask).
+
+    dA, M : (n, k) (IN); dZ : (n, k) (OUT), may be dA.
+    """
+    np.multiply(dA, M, out=dZ)
+
+
 # ------------------------------------------------------------ the step loop
 # Columns of the integer plan: one row per unit (an optional dense product,
-# then an activation). New layer kinds (batch norm, dropout, residual, ...)
-# are new KIND values handled by new branches of the same loop.
+# then an activation). New layer kinds (batch norm, residual, ...) are new
+# KIND values handled by new branches of the same loop.
 P_KIND, P_FAN_IN, P_FAN_OUT, P_ACT, P_USE_BIAS, P_W_OFF, P_B_OFF = range(7)
-KIND_ACTIVATION, KIND_DENSE = 0, 1
-# Columns of the float plan.
+# A dropout unit (fan_in == fan_out, activation identity, no parameters)
+# multiplies its input by a fresh mask per training step (dropout_mask with
+# unit = its row in the plan) and the gradient by the same mask; without
+# masks (inference, forward_units(M=None)) it is the identity.
+KIND_ACTIVATION, KIND_DENSE, KIND_DROPOUT = 0, 1, 2
+# Columns of the float plan. P_ALPHA is the activation's parameter; for a
+# KIND_DROPOUT unit it holds the drop rate, in [0, 1).
 P_ALPHA, P_L2 = 0, 1
 # Loss kinds.
 LOSS_CE, LOSS_CE_ONEHOT, LOSS_NLL, LOSS_BCE, LOSS_MSE, LOSS_POISSON = range(6)
@@ -403,12 +462,15 @@ FUSED_LOSSES = (LOSS_CE, LOSS_CE_ONEHOT, LOSS_BCE, LOSS_POISSON)
 OPT_NONE, OPT_SGD, OPT_RMSPROP, OPT_ADAM = -1, 0, 1, 2
 
 
-def forward_units(kernels, plan_i, plan_f, params, x, Z, A):
+def forward_units(kernels, plan_i, plan_f, params, x, Z, A, M=None):
     """Forward pass of a plan with a backend's kernels; returns the output buffer.
 
     x : (n, d) input (IN); Z, A : per-unit pre-activation / activation
     buffers (OUT; A[i] is Z[i] for the identity, Z[i] is A[i-1] for an
-    activation-only unit).
+    activation-only or dropout unit; a dropout unit trained with a mask has
+    an A[i] of its own). M : per-unit dropout masks (IN, filled by
+    :func:`dropout_mask`; entries of other units are ignored), or None: the
+    dropout units are then the identity (inference).
     """
     a = x
     for i in range(plan_i.shape[0]):
@@ -417,18 +479,24 @@ def forward_units(kernels, plan_i, plan_f, params, x, Z, A):
             W = params[w_off:w_off + fan_in * fan_out].reshape(fan_in, fan_out)
             b = params[b_off:b_off + fan_out] if use_bias else params[:0]
             kernels.dense_forward(a, W, b, act, plan_f[i, P_ALPHA], Z[i], A[i])
+        elif kind == KIND_DROPOUT:
+            if M is not None:
+                kernels.dropout_forward(Z[i], M[i], A[i])
+            elif A[i] is not Z[i]:
+                A[i][...] = Z[i]
         else:
             kernels.act_forward(Z[i], act, plan_f[i, P_ALPHA], A[i])
         a = A[i]
     return a
 
 
-def loss_and_grads(kernels, plan_i, plan_f, params, grads, x, Z, A, dA, P, y, Y, sw, loss_kind):
+def loss_and_grads(kernels, plan_i, plan_f, params, grads, x, Z, A, dA, P, y, Y, sw, loss_kind, M=None):
     """Loss at the output (plus L2 penalties) and all gradients into ``grads``.
 
-    Expects :func:`forward_units` to have filled Z and A. dA : per-unit
-    gradient buffers (OUT; dA[i-1] is dA[i] below an activation-only unit).
-    Returns the loss (float).
+    Expects :func:`forward_units` to have filled Z and A (with the same M).
+    dA : per-unit gradient buffers (OUT; dA[i-1] is dA[i] below an
+    activation-only or dropout unit). M : the dropout masks of the forward
+    pass, or None (dropout units are the identity). Returns the loss (float).
     """
     L = plan_i.shape[0] - 1
     if loss_kind == LOSS_CE:
@@ -448,6 +516,8 @@ def loss_and_grads(kernels, plan_i, plan_f, params, grads, x, Z, A, dA, P, y, Y,
         kind, fan_in, fan_out, act, use_bias, w_off, b_off = plan_i[i]
         if act != IDENTITY and (kind == KIND_DENSE or i > 0):
             kernels.act_backward(Z[i], A[i], dA[i], act, plan_f[i, P_ALPHA], dA[i])
+        if kind == KIND_DROPOUT and M is not None and i > 0:
+            kernels.dropout_backward(dA[i], M[i], dA[i])
         if kind == KIND_DENSE:
             nw = fan_in * fan_out
             W = params[w_off:w_off + nw].reshape(fan_in, fan_out)
@@ -488,9 +558,30 @@ def optimizer_step(kernels, params, grads, opt_kind, opt_f, state1, state2, t, c
         kernels.adam_update(params, grads, state1, state2, opt_f[0], opt_f[1], opt_f[2], opt_f[3], t)
 
 
+def _check_dropout_plan(plan_i, plan_f, x_buf, M, who="train_steps"):
+    """Raise ValueError unless every dropout unit of the plan has a rate in
+    [0, 1) and a C-contiguous (rows, fan_out) mask buffer of x_buf's dtype."""
+    rows, dt = x_buf.shape[0], x_buf.dtype
+    if len(M) != plan_i.shape[0]:
+        raise ValueError(f"{who}: M has {len(M)} entries, the plan {plan_i.shape[0]} units")
+    for i in range(plan_i.shape[0]):
+        if plan_i[i, P_KIND] != KIND_DROPOUT:
+            continue
+        rate = float(plan_f[i, P_ALPHA])
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"{who}: the dropout rate of unit {i} must be in [0, 1), got {rate}")
+        if plan_i[i, P_FAN_IN] != plan_i[i, P_FAN_OUT] or plan_i[i, P_ACT] != IDENTITY:
+            raise ValueError(f"{who}: dropout unit {i} must have fan_in == fan_out and the identity activation")
+        m = M[i]
+        if not (isinstance(m, np.ndarray) and m.dtype == dt and m.flags.c_contiguous
+                and m.shape == (rows, plan_i[i, P_FAN_OUT])):
+            raise ValueError(f"{who}: M[{i}] must be a C-contiguous {dt} array of shape "
+                             f"({rows}, {plan_i[i, P_FAN_OUT]})")
+
+
 def train_steps(X, y, Y, sw, order, start, n_steps, plan_i, plan_f, params, grads,
-                x_buf, y_buf, Y_buf, sw_buf, Z, A, dA, P, loss_kind,
-                opt_kind, opt_f, state1, state2, t0, clip_norm, losses_out, correct_out):
+                x_buf, y_buf, Y_buf, sw_buf, Z, A, dA, M, P, loss_kind,
+                opt_kind, opt_f, state1, state2, t0, clip_norm, seed, losses_out, correct_out):
     """Run ``n_steps`` training steps with no Python between them (in native backends).
 
     Step s trains on the rows ``order[start + s*bs : start + (s+1)*bs]`` with
@@ -498,7 +589,9 @@ def train_steps(X, y, Y, sw, order, start, n_steps, plan_i, plan_f, params, grad
     (the caller makes a second call, with buffers of that size, for a last
     partial batch). A step gathers the batch, runs the forward pass, the
     fused loss, the backward pass, gradient clipping and the optimizer
-    update.
+    update. A dropout unit i draws its mask into M[i] with
+    ``dropout_mask(seed, t0 + s, i, rate, M[i])`` at step s, so the masks of
+    a training run never repeat and are the same in every backend.
 
     Parameters
     ----------
@@ -516,6 +609,9 @@ def train_steps(X, y, Y, sw, order, start, n_steps, plan_i, plan_f, params, grad
         with ``bs`` rows (or empty like their source) (OUT)
     Z, A, dA : sequences of per-unit (bs, fan_out) buffers with the
         aliasing of :func:`forward_units` / :func:`loss_and_grads` (OUT)
+    M : sequence of per-unit dropout masks: a (bs, fan_out) buffer for each
+        KIND_DROPOUT unit, anything (e.g. an empty (0, 0) array) for the
+        others (OUT: the masks of the last step)
     P : (bs, k) probabilities (rates for poisson) of the fused losses (OUT)
     loss_kind : LOSS_*; opt_kind : OPT_*
     opt_f : float64 (4,): SGD (lr, momentum, nesterov, 0); RMSprop (lr, rho,
@@ -524,6 +620,7 @@ def train_steps(X, y, Y, sw, order, start, n_steps, plan_i, plan_f, params, grad
         v), or (0,) (IN/OUT)
     t0 : int, optimizer steps done before this call (Adam's t = t0 + s + 1)
     clip_norm : float, 0.0 for no clipping
+    seed : int in [0, 2**64), the dropout base seed (unused without dropout)
     losses_out, correct_out : float64 (n_steps,) per-step loss and correct
         count (OUT)
 
@@ -533,8 +630,10 @@ def train_steps(X, y, Y, sw, order, start, n_steps, plan_i, plan_f, params, grad
         (that step's loss is in losses_out and no update was applied).
     """
     kernels = sys.modules[__name__]
+    _check_dropout_plan(plan_i, plan_f, x_buf, M)
     bs = x_buf.shape[0]
     L = plan_i.shape[0] - 1
+    drop = [i for i in range(L + 1) if plan_i[i, P_KIND] == KIND_DROPOUT]
     fused = loss_kind in FUSED_LOSSES
     for s in range(n_steps):
         idx = order[start + s * bs:start + (s + 1) * bs]
@@ -545,9 +644,11 @@ def train_steps(X, y, Y, sw, order, start, n_steps, plan_i, plan_f, params, grad
             kernels.gather_rows(Y, idx, Y_buf)
         if sw.shape[0]:
             np.take(sw, idx, out=sw_buf)
-        forward_units(kernels, plan_i, plan_f, params, x_buf, Z, A)
+        for i in drop:
+            kernels.dropout_mask(seed, t0 + s, i, plan_f[i, P_ALPHA], M[i])
+        forward_units(kernels, plan_i, plan_f, params, x_buf, Z, A, M)
         loss = loss_and_grads(kernels, plan_i, plan_f, params, grads, x_buf, Z, A, dA, P,
-                              y_buf, Y_buf, sw_buf, loss_kind)
+                              y_buf, Y_buf, sw_buf, loss_kind, M)
         losses_out[s] = loss
         correct_out[s] = count_correct(Z[L] if fused else A[L], y_buf, Y_buf, loss_kind)
         if not math.isfinite(loss):
