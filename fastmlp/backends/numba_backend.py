@@ -932,7 +932,9 @@ def train_steps(X, y, Y, sw, order, start, n_steps, plan_i, plan_f, params, grad
 
 @_jit
 def _predict_rows(X, kinds, acts, alphas, Ws, bs, x_buf, Z, A, out):
-    # One forward pass over the first n rows of the buffers; False on NaN/inf in X.
+    # One forward pass over buffers of exactly X's rows; False on NaN/inf in X.
+    # The calls and their argument types are the training loop's, so their
+    # compiled code is shared instead of compiled again for sliced arrays.
     n, d = X.shape
     for r in range(n):
         for j in range(d):
@@ -940,22 +942,21 @@ def _predict_rows(X, kinds, acts, alphas, Ws, bs, x_buf, Z, A, out):
             if not math.isfinite(v):
                 return False
             x_buf[r, j] = v
-    inp = x_buf[:n]
-    for i in range(len(Z)):
-        Zi = Z[i][:n]
-        Ai = A[i][:n]
+    L = len(Z) - 1
+    for i in range(L + 1):
         if kinds[i] == 1:
-            np.dot(inp, Ws[i], Zi)
-            _bias_act_forward(Zi, bs[i], acts[i], alphas[i], Ai)
+            _dense_forward(x_buf if i == 0 else A[i - 1], Ws[i], bs[i], acts[i], alphas[i], Z[i], A[i])
         else:
-            _act_forward(Zi, acts[i], alphas[i], Ai)
-        inp = Ai
-    out[...] = inp
+            _act_forward(Z[i], acts[i], alphas[i], A[i])
+    out[...] = A[L]
     return True
 
 
 class _Predictor:
-    """Compiled make_predictor: typed lists built once; ``run`` is one jitted call."""
+    """Compiled make_predictor: typed lists built once per row count (a few
+    are kept); ``run`` is one jitted call."""
+
+    _KEEP = 8  # row counts with buffers of their own
 
     def __init__(self, plan_i, plan_f, params, x_buf, Z, A):
         self.dtype, self.capacity, self.d_in = x_buf.dtype, x_buf.shape[0], x_buf.shape[1]
@@ -964,7 +965,26 @@ class _Predictor:
         self.kinds = np.ascontiguousarray(plan_i[:, 0])
         self.acts = np.ascontiguousarray(plan_i[:, 3])
         self.alphas = np.ascontiguousarray(plan_f[:, 0], dtype=np.float64)
-        self.x_buf, self.Z, self.A = x_buf, numba.typed.List(Z), numba.typed.List(A)
+        self.x_buf, self.Z, self.A = x_buf, list(Z), list(A)
+        self._by_rows = {}
+
+    def _buffers(self, n):
+        # C-contiguous buffers of n rows with the aliasing of the given ones
+        # (Z[i] is A[i-1] after an activation-only unit, A[i] is Z[i] for the identity)
+        bufs = self._by_rows.get(n)
+        if bufs is None:
+            if len(self._by_rows) >= self._KEEP:
+                self._by_rows.clear()
+            x = np.empty((n, self.d_in), self.dtype)
+            Z, A, prev, prev0 = [], [], x, self.x_buf
+            for z0, a0 in zip(self.Z, self.A):
+                z = prev if z0 is prev0 else np.empty((n, z0.shape[1]), self.dtype)
+                a = z if a0 is z0 else np.empty((n, a0.shape[1]), self.dtype)
+                Z.append(z)
+                A.append(a)
+                prev, prev0 = a, a0
+            bufs = self._by_rows[n] = (x, numba.typed.List(Z), numba.typed.List(A))
+        return bufs
 
     def run(self, X, out):
         if not (type(X) is np.ndarray and X.dtype == self.dtype and X.ndim == 2
@@ -975,8 +995,8 @@ class _Predictor:
                 and out.flags.writeable and out.shape == (X.shape[0], self.d_out)):
             raise ValueError(f"predictor: out must be a writeable C-contiguous ({X.shape[0]}, {self.d_out}) "
                              "array of the model's dtype")
-        return _predict_rows(X, self.kinds, self.acts, self.alphas, self.Ws, self.bs, self.x_buf,
-                             self.Z, self.A, out)
+        x_buf, Z, A = self._buffers(X.shape[0])
+        return _predict_rows(X, self.kinds, self.acts, self.alphas, self.Ws, self.bs, x_buf, Z, A, out)
 
 
 def make_predictor(plan_i, plan_f, params, x_buf, Z, A):
