@@ -523,3 +523,67 @@ def test_torch_three_steps_and_eval(backend_name, opt_name, batch_size):
     want = torch.softmax(net(torch.from_numpy(Xt)), dim=1).detach().numpy()
     np.testing.assert_allclose(model.predict(Xt), want, rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(model.predict(Xt[:3]), want[:3], rtol=RTOL, atol=ATOL)
+
+
+# ------------------------------------------------------------- estimators
+def _digits():
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    X, y = load_digits(return_X_y=True)
+    return train_test_split(X / 16.0, y, random_state=0)
+
+
+def test_estimator_batch_norm_digits():
+    from fastmlp import MLPClassifier
+
+    Xtr, Xte, ytr, yte = _digits()
+    kw = dict(hidden_layer_sizes=(64, 32), batch_norm=True, max_iter=25, random_state=0)
+    clf = MLPClassifier(**kw).fit(Xtr, ytr)
+    assert clf.score(Xte, yte) > 0.93
+    layers = clf._model.layers
+    assert [type(layer).__name__ for layer in layers] == ["Dense", "BatchNorm", "Activation", "Dense",
+                                                           "BatchNorm", "Activation", "Dense"]
+    assert not layers[0].use_bias and layers[-1].use_bias
+    assert [c.shape for c in clf.coefs_] == [(64, 64), (64, 32), (32, 10)]
+    assert [b.shape for b in clf.intercepts_] == [(64,), (32,), (10,)]
+    assert len(clf.batch_norm_params_) == 2
+    bn = clf.batch_norm_params_[0]
+    np.testing.assert_array_equal(clf.intercepts_[0], bn["beta"])
+    assert (bn["running_var"] > 0).all() and np.abs(bn["running_mean"]).max() > 0
+    # reproducible
+    again = MLPClassifier(**kw).fit(Xtr, ytr)
+    for a, b in zip(again.coefs_, clf.coefs_):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(again.predict_proba(Xte), clf.predict_proba(Xte))
+    # batch norm changes the fit
+    plain = MLPClassifier(**{**kw, "batch_norm": False}).fit(Xtr, ytr)
+    assert not np.allclose(plain.coefs_[0], clf.coefs_[0])
+
+
+def test_estimator_batch_norm_with_dropout_and_partial_fit():
+    from fastmlp import MLPClassifier, MLPRegressor
+
+    Xtr, Xte, ytr, yte = _digits()
+    clf = MLPClassifier((32,), batch_norm=True, dropout=0.1, max_iter=30, random_state=1).fit(Xtr, ytr)
+    assert [type(layer).__name__ for layer in clf._model.layers] == ["Dense", "BatchNorm", "Activation",
+                                                                      "Dropout", "Dense"]
+    assert clf.score(Xte, yte) > 0.9
+    with pytest.raises(ValueError, match="needs a stochastic solver"):
+        MLPClassifier(batch_norm=True, solver="lbfgs").fit(Xtr, ytr)
+    inc = MLPClassifier((16,), batch_norm=True, random_state=0)
+    inc.partial_fit(Xtr, ytr, classes=np.arange(10))
+    inc.partial_fit(Xtr, ytr)
+    inc.set_params(batch_norm=False)
+    with pytest.raises(ValueError, match="batch_norm"):
+        inc.partial_fit(Xtr, ytr)
+    warm = MLPClassifier((16,), batch_norm=False, warm_start=True, max_iter=3, random_state=0).fit(Xtr, ytr)
+    warm.set_params(batch_norm=True)
+    with pytest.raises(ValueError, match="batch_norm"):
+        warm.fit(Xtr, ytr)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((600, 5))
+    y = np.sin(X[:, 0]) + X[:, 1] * X[:, 2]
+    reg = MLPRegressor(hidden_layer_sizes=(32,), batch_norm=True, max_iter=60, learning_rate_init=0.01,
+                       random_state=0).fit(X[:400], y[:400])
+    assert reg.score(X[400:], y[400:]) > 0.8
