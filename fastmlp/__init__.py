@@ -1,13 +1,14 @@
 """fastmlp: train multilayer perceptrons on the CPU at native speed."""
 from . import activations, datasets, initializers, losses, optim
 from .backends import available_backends, get_backend, use_backend
-from .layers import Activation, Dense, Dropout
+from .layers import Activation, BatchNorm, Dense, Dropout
 from .model import History, Sequential
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Activation",
+    "BatchNorm",
     "Dense",
     "Dropout",
     "History",

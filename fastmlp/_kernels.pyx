@@ -1193,12 +1193,160 @@ def dropout_backward(const floating[:, ::1] dA, const floating[:, ::1] M, floati
         _mul_mask_p(&dA[0, 0], &M[0, 0], &dZ[0, 0], dA.shape[0] * dA.shape[1])
 
 
+# ------------------------------------------------------------ batch normalization
+# G points at the unit's (4, k) block [gamma, beta, running_mean, running_var],
+# S at its (2, k) statistics [batch mean, 1/sqrt(var + eps)] (NULL: inference,
+# running statistics). Column sums run row after row into a double scratch
+# array of 2k (malloc'd per call: a few kilobytes, negligible next to the step).
+cdef int _bn_forward_p(const floating* X, floating* G, double eps, double momentum, floating* S,
+                       floating* Z, floating* A, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
+    cdef Py_ssize_t r, j
+    cdef double d, mean, var
+    cdef double* acc
+    cdef const floating* x
+    cdef floating* z
+    cdef floating* a
+    cdef floating zz
+    if S != NULL:
+        acc = <double*>malloc(2 * k * sizeof(double))
+        if acc == NULL:
+            return -1
+        for j in range(2 * k):
+            acc[j] = 0.0
+        for r in range(n):
+            x = X + r * k
+            for j in range(k):
+                acc[j] += x[j]
+        for j in range(k):
+            acc[j] = acc[j] / n
+        for r in range(n):
+            x = X + r * k
+            for j in range(k):
+                d = x[j] - acc[j]
+                acc[k + j] += d * d
+        for j in range(k):
+            mean = acc[j]
+            var = acc[k + j] / n
+            S[j] = <floating>mean
+            S[k + j] = <floating>(1.0 / sqrt(var + eps))
+            G[2 * k + j] = <floating>((1.0 - momentum) * G[2 * k + j] + momentum * mean)
+            G[3 * k + j] = <floating>((1.0 - momentum) * G[3 * k + j] + momentum * (var * (n / (n - 1.0))))
+        free(acc)
+        for r in range(n):
+            x = X + r * k
+            z = Z + r * k
+            a = A + r * k
+            for j in range(k):
+                zz = (x[j] - S[j]) * S[k + j]
+                z[j] = zz
+                a[j] = zz * G[j] + G[k + j]
+    else:
+        for r in range(n):
+            x = X + r * k
+            z = Z + r * k
+            a = A + r * k
+            for j in range(k):
+                zz = (x[j] - G[2 * k + j]) * <floating>(1.0 / sqrt(<double>G[3 * k + j] + eps))
+                z[j] = zz
+                a[j] = zz * G[j] + G[k + j]
+    return 0
+
+
+cdef int _bn_backward_p(const floating* dA, const floating* Z, const floating* G, double eps,
+                        const floating* S, floating* dG, floating* dX, Py_ssize_t n,
+                        Py_ssize_t k) noexcept nogil:
+    # dX == NULL: no input gradient (the first unit)
+    cdef Py_ssize_t r, j
+    cdef double dy
+    cdef double* acc = <double*>malloc(3 * k * sizeof(double))
+    cdef const floating* da
+    cdef const floating* z
+    cdef floating* dx
+    if acc == NULL:
+        return -1
+    for j in range(2 * k):
+        acc[j] = 0.0
+    for r in range(n):
+        da = dA + r * k
+        z = Z + r * k
+        for j in range(k):
+            dy = da[j]
+            acc[j] += dy
+            acc[k + j] += dy * z[j]
+    for j in range(k):
+        dG[j] = <floating>acc[k + j]
+        dG[k + j] = <floating>acc[j]
+        if S != NULL:
+            acc[2 * k + j] = <double>G[j] * <double>S[k + j] / n
+        else:
+            acc[2 * k + j] = <double>G[j] / sqrt(<double>G[3 * k + j] + eps)
+    if dX != NULL:
+        for r in range(n):
+            da = dA + r * k
+            z = Z + r * k
+            dx = dX + r * k
+            if S != NULL:
+                for j in range(k):
+                    dx[j] = <floating>(acc[2 * k + j] * (n * <double>da[j] - acc[j] - z[j] * acc[k + j]))
+            else:
+                for j in range(k):
+                    dx[j] = <floating>(da[j] * acc[2 * k + j])
+    free(acc)
+    return 0
+
+
+def batchnorm_forward(const floating[:, ::1] X, floating[:, ::1] G, double eps, double momentum,
+                      floating[:, ::1] S, floating[:, ::1] Z, floating[:, ::1] A):
+    """Batch normalization forward (see reference.batchnorm_forward)."""
+    cdef Py_ssize_t n = X.shape[0], k = X.shape[1]
+    cdef int rc
+    cdef floating* sp = NULL
+    _check2("G", G.shape[0], G.shape[1], 4, k)
+    _check2("Z", Z.shape[0], Z.shape[1], n, k)
+    _check2("A", A.shape[0], A.shape[1], n, k)
+    if S.shape[0] * S.shape[1] != 0:
+        _check2("S", S.shape[0], S.shape[1], 2, k)
+        if n < 2:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size ({n}, {k})")
+        sp = &S[0, 0]
+    if n == 0 or k == 0:
+        return
+    with nogil:
+        rc = _bn_forward_p(&X[0, 0], &G[0, 0], eps, momentum, sp, &Z[0, 0], &A[0, 0], n, k)
+    if rc:
+        raise MemoryError()
+
+
+def batchnorm_backward(const floating[:, ::1] dA, const floating[:, ::1] Z, const floating[:, ::1] G,
+                       double eps, const floating[:, ::1] S, floating[:, ::1] dG, floating[:, ::1] dX):
+    """Batch normalization backward (see reference.batchnorm_backward)."""
+    cdef Py_ssize_t n = dA.shape[0], k = dA.shape[1]
+    cdef int rc
+    cdef const floating* sp = NULL
+    cdef floating* dxp = NULL
+    _check2("Z", Z.shape[0], Z.shape[1], n, k)
+    _check2("G", G.shape[0], G.shape[1], 4, k)
+    _check2("dG", dG.shape[0], dG.shape[1], 4, k)
+    if S.shape[0] * S.shape[1] != 0:
+        _check2("S", S.shape[0], S.shape[1], 2, k)
+        sp = &S[0, 0]
+    if dX.shape[0] * dX.shape[1] != 0:
+        _check2("dX", dX.shape[0], dX.shape[1], n, k)
+        dxp = &dX[0, 0]
+    if n == 0 or k == 0:
+        return
+    with nogil:
+        rc = _bn_backward_p(&dA[0, 0], &Z[0, 0], &G[0, 0], eps, sp, &dG[0, 0], dxp, n, k)
+    if rc:
+        raise MemoryError()
+
+
 # ------------------------------------------------------------ the step loop
 # The plan's per-unit buffers are separate arrays, which a nogil loop can
 # only hold as pointers: train_steps gathers them into an array of UnitPtrs
 # once per call, then runs every step without the GIL.
 cdef struct UnitPtrs:
-    int kind            # 1 dense, 0 activation only, 2 dropout (reference.KIND_*)
+    int kind            # 1 dense, 0 activation only, 2 dropout, 3 batch norm (reference.KIND_*)
     int act
     bint use_bias
     Py_ssize_t fan_in, fan_out, w_off, b_off
@@ -1206,7 +1354,7 @@ cdef struct UnitPtrs:
     void* Z
     void* A
     void* dA
-    void* M             # dropout units: the (rows, fan_out) mask; else NULL
+    void* M             # dropout units: the (rows, fan_out) mask; batch norm: (2, fan_out) stats; else NULL
 
 
 cdef void _rows_bias_act(floating* Z, const floating* b, floating* A, Py_ssize_t n, Py_ssize_t k,
@@ -1316,6 +1464,10 @@ cdef Py_ssize_t _train_loop(
                 _dropout_mask_p(seed, <uint64_t>(t0 + s), <uint64_t>i, u.alpha, <floating*>u.M,
                                 rows * u.fan_out)
                 _mul_mask_p(<const floating*>u.Z, <const floating*>u.M, <floating*>u.A, rows * u.fan_out)
+            elif u.kind == 3:
+                if _bn_forward_p(inp, &params[u.w_off], u.alpha, u.l2, <floating*>u.M, <floating*>u.Z,
+                                 <floating*>u.A, rows, u.fan_out):
+                    return -1
             elif u.act != IDENTITY:
                 _rows_bias_act(<floating*>u.Z, &params[0], <floating*>u.A, rows, u.fan_out,
                                False, u.act, <floating>u.alpha)
@@ -1342,6 +1494,11 @@ cdef Py_ssize_t _train_loop(
                                u.act, <floating>u.alpha)
             if u.kind == 2 and i > 0:
                 _mul_mask_p(<const floating*>u.dA, <const floating*>u.M, <floating*>u.dA, rows * fan_out)
+            if u.kind == 3:
+                if _bn_backward_p(<const floating*>u.dA, <const floating*>u.Z, &params[u.w_off], u.alpha,
+                                  <const floating*>u.M, &grads[u.w_off],
+                                  <floating*>units[i - 1].dA if i > 0 else <floating*>NULL, rows, fan_out):
+                    return -1
             if u.kind != 1:
                 continue
             W = &params[u.w_off]
@@ -1410,7 +1567,7 @@ def train_steps(const floating[:, ::1] X, const int64_t[::1] y, const floating[:
             units[i].Z = cnp.PyArray_DATA(<cnp.ndarray>Z[i])
             units[i].A = cnp.PyArray_DATA(<cnp.ndarray>A[i])
             units[i].dA = cnp.PyArray_DATA(<cnp.ndarray>dA[i])
-            units[i].M = cnp.PyArray_DATA(<cnp.ndarray>M[i]) if units[i].kind == 2 else NULL
+            units[i].M = cnp.PyArray_DATA(<cnp.ndarray>M[i]) if units[i].kind == 2 or units[i].kind == 3 else NULL
         if not _loop_parallel:
             saved_threads = _n_threads
             set_num_threads(1)
@@ -1422,6 +1579,8 @@ def train_steps(const floating[:, ::1] X, const int64_t[::1] y, const floating[:
         free(units)
         if saved_threads > 0:
             set_num_threads(saved_threads)
+    if done < 0:
+        raise MemoryError()
     return done
 
 
@@ -1476,6 +1635,10 @@ cdef bint _predict_rows(const floating* X, Py_ssize_t n, Py_ssize_t d, UnitPtrs*
             for r in range(n):
                 _bias_act_row(<floating*>u.Z + r * k, &params[u.b_off], <floating*>u.A + r * k, k,
                               u.use_bias, u.act, <floating>u.alpha)
+        elif u.kind == 3:
+            if _bn_forward_p(inp, <floating*>(params + u.w_off), u.alpha, 0.0, <floating*>NULL,
+                             <floating*>u.Z, <floating*>u.A, n, k):
+                return False
         elif u.act != IDENTITY:
             for r in range(n):
                 _bias_act_row(<floating*>u.Z + r * k, params, <floating*>u.A + r * k, k,

@@ -68,7 +68,7 @@ from . import _validation
 from . import activations as _act
 from . import initializers as _init
 from . import optim as _optim
-from .layers import Dense, Dropout
+from .layers import Activation, BatchNorm, Dense, Dropout
 from .model import Sequential, TrainingDivergedError, _Buffers
 
 try:  # scikit-learn >= 1.6
@@ -173,9 +173,10 @@ class _BaseMLP(BaseEstimator):
         if self.dropout and self.solver == "lbfgs":
             raise ValueError(f"dropout={self.dropout!r} needs a stochastic solver: L-BFGS's line search "
                              "needs a deterministic loss. Use solver='adam' or 'sgd', or dropout=0.0.")
-        if self.batch_norm:
-            raise ValueError("batch_norm=True: batch normalisation is not available in fastmlp yet; "
-                             "use batch_norm=False.")
+        if self.batch_norm and self.solver == "lbfgs":
+            raise ValueError("batch_norm=True needs a stochastic solver: batch normalisation trains on "
+                             "mini-batch statistics and keeps running ones, which L-BFGS's full-batch "
+                             "objective has no use for. Use solver='adam' or 'sgd', or batch_norm=False.")
         if self.init is not None:
             _init.resolve(self.init, _act.RELU)  # raises on unknown names, listing the valid ones
         return [int(s) for s in sizes], acts
@@ -216,11 +217,13 @@ class _BaseMLP(BaseEstimator):
         if first_pass:
             self._initialize(y, units, acts, rs, early=self.early_stopping or val is not None)
         elif (units != self._units or float(self.dropout or 0.0) != getattr(self, "_model_dropout", 0.0)
+              or bool(self.batch_norm) != getattr(self, "_model_batch_norm", False)
               or (self.solver in _STOCHASTIC and not hasattr(self, "loss_curve_"))):
             raise ValueError(
                 f"warm_start / partial_fit continue the fitted network of layer sizes {self._units} "
-                f"(solver {self._model_solver!r}, dropout {getattr(self, '_model_dropout', 0.0)}); this call "
-                f"needs {units} with solver {self.solver!r}, dropout {float(self.dropout or 0.0)}. "
+                f"(solver {self._model_solver!r}, dropout {getattr(self, '_model_dropout', 0.0)}, batch_norm "
+                f"{getattr(self, '_model_batch_norm', False)}); this call needs {units} with solver "
+                f"{self.solver!r}, dropout {float(self.dropout or 0.0)}, batch_norm {bool(self.batch_norm)}. "
                 "Set warm_start=False to start again."
             )
         model = self._model
@@ -231,7 +234,7 @@ class _BaseMLP(BaseEstimator):
         else:
             self._fit_stochastic(X, y, sample_weight, rs, incremental, val)
         weights = model.get_weights()
-        self.coefs_, self.intercepts_ = weights[0::2], weights[1::2]
+        self.coefs_, self.intercepts_, self.batch_norm_params_ = _split_weights(model)
         if not all(np.isfinite(w).all() for w in weights):
             raise ValueError(_DIVERGED)
         return self
@@ -243,6 +246,7 @@ class _BaseMLP(BaseEstimator):
         self.n_layers_ = len(units)
         self._units, self._model_solver = units, self.solver
         self._model_dropout = float(self.dropout or 0.0)
+        self._model_batch_norm = bool(self.batch_norm)
         if _is_regressor(self):
             self.out_activation_ = "exp" if self.loss == "poisson" else "identity"
         elif self._label_binarizer.y_type_ == "multiclass":
@@ -252,7 +256,10 @@ class _BaseMLP(BaseEstimator):
         init = "auto" if self.init is None else self.init
         layers = []
         for u, a in zip(units[1:-1], acts):
-            layers.append(Dense(u, activation=a, kernel_initializer=init))
+            if self.batch_norm:  # Dense (no bias), BatchNorm, activation
+                layers += [Dense(u, use_bias=False, kernel_initializer=init), BatchNorm(), Activation(a)]
+            else:
+                layers.append(Dense(u, activation=a, kernel_initializer=init))
             if self.dropout:
                 layers.append(Dropout(float(self.dropout)))
         layers.append(Dense(units[-1], kernel_initializer=init))
@@ -279,10 +286,14 @@ class _BaseMLP(BaseEstimator):
         uniform in +-sqrt(6 / (fan_in + fan_out)) (sqrt(2 / ...) for 'logistic')."""
         factor = 2.0 if self.activation == "logistic" else 6.0
         weights = []
-        for fan_in, fan_out in zip(units[:-1], units[1:]):
+        for i, (fan_in, fan_out) in enumerate(zip(units[:-1], units[1:])):
             bound = np.sqrt(factor / (fan_in + fan_out))
             weights.append(rs.uniform(-bound, bound, (fan_in, fan_out)))
-            weights.append(rs.uniform(-bound, bound, fan_out))
+            b = rs.uniform(-bound, bound, fan_out)  # drawn in any case: the same stream
+            if self.batch_norm and i < len(units) - 2:  # no bias; gamma, beta, running mean, var
+                weights += [np.ones(fan_out), np.zeros(fan_out), np.zeros(fan_out), np.ones(fan_out)]
+            else:
+                weights.append(b)
         return weights
 
     def _targets(self, y):
@@ -341,7 +352,7 @@ class _BaseMLP(BaseEstimator):
             return scaled_loss + getattr(self, "_loss_constant", 0.0)
         if not _is_regressor(self) or k == 1:
             return scaled_loss
-        sq = sum(float(np.dot(w.ravel(), w.ravel())) for w in self._model.get_weights()[0::2])
+        sq = sum(float(np.dot(w.ravel(), w.ravel())) for w in _split_weights(self._model)[0])
         penalty = 0.5 * self.alpha * penalty_per_sample * sq
         return (scaled_loss - penalty) / k + penalty
 
@@ -525,7 +536,14 @@ _EXTRA_DOC = """
         The masks are drawn from ``random_state``. 0.0 or None: no dropout.
         With solver "lbfgs" a value > 0 raises a ValueError.
     batch_norm : bool, default=False
-        Not available yet: True raises a ValueError.
+        Batch normalisation (``torch.nn.BatchNorm1d``, momentum 0.1, eps
+        1e-5) after every hidden Dense layer, before its activation (and
+        before dropout); the hidden Dense layers then have no bias. Training
+        normalises with each mini-batch's statistics and keeps running ones,
+        which predict uses. Training batches need at least 2 rows (a
+        ``batch_size`` leaving a last batch of 1 row raises a ValueError).
+        With solver "lbfgs" True raises a ValueError. warm_start / partial_fit
+        refuse a changed value.
     init : str or None, default=None
         None: scikit-learn's initialisation, drawn from ``random_state`` as
         scikit-learn draws it. Otherwise a :mod:`fastmlp.initializers` name
@@ -551,11 +569,31 @@ _PARAMS_DOC = """
     Attributes
     ----------
     coefs_ : list of ndarray of shape (fan_in, fan_out), copies of the weights
-    intercepts_ : list of ndarray of shape (fan_out,)
+    intercepts_ : list of ndarray of shape (fan_out,); with batch_norm=True a hidden
+        layer's entry is its BatchNorm's beta (the layer's additive term)
+    batch_norm_params_ : list of dict, one per hidden layer with batch_norm=True
+        (keys "gamma", "beta", "running_mean", "running_var"), else empty
     loss_, best_loss_, loss_curve_, validation_scores_, best_validation_score_, n_iter_,
     n_layers_, n_outputs_, out_activation_, t_, n_features_in_, feature_names_in_
         As in scikit-learn.
 """
+
+
+def _split_weights(model):
+    """(coefs, intercepts, batch-norm dicts) of a fitted Sequential: the
+    Dense weights, each layer's additive term (its bias, or the beta of the
+    BatchNorm that follows a bias-free Dense) and the BatchNorm parameters."""
+    coefs, intercepts, bns = [], [], []
+    for u in model._units:
+        if u.dense:
+            coefs.append(u.W.copy())
+            if u.use_bias:
+                intercepts.append(u.b.copy())
+        elif u.bn:
+            g = u.G.copy()
+            bns.append({"gamma": g[0], "beta": g[1], "running_mean": g[2], "running_var": g[3]})
+            intercepts.append(g[1].copy())
+    return coefs, intercepts, bns
 
 
 def _store(est, params):

@@ -2,7 +2,8 @@
 
 A :class:`~fastmlp.Sequential` compiles its layers into a plan of units
 (``fastmlp.model._Unit``): an optional dense product with bias, then an
-activation. A Dense layer followed by an Activation layer fuses into one unit.
+activation; a dropout unit; or a batch-norm unit. A Dense layer followed by
+an Activation layer fuses into one unit.
 """
 from . import _validation
 from . import activations as _act
@@ -69,3 +70,33 @@ class Dropout(Layer):
 
     def __init__(self, rate=0.5):
         self.rate = _validation.check_in_range(rate, "Dropout rate", 0.0, 1.0)
+
+
+class BatchNorm(Layer):
+    """Batch normalization over the features (``torch.nn.BatchNorm1d`` with
+    ``affine=True, track_running_stats=True``).
+
+    In training, per feature: ``y = gamma * (x - mean_B) / sqrt(var_B + eps)
+    + beta`` with the batch mean and biased batch variance, and the running
+    statistics are updated every step: ``running_mean = (1 - momentum) *
+    running_mean + momentum * mean_B``, ``running_var`` likewise with the
+    unbiased batch variance. At predict and evaluate the running statistics
+    are used. gamma starts at 1, beta at 0, running_mean at 0, running_var at
+    1. gamma and beta are trained (no L2 applies to them); ``get_weights``
+    gives ``[gamma, beta, running_mean, running_var]`` for the layer (Keras'
+    BatchNormalization order). Training batches need at least 2 rows.
+
+    Typical use: ``Dense(256, use_bias=False), BatchNorm(), Activation("relu")``.
+
+    Parameters
+    ----------
+    momentum : float in [0, 1]
+    eps : float > 0
+    """
+
+    def __init__(self, momentum=0.1, eps=1e-5):
+        momentum = _validation.check_nonnegative(momentum, "BatchNorm momentum")
+        if momentum > 1.0:
+            raise ValueError(f"BatchNorm momentum must be in [0, 1], got {momentum}.")
+        self.momentum = momentum
+        self.eps = _validation.check_positive(eps, "BatchNorm eps")

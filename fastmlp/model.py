@@ -1,10 +1,13 @@
 """Sequential: compile / fit / predict / evaluate / get_weights / set_weights.
 
 The model compiles its layers into a plan of units, each an optional dense
-product (W, b) followed by an activation, or a dropout unit; an Activation
-layer after a linear Dense fuses into its unit. All parameters live in one
-flat vector (each W and b is a view into it) and all gradients in another, so
-that an optimizer step is one kernel call. Per-batch buffers are allocated once per fit and batch
+product (W, b) followed by an activation, a dropout unit or a batch-norm
+unit; an Activation layer after a linear Dense fuses into its unit. All
+parameters live in one flat vector (each W and b is a view into it) and all
+gradients in another, so that an optimizer step is one kernel call. A
+batch-norm unit's block of the vector is [gamma, beta, running_mean,
+running_var]: the running statistics are updated by the training loop and get
+a zero gradient, so no optimizer moves them. Per-batch buffers are allocated once per fit and batch
 size; a training step only calls backend kernels on them.
 """
 import contextlib
@@ -20,7 +23,7 @@ from . import losses as _losses
 from . import optim as _optim
 from .backends import get_backend
 from .backends import reference as _ref
-from .layers import Activation, Dense, Dropout
+from .layers import Activation, BatchNorm, Dense, Dropout
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -48,6 +51,9 @@ class _Unit:
     or a dropout unit (``rate > 0``: not dense, identity activation)."""
 
     rate = 0.0  # the drop rate of a dropout unit (class default: older pickles)
+    bn = False  # a batch-norm unit: params block [gamma, beta, running_mean, running_var]
+    eps = momentum = 0.0
+    G = dG = None
 
     def __init__(self, dense, fan_in, fan_out, act, alpha, use_bias=False, init="auto", l2=0.0):
         self.dense, self.fan_in, self.fan_out = dense, fan_in, fan_out
@@ -61,6 +67,8 @@ class _Unit:
 
     @property
     def n_params(self):
+        if self.bn:
+            return 4 * self.fan_out
         return (self.fan_in * self.fan_out + self.fan_out * self.use_bias) if self.dense else 0
 
 
@@ -105,12 +113,16 @@ class _Buffers:
         prev = self.x
         for i, (unit, act) in enumerate(zip(units, acts)):
             z = np.empty((n, unit.fan_out), dtype=dt) if unit.dense else prev
+            if unit.bn:  # Z holds x-hat, A the output
+                z = np.empty((n, unit.fan_out), dtype=dt)
             # in training a dropout unit keeps its input (the layer below needs
             # it for its backward pass) and writes the dropped copy apart
-            own = act != _act.IDENTITY or (training and unit.dropout)
+            own = act != _act.IDENTITY or (training and unit.dropout) or unit.bn
             a = np.empty((n, unit.fan_out), dtype=dt) if own else z
             if training and unit.dropout:
                 self.M[i] = np.empty((n, unit.fan_out), dtype=dt)
+            if training and unit.bn:  # batch mean and 1/sqrt(var + eps)
+                self.M[i] = np.empty((2, unit.fan_out), dtype=dt)
             self.Z.append(z)
             self.A.append(a)
             prev = a
@@ -123,7 +135,7 @@ class _Buffers:
         self.dA[L - 1] = np.empty((n, k), dtype=dt)
         for i in range(L - 1, 0, -1):
             u = units[i]
-            self.dA[i - 1] = np.empty((n, u.fan_in), dtype=dt) if u.dense else self.dA[i]
+            self.dA[i - 1] = np.empty((n, u.fan_in), dtype=dt) if (u.dense or u.bn) else self.dA[i]
         self.P = np.empty((n, k), dtype=dt)
         labels = model._loss_kind in (_ref.LOSS_CE, _ref.LOSS_NLL)
         self.y = np.empty(n if labels else 0, dtype=np.int64)
@@ -136,8 +148,8 @@ class Sequential:
 
     Parameters
     ----------
-    layers : list of Dense / Activation / Dropout
-        A Dropout layer cannot be the last one.
+    layers : list of Dense / Activation / Dropout / BatchNorm
+        A Dropout or BatchNorm layer cannot be the last one.
     input_dim : int, optional
         Number of input features; inferred at the first ``fit`` when omitted.
     dtype : {"float32", "float64"}
@@ -155,13 +167,16 @@ class Sequential:
         if not layers:
             raise ValueError("Sequential needs at least one layer.")
         for layer in layers:
-            if not isinstance(layer, (Dense, Activation, Dropout)):
-                raise TypeError(f"Layers must be fastmlp.Dense, fastmlp.Activation or fastmlp.Dropout, "
-                                f"got {layer!r}.")
+            if not isinstance(layer, (Dense, Activation, Dropout, BatchNorm)):
+                raise TypeError(f"Layers must be fastmlp.Dense, fastmlp.Activation, fastmlp.Dropout or "
+                                f"fastmlp.BatchNorm, got {layer!r}.")
         if not any(isinstance(layer, Dense) for layer in layers):
             raise ValueError("Sequential needs at least one Dense layer.")
         if isinstance(layers[-1], Dropout):
             raise ValueError("Dropout cannot be the last layer (the loss is computed on the output of "
+                             "the last Dense or Activation); put it before a Dense layer.")
+        if isinstance(layers[-1], BatchNorm):
+            raise ValueError("BatchNorm cannot be the last layer (the loss is computed on the output of "
                              "the last Dense or Activation); put it before a Dense layer.")
         self.layers = layers
         self.dtype = _validation.check_dtype(dtype)
@@ -190,6 +205,10 @@ class Sequential:
                     units.append(_Unit(False, fan_in, fan_in, _act.IDENTITY, 0.0))
                     units[-1].rate = layer.rate
                 continue
+            if isinstance(layer, BatchNorm):
+                units.append(_Unit(False, fan_in, fan_in, _act.IDENTITY, 0.0, use_bias=True))
+                units[-1].bn, units[-1].eps, units[-1].momentum = True, layer.eps, layer.momentum
+                continue
             _, code, alpha = _act.resolve(layer.activation)
             if isinstance(layer, Dense):
                 units.append(_Unit(True, fan_in, layer.units, code, alpha, layer.use_bias,
@@ -207,7 +226,7 @@ class Sequential:
         self._units = self._plan(input_dim)
         offset = 0
         for u in self._units:
-            u.w_off, u.b_off = offset, offset + u.fan_in * u.fan_out
+            u.w_off, u.b_off = offset, offset + (u.fan_out if u.bn else u.fan_in * u.fan_out)
             offset += u.n_params
         self._params = np.zeros(offset, dtype=self.dtype)
         self._grads = np.zeros(offset, dtype=self.dtype)
@@ -215,6 +234,9 @@ class Sequential:
         for u in self._units:
             if u.dense:
                 u.W[...] = _init.initialize(u.init, u.act, u.fan_in, u.fan_out, self._rng, self.dtype)
+            elif u.bn:  # gamma 1, beta 0, running mean 0, running var 1
+                u.G[0] = 1.0
+                u.G[3] = 1.0
         self._set_acts()
         self._infer_cache = self._predictor = None
         return self
@@ -222,6 +244,9 @@ class Sequential:
     def _bind_views(self):
         empty = np.empty(0, dtype=self.dtype)
         for u in self._units:
+            if u.bn:
+                u.G = self._params[u.w_off:u.w_off + 4 * u.fan_out].reshape(4, u.fan_out)
+                u.dG = self._grads[u.w_off:u.w_off + 4 * u.fan_out].reshape(4, u.fan_out)
             if not u.dense:
                 continue
             nw = u.fan_in * u.fan_out
@@ -244,6 +269,10 @@ class Sequential:
         return self._units is not None
 
     @property
+    def _has_batchnorm(self):
+        return self._units is not None and any(u.bn for u in self._units)
+
+    @property
     def _has_dropout(self):
         return self._units is not None and any(u.dropout for u in self._units)
 
@@ -253,7 +282,7 @@ class Sequential:
     def _output_act(self):
         code = _act.IDENTITY
         for layer in self.layers:
-            if isinstance(layer, Dropout):
+            if isinstance(layer, (Dropout, BatchNorm)):
                 continue
             _, c, _ = _act.resolve(layer.activation)
             if isinstance(layer, Dense) or c != _act.IDENTITY:
@@ -342,11 +371,18 @@ class Sequential:
 
         With ``dropout`` (training steps) a dropout unit is a KIND_DROPOUT row
         with its rate in the ALPHA column; otherwise (predict, evaluate, the
-        full-batch objective) it is an identity activation-only unit.
+        full-batch objective) it is an identity activation-only unit. A
+        batch-norm unit is always a KIND_BATCHNORM row (eps in ALPHA, momentum
+        in L2): the M argument of the loops selects batch statistics
+        (training) or the running ones (M=None: predict, evaluate).
         """
         plan_i = np.zeros((len(self._units), 7), dtype=np.int64)
         plan_f = np.zeros((len(self._units), 2), dtype=np.float64)
         for i, u in enumerate(self._units):
+            if u.bn:
+                plan_i[i] = (_ref.KIND_BATCHNORM, u.fan_in, u.fan_out, _act.IDENTITY, 1, u.w_off, u.b_off)
+                plan_f[i] = (u.eps, u.momentum)
+                continue
             if u.dropout:
                 plan_i[i] = (_ref.KIND_DROPOUT if dropout else _ref.KIND_ACTIVATION, u.fan_in, u.fan_out,
                              _act.IDENTITY, 0, 0, 0)
@@ -417,6 +453,11 @@ class Sequential:
             opt.init_state(self._params.size, self.dtype, np)
         history = History()
         batch_size = min(batch_size, n)
+        if self._has_batchnorm and (batch_size < 2 or n % batch_size == 1):
+            raise ValueError(
+                "Expected more than 1 value per channel when training: BatchNorm needs training batches "
+                f"of at least 2 rows, but {n} sample(s) with batch_size={batch_size} give a batch of 1 row"
+                + (" (the last, partial one); choose another batch_size." if batch_size >= 2 else "."))
         with self._threads(self._fit_threads(n_threads, batch_size)):
             bufs = {}
             for epoch in range(epochs):
@@ -620,33 +661,39 @@ class Sequential:
                    for i, u in enumerate(self._units) if u.dense and plan_f[i, _ref.P_L2])
 
     # ------------------------------------------------------------- weights
+    def _weight_views(self):
+        out = []
+        for u in self._units:
+            if u.bn:
+                out.extend(u.G)  # gamma, beta, running_mean, running_var
+            if u.dense:
+                out.append(u.W)
+                if u.use_bias:
+                    out.append(u.b)
+        return out
+
     def get_weights(self):
         """Copies of the parameters: ``[W0, b0, W1, b1, ...]``, W of shape (fan_in, fan_out).
 
-        A Dense layer with ``use_bias=False`` contributes its W only.
+        A Dense layer with ``use_bias=False`` contributes its W only; a
+        BatchNorm layer contributes ``gamma, beta, running_mean, running_var``
+        (each of shape (features,), Keras' BatchNormalization order) in its place
+        in the layer order.
         """
         self._require_built()
-        out = []
-        for u in self._units:
-            if u.dense:
-                out.append(u.W.copy())
-                if u.use_bias:
-                    out.append(u.b.copy())
-        return out
+        return [w.copy() for w in self._weight_views()]
 
     def set_weights(self, weights):
         """Set the parameters from a list shaped as :meth:`get_weights` returns."""
         weights = list(weights)
         if not self.built:
-            if not weights or np.ndim(weights[0]) != 2:
-                raise ValueError("set_weights on an unbuilt model needs W0 of shape (input_dim, units) first.")
+            first_bn = isinstance(next(layer for layer in self.layers if not isinstance(layer, Dropout)),
+                                  BatchNorm)
+            if not weights or np.ndim(weights[0]) != (1 if first_bn else 2):
+                raise ValueError("set_weights on an unbuilt model needs W0 of shape (input_dim, units) first "
+                                 "(gamma of shape (input_dim,) when the first layer is a BatchNorm).")
             self.build(int(np.shape(weights[0])[0]))
-        targets = []
-        for u in self._units:
-            if u.dense:
-                targets.append(u.W)
-                if u.use_bias:
-                    targets.append(u.b)
+        targets = self._weight_views()
         if len(weights) != len(targets):
             raise ValueError(f"set_weights expected {len(targets)} arrays, got {len(weights)}.")
         arrays = []

@@ -28,7 +28,8 @@ KERNELS = [
     "act_backward", "bias_grad", "dense_backward", "softmax_cross_entropy",
     "softmax_cross_entropy_onehot", "nll_loss", "sigmoid_binary_cross_entropy", "mse_loss",
     "poisson_loss", "sgd_update", "rmsprop_update", "adam_update", "sum_squares", "scale_inplace",
-    "dropout_mask", "dropout_forward", "dropout_backward", "train_steps", "make_predictor",
+    "dropout_mask", "dropout_forward", "dropout_backward", "batchnorm_forward", "batchnorm_backward",
+    "train_steps", "make_predictor",
 ]
 # Public functions of reference that are backend-generic Python (they take a
 # kernels module, or post-process a step's output) rather than kernels.

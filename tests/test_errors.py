@@ -318,7 +318,7 @@ def test_bad_layer_lists():
         fastmlp.Sequential([])
     with pytest.raises(ValueError, match="at least one Dense layer"):
         fastmlp.Sequential([Activation("relu")])
-    with pytest.raises(TypeError, match="Layers must be fastmlp.Dense, fastmlp.Activation or fastmlp.Dropout"):
+    with pytest.raises(TypeError, match="Layers must be fastmlp.Dense, fastmlp.Activation, fastmlp.Dropout or fastmlp.BatchNorm"):
         fastmlp.Sequential([Dense(2), "relu"])
 
 

@@ -303,8 +303,8 @@ def test_fastmlp_extras(blobs):
     assert MLPClassifier(dtype="float64", max_iter=5).fit(X, y).coefs_[0].dtype == np.float64
     with pytest.raises(ValueError, match="needs a stochastic solver"):
         MLPClassifier(dropout=0.2, solver="lbfgs").fit(X, y)
-    with pytest.raises(ValueError, match="batch normalisation is not available"):
-        MLPClassifier(batch_norm=True).fit(X, y)
+    with pytest.raises(ValueError, match="batch_norm=True needs a stochastic solver"):
+        MLPClassifier(batch_norm=True, solver="lbfgs").fit(X, y)
     with pytest.raises(ValueError, match="one activation per hidden layer"):
         MLPClassifier(hidden_layer_sizes=(4, 4), activation=["relu"]).fit(X, y)
     with pytest.raises(ValueError, match="Unknown activation"):

@@ -12,7 +12,7 @@ import numpy as _np
 
 from .. import _config, _kernels
 from .. import activations as _activations
-from .reference import _check_dropout_plan
+from .reference import _check_batchnorm_plan, _check_dropout_plan
 
 NAME = "cython"
 
@@ -142,6 +142,17 @@ def scale_inplace(x, factor):
     _kernels.scale_inplace(x, factor)
 
 
+def batchnorm_forward(X, G, eps, momentum, S, Z, A):
+    _kernels.batchnorm_forward(X, G, float(eps), float(momentum), _as(S, X.dtype), Z, A)
+
+
+def batchnorm_backward(dA, Z, G, eps, S, dG, dX):
+    dt = dA.dtype
+    if dX.dtype != dt and dX.size == 0:
+        dX = _np.empty((0, 0), dt)
+    _kernels.batchnorm_backward(dA, Z, G, float(eps), _as(S, dt), dG, dX)
+
+
 # Reference docstrings: ``help(cython_backend.gemm)`` reads like the spec.
 def _copy_docs():
     from . import reference
@@ -152,7 +163,7 @@ def _copy_docs():
         "softmax_cross_entropy", "softmax_cross_entropy_onehot", "nll_loss",
         "sigmoid_binary_cross_entropy", "mse_loss", "poisson_loss", "sgd_update", "rmsprop_update",
         "adam_update", "sum_squares", "scale_inplace", "dropout_mask", "dropout_forward",
-        "dropout_backward",
+        "dropout_backward", "batchnorm_forward", "batchnorm_backward",
     ):
         fn = globals()[name]
         if fn.__doc__ is None:
@@ -184,10 +195,11 @@ def train_steps(X, y, Y, sw, order, start, n_steps, plan_i, plan_f, params, grad
         raise ValueError("step has a zero derivative everywhere; it cannot be trained through")
     if ((plan_i[:, 3] < 0) | (plan_i[:, 3] >= len(_activations.ACTIVATIONS))).any():
         raise ValueError(f"unknown activation code in plan: {plan_i[:, 3]}")
-    if ((plan_i[:, 0] < 0) | (plan_i[:, 0] > 2)).any():
+    if ((plan_i[:, 0] < 0) | (plan_i[:, 0] > 3)).any():
         raise ValueError(f"train_steps: unknown unit kind in plan: {plan_i[:, 0]}")
     _check_unit_buffers(plan_i, x_buf, Z, A, dA)
     _check_dropout_plan(plan_i, plan_f, x_buf, M)
+    _check_batchnorm_plan(plan_i, plan_f, params, x_buf, M)
     if not 0 <= int(seed) < 2**64:
         raise ValueError(f"train_steps: seed must be in [0, 2**64), got {seed}")
     if t0 < 0:
@@ -239,6 +251,9 @@ def make_predictor(plan_i, plan_f, params, x_buf, Z, A):
     plan_i = _np.ascontiguousarray(plan_i, dtype=_INT64)
     if ((plan_i[:, 3] < 0) | (plan_i[:, 3] >= len(_activations.ACTIVATIONS))).any():
         raise ValueError(f"unknown activation code in plan: {plan_i[:, 3]}")
+    if ((plan_i[:, 0] < 0) | (plan_i[:, 0] > 3)).any():
+        raise ValueError(f"make_predictor: unknown unit kind in plan: {plan_i[:, 0]}")
     _check_predictor_buffers(plan_i, params, x_buf, Z, A)
+    _check_batchnorm_plan(plan_i, plan_f, params, x_buf, None, "make_predictor")
     return _kernels.Predictor(plan_i, _np.ascontiguousarray(plan_f, dtype=_np.float64), params, x_buf,
                               list(Z), list(A))

@@ -27,7 +27,7 @@ from numba import njit
 from numba.extending import overload
 
 from .. import _config
-from .reference import _check_dropout_plan
+from .reference import _check_batchnorm_plan, _check_dropout_plan
 from ..activations import (
     ELU,
     EXP,
@@ -775,6 +775,77 @@ def dropout_backward(dA, M, dZ):
     _mul_mask(dA, M, dZ)
 
 
+# ------------------------------------------------------------ batch normalization
+@_jit
+def _batchnorm_forward(X, G, eps, momentum, S, Z, A):
+    # see reference.batchnorm_forward; training when S.shape[0] != 0
+    n, k = X.shape
+    if S.shape[0] != 0:
+        for j in range(k):
+            acc = 0.0
+            for r in range(n):
+                acc += np.float64(X[r, j])
+            mean = acc / n
+            acc = 0.0
+            for r in range(n):
+                d = np.float64(X[r, j]) - mean
+                acc += d * d
+            var = acc / n
+            S[0, j] = mean
+            S[1, j] = 1.0 / math.sqrt(var + eps)
+            G[2, j] = (1.0 - momentum) * np.float64(G[2, j]) + momentum * mean
+            G[3, j] = (1.0 - momentum) * np.float64(G[3, j]) + momentum * (var * (n / (n - 1.0)))
+        for r in range(n):
+            for j in range(k):
+                z = (X[r, j] - S[0, j]) * S[1, j]
+                Z[r, j] = z
+                A[r, j] = z * G[0, j] + G[1, j]
+    else:
+        for r in range(n):
+            for j in range(k):
+                inv = X.dtype.type(1.0 / math.sqrt(np.float64(G[3, j]) + eps))
+                z = (X[r, j] - G[2, j]) * inv
+                Z[r, j] = z
+                A[r, j] = z * G[0, j] + G[1, j]
+
+
+@_jit
+def _batchnorm_backward(dA, Z, G, eps, S, dG, dX):
+    # see reference.batchnorm_backward
+    n, k = dA.shape
+    for j in range(k):
+        db = 0.0
+        dg = 0.0
+        for r in range(n):
+            dy = np.float64(dA[r, j])
+            db += dy
+            dg += dy * Z[r, j]
+        dG[0, j] = dg
+        dG[1, j] = db
+        if dX.shape[0] == 0:
+            continue
+        if S.shape[0] != 0:
+            c = np.float64(G[0, j]) * np.float64(S[1, j]) / n
+            for r in range(n):
+                dX[r, j] = c * (n * np.float64(dA[r, j]) - db - Z[r, j] * dg)
+        else:
+            c = np.float64(G[0, j]) / math.sqrt(np.float64(G[3, j]) + eps)
+            for r in range(n):
+                dX[r, j] = dA[r, j] * c
+
+
+def batchnorm_forward(X, G, eps, momentum, S, Z, A):
+    """Batch normalization forward (see reference.batchnorm_forward)."""
+    if S.size and X.shape[0] < 2:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {X.shape}")
+    _batchnorm_forward(X, G, float(eps), float(momentum), S, Z, A)
+
+
+def batchnorm_backward(dA, Z, G, eps, S, dG, dX):
+    """Batch normalization backward (see reference.batchnorm_backward)."""
+    _batchnorm_backward(dA, Z, G, float(eps), S, dG, dX)
+
+
 # ------------------------------------------------------------ the step loop
 @_jit_reduce
 def _sum_squares_2d(W):
@@ -842,6 +913,8 @@ def _train_steps(X, y, Y, sw, order, start, n_steps, kinds, acts, alphas, l2s, W
             elif kinds[i] == 2:
                 _dropout_mask(seed, t0 + s, i, alphas[i], M[i])
                 _mul_mask(Z[i], M[i], A[i])
+            elif kinds[i] == 3:
+                _batchnorm_forward(x_buf if i == 0 else A[i - 1], Ws[i], alphas[i], l2s[i], M[i], Z[i], A[i])
             else:
                 _act_forward(Z[i], acts[i], alphas[i], A[i])
         # fused loss: the gradient at the output lands in dA[L]
@@ -863,6 +936,9 @@ def _train_steps(X, y, Y, sw, order, start, n_steps, kinds, acts, alphas, l2s, W
                 _act_backward(Z[i], A[i], dA[i], acts[i], alphas[i], dA[i])
             if kinds[i] == 2 and i > 0:
                 _mul_mask(dA[i], M[i], dA[i])
+            if kinds[i] == 3:
+                _batchnorm_backward(dA[i], Z[i], Ws[i], alphas[i], M[i], dWs[i],
+                                    dA[i - 1] if i > 0 else empty2)
             if kinds[i] == 1:
                 if l2s[i] != 0.0:
                     loss += 0.5 * l2s[i] * _sum_squares_2d(Ws[i])
@@ -899,6 +975,11 @@ def _unit_views(plan_i, params, grads):
             dWs.append(grads[w_off:w_off + nw].reshape(fan_in, fan_out))
             bs.append(params[b_off:b_off + fan_out] if use_bias else e1)
             dbs.append(grads[b_off:b_off + fan_out] if use_bias else e1)
+        elif kind == 3:  # batch norm: the (4, k) blocks [gamma, beta, running mean, running var]
+            Ws.append(params[w_off:w_off + 4 * fan_out].reshape(4, fan_out))
+            dWs.append(grads[w_off:w_off + 4 * fan_out].reshape(4, fan_out))
+            bs.append(e1)
+            dbs.append(e1)
         else:
             Ws.append(e2)
             dWs.append(e2)
@@ -918,9 +999,10 @@ def train_steps(X, y, Y, sw, order, start, n_steps, plan_i, plan_f, params, grad
     if int(loss_kind) == 5:  # poisson: the compiled loop does not check targets
         _check_nonnegative_targets(Y)
     _check_dropout_plan(plan_i, plan_f, x_buf, M)
+    _check_batchnorm_plan(plan_i, plan_f, params, x_buf, M)
     Ws, bs, dWs, dbs = _unit_views(plan_i, params, grads)
     empty2 = np.empty((0, 0), dtype=params.dtype)
-    masks = [M[i] if plan_i[i, 0] == 2 else empty2 for i in range(plan_i.shape[0])]
+    masks = [M[i] if plan_i[i, 0] in (2, 3) else empty2 for i in range(plan_i.shape[0])]
     lists = [numba.typed.List(bufs) for bufs in (Z, A, dA, masks)]
     return int(_train_steps(
         X, y, Y, sw, order, int(start), int(n_steps), np.ascontiguousarray(plan_i[:, 0]),
@@ -931,7 +1013,7 @@ def train_steps(X, y, Y, sw, order, start, n_steps, plan_i, plan_f, params, grad
 
 
 @_jit
-def _predict_rows(X, kinds, acts, alphas, Ws, bs, x_buf, Z, A, out):
+def _predict_rows(X, kinds, acts, alphas, Ws, bs, x_buf, Z, A, empty2, out):
     # One forward pass over buffers of exactly X's rows; False on NaN/inf in X.
     # The calls and their argument types are the training loop's, so their
     # compiled code is shared instead of compiled again for sliced arrays.
@@ -946,6 +1028,8 @@ def _predict_rows(X, kinds, acts, alphas, Ws, bs, x_buf, Z, A, out):
     for i in range(L + 1):
         if kinds[i] == 1:
             _dense_forward(x_buf if i == 0 else A[i - 1], Ws[i], bs[i], acts[i], alphas[i], Z[i], A[i])
+        elif kinds[i] == 3:
+            _batchnorm_forward(x_buf if i == 0 else A[i - 1], Ws[i], alphas[i], 0.0, empty2, Z[i], A[i])
         else:
             _act_forward(Z[i], acts[i], alphas[i], A[i])
     out[...] = A[L]
@@ -966,6 +1050,7 @@ class _Predictor:
         self.acts = np.ascontiguousarray(plan_i[:, 3])
         self.alphas = np.ascontiguousarray(plan_f[:, 0], dtype=np.float64)
         self.x_buf, self.Z, self.A = x_buf, list(Z), list(A)
+        self.empty2 = np.empty((0, 0), dtype=x_buf.dtype)
         self._by_rows = {}
 
     def _buffers(self, n):
@@ -996,7 +1081,8 @@ class _Predictor:
             raise ValueError(f"predictor: out must be a writeable C-contiguous ({X.shape[0]}, {self.d_out}) "
                              "array of the model's dtype")
         x_buf, Z, A = self._buffers(X.shape[0])
-        return _predict_rows(X, self.kinds, self.acts, self.alphas, self.Ws, self.bs, x_buf, Z, A, out)
+        return _predict_rows(X, self.kinds, self.acts, self.alphas, self.Ws, self.bs, x_buf, Z, A,
+                             self.empty2, out)
 
 
 def make_predictor(plan_i, plan_f, params, x_buf, Z, A):
@@ -1004,6 +1090,7 @@ def make_predictor(plan_i, plan_f, params, x_buf, Z, A):
     plan_i = np.ascontiguousarray(plan_i, dtype=np.int64)
     for act in plan_i[:, 3]:
         _check_act(act)
+    _check_batchnorm_plan(plan_i, plan_f, params, x_buf, None, "make_predictor")
     for i, fan_out in enumerate(plan_i[:, 2]):
         for bufs in (Z, A):
             if bufs[i].shape != (x_buf.shape[0], fan_out) or bufs[i].dtype != x_buf.dtype:

@@ -441,6 +441,79 @@ def dropout_backward(dA, M, dZ):
     np.multiply(dA, M, out=dZ)
 
 
+# ------------------------------------------------------------ batch normalization
+# A batch-norm unit owns a (4, k) block of params, G = [gamma, beta,
+# running_mean, running_var] (rows), of which only gamma and beta are trained:
+# the kernels write gradients into rows 0 and 1 of the matching (4, k) block
+# dG of grads and never touch rows 2 and 3, which stay zero, so that no
+# optimizer moves the running statistics (a zero gradient is a zero update
+# for SGD, RMSprop and Adam) and no L2 applies to any of it.
+def batchnorm_forward(X, G, eps, momentum, S, Z, A):
+    """Batch normalization (torch.nn.BatchNorm1d, affine, tracking running stats).
+
+    Training (S of shape (2, k)): per column j, with the batch mean m_j and
+    the biased batch variance v_j (sums in float64), S[0] = m, S[1] =
+    1 / sqrt(v + eps), Z = (X - m) * S[1] (x-hat), A = gamma * Z + beta, and
+    the running statistics in G are updated in place:
+    ``rm = (1 - momentum) * rm + momentum * m``,
+    ``rv = (1 - momentum) * rv + momentum * v * n / (n - 1)`` (unbiased).
+    Inference (S empty, (0, 0)): Z = (X - rm) / sqrt(rv + eps), A = gamma *
+    Z + beta, G unchanged.
+
+    X : (n, k) (IN); G : (4, k) (IN; rows 2, 3 OUT in training);
+    eps > 0, momentum in [0, 1] : float; S : (2, k) or (0, 0) (OUT);
+    Z, A : (n, k) (OUT). Training needs n >= 2 (ValueError otherwise).
+    """
+    n, k = X.shape
+    gamma, beta = G[0], G[1]
+    if S.size:
+        if n < 2:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size ({n}, {k})")
+        x = X.astype(np.float64)
+        mean = x.sum(axis=0) / n
+        d = x - mean
+        var = (d * d).sum(axis=0) / n
+        inv = 1.0 / np.sqrt(var + eps)
+        S[0] = mean
+        S[1] = inv
+        np.multiply(X - S[0], S[1], out=Z)
+        G[2] = (1.0 - momentum) * G[2] + momentum * mean
+        G[3] = (1.0 - momentum) * G[3] + momentum * (var * (n / (n - 1.0)))
+    else:
+        inv = (1.0 / np.sqrt(G[3].astype(np.float64) + eps)).astype(X.dtype)
+        np.multiply(X - G[2], inv, out=Z)
+    np.multiply(Z, gamma, out=A)
+    A += beta
+
+
+def batchnorm_backward(dA, Z, G, eps, S, dG, dX):
+    """Gradients of :func:`batchnorm_forward` from the gradient dA at its output.
+
+    dG[0] = sum_rows(dA * Z) (dgamma), dG[1] = sum_rows(dA) (dbeta), sums in
+    float64; rows 2, 3 of dG are not written. dX (skipped when empty):
+    training (S (2, k) from the forward pass) ``dX = (gamma * S[1] / n) *
+    (n * dA - dbeta - Z * dgamma)``; inference (S empty) ``dX = dA * gamma /
+    sqrt(rv + eps)``.
+
+    dA, Z : (n, k), G : (4, k), eps : float, S : (2, k) or (0, 0) (IN);
+    dG : (4, k), dX : (n, k) or (0, 0) (OUT).
+    """
+    n = dA.shape[0]
+    dy = dA.astype(np.float64)
+    dbeta = dy.sum(axis=0)
+    dgamma = (dy * Z).sum(axis=0)
+    dG[0] = dgamma
+    dG[1] = dbeta
+    if not dX.size:
+        return
+    gamma = G[0].astype(np.float64)
+    if S.size:
+        c = gamma * S[1] / n
+        dX[...] = c * (n * dy - dbeta - Z * dgamma)
+    else:
+        dX[...] = dA * (gamma / np.sqrt(G[3].astype(np.float64) + eps))
+
+
 # ------------------------------------------------------------ the step loop
 # Columns of the integer plan: one row per unit (an optional dense product,
 # then an activation). New layer kinds (batch norm, residual, ...) are new
@@ -450,9 +523,17 @@ P_KIND, P_FAN_IN, P_FAN_OUT, P_ACT, P_USE_BIAS, P_W_OFF, P_B_OFF = range(7)
 # multiplies its input by a fresh mask per training step (dropout_mask with
 # unit = its row in the plan) and the gradient by the same mask; without
 # masks (inference, forward_units(M=None)) it is the identity.
-KIND_ACTIVATION, KIND_DENSE, KIND_DROPOUT = 0, 1, 2
+# A batch-norm unit (fan_in == fan_out, activation identity) has W_OFF at
+# its (4, k) parameter block [gamma, beta, running_mean, running_var] and
+# B_OFF = W_OFF + k (beta), USE_BIAS 1; Z[i] holds x-hat and A[i] the output
+# (both buffers of their own), dA[i-1] a buffer of its own. With M given
+# (training) M[i] is its (2, k) statistics buffer [batch mean, batch
+# 1/sqrt(var + eps)] and the batch statistics are used (and the running ones
+# updated); with M=None it uses the running statistics (inference).
+KIND_ACTIVATION, KIND_DENSE, KIND_DROPOUT, KIND_BATCHNORM = 0, 1, 2, 3
 # Columns of the float plan. P_ALPHA is the activation's parameter; for a
-# KIND_DROPOUT unit it holds the drop rate, in [0, 1).
+# KIND_DROPOUT unit it holds the drop rate, in [0, 1); for a KIND_BATCHNORM
+# unit P_ALPHA holds eps and P_L2 the momentum of the running statistics.
 P_ALPHA, P_L2 = 0, 1
 # Loss kinds.
 LOSS_CE, LOSS_CE_ONEHOT, LOSS_NLL, LOSS_BCE, LOSS_MSE, LOSS_POISSON = range(6)
@@ -479,6 +560,10 @@ def forward_units(kernels, plan_i, plan_f, params, x, Z, A, M=None):
             W = params[w_off:w_off + fan_in * fan_out].reshape(fan_in, fan_out)
             b = params[b_off:b_off + fan_out] if use_bias else params[:0]
             kernels.dense_forward(a, W, b, act, plan_f[i, P_ALPHA], Z[i], A[i])
+        elif kind == KIND_BATCHNORM:
+            G = params[w_off:w_off + 4 * fan_out].reshape(4, fan_out)
+            kernels.batchnorm_forward(a, G, plan_f[i, P_ALPHA], plan_f[i, P_L2],
+                                      M[i] if M is not None else x[:0, :0], Z[i], A[i])
         elif kind == KIND_DROPOUT:
             if M is not None:
                 kernels.dropout_forward(Z[i], M[i], A[i])
@@ -518,6 +603,12 @@ def loss_and_grads(kernels, plan_i, plan_f, params, grads, x, Z, A, dA, P, y, Y,
             kernels.act_backward(Z[i], A[i], dA[i], act, plan_f[i, P_ALPHA], dA[i])
         if kind == KIND_DROPOUT and M is not None and i > 0:
             kernels.dropout_backward(dA[i], M[i], dA[i])
+        if kind == KIND_BATCHNORM:
+            G = params[w_off:w_off + 4 * fan_out].reshape(4, fan_out)
+            dG = grads[w_off:w_off + 4 * fan_out].reshape(4, fan_out)
+            kernels.batchnorm_backward(dA[i], Z[i], G, plan_f[i, P_ALPHA],
+                                       M[i] if M is not None else empty2, dG,
+                                       dA[i - 1] if i > 0 else empty2)
         if kind == KIND_DENSE:
             nw = fan_in * fan_out
             W = params[w_off:w_off + nw].reshape(fan_in, fan_out)
@@ -579,6 +670,37 @@ def _check_dropout_plan(plan_i, plan_f, x_buf, M, who="train_steps"):
                              f"({rows}, {plan_i[i, P_FAN_OUT]})")
 
 
+def _check_batchnorm_plan(plan_i, plan_f, params, x_buf, M, who="train_steps"):
+    """Raise ValueError unless every batch-norm unit of the plan is well formed
+    (fan_in == fan_out, identity, B_OFF = W_OFF + k, its (4, k) block inside
+    params, eps > 0, momentum in [0, 1]) and, when M is given (training), has a
+    C-contiguous (2, fan_out) statistics buffer of x_buf's dtype and the batch
+    has more than one row (torch's error)."""
+    rows, dt = x_buf.shape[0], x_buf.dtype
+    for i in range(plan_i.shape[0]):
+        if plan_i[i, P_KIND] != KIND_BATCHNORM:
+            continue
+        k = int(plan_i[i, P_FAN_OUT])
+        if plan_i[i, P_FAN_IN] != k or plan_i[i, P_ACT] != IDENTITY:
+            raise ValueError(f"{who}: batch-norm unit {i} must have fan_in == fan_out and the identity activation")
+        w_off = int(plan_i[i, P_W_OFF])
+        if int(plan_i[i, P_B_OFF]) != w_off + k or w_off < 0 or w_off + 4 * k > params.shape[0]:
+            raise ValueError(f"{who}: batch-norm unit {i} needs B_OFF = W_OFF + {k} and its (4, {k}) "
+                             "block inside params")
+        eps, mom = float(plan_f[i, P_ALPHA]), float(plan_f[i, P_L2])
+        if not (eps > 0.0 and 0.0 <= mom <= 1.0):
+            raise ValueError(f"{who}: batch-norm unit {i} needs eps > 0 and momentum in [0, 1], got {eps}, {mom}")
+        if M is None:
+            continue
+        m = M[i]
+        if not (isinstance(m, np.ndarray) and m.dtype == dt and m.flags.c_contiguous and m.shape == (2, k)):
+            raise ValueError(f"{who}: M[{i}] (batch-norm statistics) must be a C-contiguous {dt} array "
+                             f"of shape (2, {k})")
+        if rows < 2:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size "
+                             f"({rows}, {k}) (batch normalization needs batches of at least 2 rows)")
+
+
 def train_steps(X, y, Y, sw, order, start, n_steps, plan_i, plan_f, params, grads,
                 x_buf, y_buf, Y_buf, sw_buf, Z, A, dA, M, P, loss_kind,
                 opt_kind, opt_f, state1, state2, t0, clip_norm, seed, losses_out, correct_out):
@@ -591,7 +713,9 @@ def train_steps(X, y, Y, sw, order, start, n_steps, plan_i, plan_f, params, grad
     fused loss, the backward pass, gradient clipping and the optimizer
     update. A dropout unit i draws its mask into M[i] with
     ``dropout_mask(seed, t0 + s, i, rate, M[i])`` at step s, so the masks of
-    a training run never repeat and are the same in every backend.
+    a training run never repeat and are the same in every backend. A
+    batch-norm unit normalizes with the batch statistics and updates its
+    running statistics (in params, untouched by the optimizer) every step.
 
     Parameters
     ----------
@@ -610,8 +734,9 @@ def train_steps(X, y, Y, sw, order, start, n_steps, plan_i, plan_f, params, grad
     Z, A, dA : sequences of per-unit (bs, fan_out) buffers with the
         aliasing of :func:`forward_units` / :func:`loss_and_grads` (OUT)
     M : sequence of per-unit dropout masks: a (bs, fan_out) buffer for each
-        KIND_DROPOUT unit, anything (e.g. an empty (0, 0) array) for the
-        others (OUT: the masks of the last step)
+        KIND_DROPOUT unit, the (2, fan_out) statistics buffer of each
+        KIND_BATCHNORM unit, anything (e.g. an empty (0, 0) array) for the
+        others (OUT: the masks / statistics of the last step)
     P : (bs, k) probabilities (rates for poisson) of the fused losses (OUT)
     loss_kind : LOSS_*; opt_kind : OPT_*
     opt_f : float64 (4,): SGD (lr, momentum, nesterov, 0); RMSprop (lr, rho,
@@ -631,6 +756,7 @@ def train_steps(X, y, Y, sw, order, start, n_steps, plan_i, plan_f, params, grad
     """
     kernels = sys.modules[__name__]
     _check_dropout_plan(plan_i, plan_f, x_buf, M)
+    _check_batchnorm_plan(plan_i, plan_f, params, x_buf, M)
     bs = x_buf.shape[0]
     L = plan_i.shape[0] - 1
     drop = [i for i in range(L + 1) if plan_i[i, P_KIND] == KIND_DROPOUT]
