@@ -340,13 +340,17 @@ class Sequential:
         with _blas_controller().limit(limits=n, user_api="blas"):
             yield
 
+    def _largest_product(self):
+        """fan_in * fan_out of the widest Dense unit (the largest GEMM per row)."""
+        return max([u.fan_in * u.fan_out for u in self._units if u.dense] or [1])
+
     def _fit_threads(self, n_threads, batch_size):
         """The thread policy of a fit: one thread when every product of a step
         is below BLAS's own threading threshold (a small net would only pay for
         waking and syncing threads: PyTorch issue 144633), else the bound that
         was asked for (None: the libraries' defaults, all cores)."""
         n = n_threads if n_threads is not None else self.n_threads
-        work = batch_size * max(u.fan_in * u.fan_out for u in self._units)
+        work = batch_size * self._largest_product()
         return 1 if work < _BLAS_SERIAL_WORK else n
 
     # -------------------------------------------------------------- targets
@@ -593,7 +597,7 @@ class Sequential:
         p = self._predictor
         if p is None:
             # as many rows as keep every product on one BLAS thread (none: False)
-            rows = min(_SMALL_ROWS, (_BLAS_SERIAL_WORK - 1) // max(u.fan_in * u.fan_out for u in self._units))
+            rows = min(_SMALL_ROWS, (_BLAS_SERIAL_WORK - 1) // self._largest_product())
             if rows < 1:
                 p = self._predictor = False
             else:
