@@ -61,3 +61,18 @@ def model_loss(model, X, y, sample_weight=None):
     """The training loss (with L2 penalties) at the model's current flat weights."""
     model._infer_cache = None
     return model.evaluate(X, y, sample_weight=sample_weight)["loss"]
+
+
+def central_diff(f, x, eps=1e-6):
+    """Gradient of the scalar f() with respect to the array x, perturbed in place."""
+    g = np.empty(x.shape, dtype=np.float64)
+    flat = x.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + eps
+        up = f()
+        flat[i] = old - eps
+        down = f()
+        flat[i] = old
+        g.reshape(-1)[i] = (up - down) / (2 * eps)
+    return g

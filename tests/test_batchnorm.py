@@ -13,7 +13,7 @@ from fastmlp import Activation, BatchNorm, Dense, Dropout
 from fastmlp.backends import reference as ref
 from fastmlp.model import _Buffers
 
-from conftest import BACKENDS, DTYPES, NATIVE_BACKENDS, assert_close
+from conftest import BACKENDS, DTYPES, NATIVE_BACKENDS, assert_close, central_diff
 from test_backends import _rng, rand
 
 
@@ -130,20 +130,6 @@ def test_batchnorm_training_needs_two_rows(backend_name, dt):
     assert_close(A, np.full((1, 3), 1.0), dt)
 
 
-def _central_fd(f, x, h=1e-6):
-    g = np.zeros_like(x)
-    flat, gf = x.reshape(-1), g.reshape(-1)
-    for e in range(flat.size):
-        old = flat[e]
-        flat[e] = old + h
-        fp = f()
-        flat[e] = old - h
-        fm = f()
-        flat[e] = old
-        gf[e] = (fp - fm) / (2 * h)
-    return g
-
-
 def test_batchnorm_kernel_gradients_by_finite_differences(backend_name):
     """d/dX, d/dgamma, d/dbeta of sum(C * y**2) through a training-mode unit."""
     be = fastmlp.get_backend(backend_name)
@@ -163,8 +149,8 @@ def test_batchnorm_kernel_gradients_by_finite_differences(backend_name):
     be.batchnorm_forward(X, G.copy(), 1e-5, 0.1, S, Z, A)
     dG, dX = np.zeros((4, k)), np.empty((n, k))
     be.batchnorm_backward(2 * C * A, Z, G, 1e-5, S, dG, dX)
-    np.testing.assert_allclose(dX, _central_fd(loss, X), rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(dG[:2], _central_fd(loss, G)[:2], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(dX, central_diff(loss, X), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(dG[:2], central_diff(loss, G)[:2], rtol=1e-6, atol=1e-7)
     assert np.abs(dX).max() > 1e-2
 
 
@@ -288,7 +274,7 @@ def test_model_gradients_by_finite_differences(backend_name):
     rng = np.random.default_rng(2)
     X, y = rng.standard_normal((9, 5)), rng.integers(0, 3, 9).astype(np.int64)
     _, grads, _ = _train_loss_and_grads(model, X, y)
-    fd = _central_fd(lambda: _train_loss_and_grads(model, X, y)[0], model._params)
+    fd = central_diff(lambda: _train_loss_and_grads(model, X, y)[0], model._params)
     np.testing.assert_allclose(grads, fd, rtol=1e-6, atol=1e-8)
     # the running statistics get no gradient; the rest do
     for u in model._units:
@@ -319,7 +305,7 @@ def test_input_gradient_through_batchnorm_by_finite_differences(backend_name):
     def loss():
         return _train_loss_and_grads(m2, X, y)[0]
 
-    np.testing.assert_allclose(dX, _central_fd(loss, X), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(dX, central_diff(loss, X), rtol=1e-6, atol=1e-8)
     assert np.abs(dX).max() > 1e-3
 
 

@@ -10,28 +10,12 @@ import fastmlp
 from fastmlp import activations as A
 from fastmlp import Activation, Dense
 
-from conftest import fd_grads_via_fit, model_loss
+from conftest import central_diff, fd_grads_via_fit, model_loss
 
-EPS = 1e-6
 RTOL, ATOL = 1e-6, 1e-8
 DIFF_CODES = sorted(code for code, _, _ in A.ACTIVATIONS.values() if code != A.STEP)
 KINKED = {A.RELU, A.LEAKY_RELU, A.ELU, A.SELU}
 ALPHA = {A.LEAKY_RELU: 0.07, A.ELU: 1.3}
-
-
-def central_diff(f, x, eps=EPS):
-    """Gradient of the scalar f() with respect to the array x, perturbed in place."""
-    g = np.empty(x.shape, dtype=np.float64)
-    flat = x.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + eps
-        up = f()
-        flat[i] = old - eps
-        down = f()
-        flat[i] = old
-        g.reshape(-1)[i] = (up - down) / (2 * eps)
-    return g
 
 
 def check(analytic, numeric, err_msg=""):
