@@ -173,16 +173,16 @@ def _copy_docs():
 _copy_docs()
 
 
-def _check_unit_buffers(plan_i, x_buf, Z, A, dA):
-    # The compiled loop walks these buffers through raw pointers: a wrong
+def _check_unit_buffers(where, plan_i, x_buf, **bufs):
+    # The compiled code walks these buffers through raw pointers: a wrong
     # dtype, layout or shape would be read out of bounds, so refuse it here.
     rows, dt = x_buf.shape[0], x_buf.dtype
-    for i, (kind, fan_in, fan_out) in enumerate(plan_i[:, :3]):
-        for name, bufs in (("Z", Z), ("A", A), ("dA", dA)):
-            b = bufs[i]
+    for i, fan_out in enumerate(plan_i[:, 2]):
+        for name, seq in bufs.items():
+            b = seq[i]
             if not (isinstance(b, _np.ndarray) and b.dtype == dt and b.flags.c_contiguous
                     and b.shape == (rows, fan_out)):
-                raise ValueError(f"train_steps: {name}[{i}] must be a C-contiguous {dt} array of shape "
+                raise ValueError(f"{where}: {name}[{i}] must be a C-contiguous {dt} array of shape "
                                  f"({rows}, {fan_out})")
 
 
@@ -197,7 +197,7 @@ def train_steps(X, y, Y, sw, order, start, n_steps, plan_i, plan_f, params, grad
         raise ValueError(f"unknown activation code in plan: {plan_i[:, 3]}")
     if ((plan_i[:, 0] < 0) | (plan_i[:, 0] > 3)).any():
         raise ValueError(f"train_steps: unknown unit kind in plan: {plan_i[:, 0]}")
-    _check_unit_buffers(plan_i, x_buf, Z, A, dA)
+    _check_unit_buffers("train_steps", plan_i, x_buf, Z=Z, A=A, dA=dA)
     _check_dropout_plan(plan_i, plan_f, x_buf, M)
     _check_batchnorm_plan(plan_i, plan_f, params, x_buf, M)
     if not 0 <= int(seed) < 2**64:
@@ -232,14 +232,7 @@ def _check_predictor_buffers(plan_i, params, x_buf, Z, A):
                          "arrays of one dtype")
     if x_buf.shape[1] != plan_i[0, 1]:
         raise ValueError(f"make_predictor: x_buf has {x_buf.shape[1]} columns, the plan {plan_i[0, 1]}")
-    rows = x_buf.shape[0]
-    for i, fan_out in enumerate(plan_i[:, 2]):
-        for name, bufs in (("Z", Z), ("A", A)):
-            b = bufs[i]
-            if not (isinstance(b, _np.ndarray) and b.dtype == dt and b.flags.c_contiguous
-                    and b.shape == (rows, fan_out)):
-                raise ValueError(f"make_predictor: {name}[{i}] must be a C-contiguous {dt} array of "
-                                 f"shape ({rows}, {fan_out})")
+    _check_unit_buffers("make_predictor", plan_i, x_buf, Z=Z, A=A)
     dense = plan_i[plan_i[:, 0] == 1]
     if dense.size and params.shape[0] < max((dense[:, 5] + dense[:, 1] * dense[:, 2]).max(),
                                             (dense[:, 6] + dense[:, 2] * dense[:, 4]).max()):
