@@ -54,7 +54,10 @@ def test_signatures_match_reference():
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("trans_b", [False, True])
 @pytest.mark.parametrize("beta", [0.0, 0.5])
-def test_gemm(dtype, shape, trans_a, trans_b, beta):
+@pytest.mark.parametrize("small_max", [262144, 0], ids=["small-kernels", "blas-only"])
+def test_gemm(dtype, shape, trans_a, trans_b, beta, small_max):
+    from fastmlp import _kernels
+
     rng = np.random.default_rng(0)
     m, n = shape
     kk = 5 if m * n < 100 else 77
@@ -65,8 +68,71 @@ def test_gemm(dtype, shape, trans_a, trans_b, beta):
         C0[0, 0] = np.nan  # must be ignored
     C1, C2 = C0.copy(), C0.copy()
     ref.gemm(A, B, C1, trans_a, trans_b, beta)
-    cy.gemm(A, B, C2, trans_a, trans_b, beta)
+    old = _kernels._set_small_gemm_max(small_max)
+    try:
+        cy.gemm(A, B, C2, trans_a, trans_b, beta)
+    finally:
+        _kernels._set_small_gemm_max(old)
     close(C2, C1, dtype, rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-4 if dtype == np.float32 else 1e-12)
+
+
+# The register-blocked kernels for small products (_smallgemm.h), called
+# directly: every tail of their 4-row x 2-vector blocks (m % 4, n % 8 or
+# n % 16, a single vector, n below one vector), short and long k, both
+# transposes, beta 0 (C not read), 1 and another.
+SMALL_M = [1, 3, 4, 5, 9, 32]
+SMALL_N = [1, 3, 8, 16, 17, 33, 64]
+SMALL_K = [1, 2, 7, 64]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("beta", [0.0, 1.0, 0.37])
+def test_small_gemm_kernel(dtype, trans_a, trans_b, beta):
+    from fastmlp import _kernels
+
+    rng = np.random.default_rng(1)
+    handled = 0
+    for m in SMALL_M:
+        for n in SMALL_N:
+            for kk in SMALL_K:
+                A = rand(rng, (kk, m) if trans_a else (m, kk), dtype)
+                B = rand(rng, (n, kk) if trans_b else (kk, n), dtype)
+                C0 = rand(rng, (m, n), dtype)
+                if beta == 0.0:
+                    C0[:] = np.nan  # must not be read
+                want = ((A.T if trans_a else A).astype(np.float64) @ (B.T if trans_b else B).astype(np.float64)
+                        + (beta * C0.astype(np.float64) if beta else 0.0))
+                C = C0.copy()
+                if _kernels._small_gemm_kernel(A, B, C, trans_a, trans_b, beta):
+                    handled += 1
+                    close(C, want, dtype, rtol=1e-5 if dtype == np.float32 else 1e-13,
+                          atol=1e-4 if dtype == np.float32 else 1e-12, err_msg=f"m={m} n={n} k={kk}")
+                else:  # left to BLAS (C untouched): products narrower than a vector
+                    assert n < 8 and m > 4 or not _kernels._HAVE_SMALL_GEMM, (m, n, kk)
+                    np.testing.assert_array_equal(C, C0)
+    if _kernels._HAVE_SMALL_GEMM:
+        # every product at least one vector wide (n >= 8) is handled
+        assert handled >= len(SMALL_M) * len([n for n in SMALL_N if n >= 8]) * len(SMALL_K)
+    else:  # a build without AVX2 and FMA leaves every product to BLAS
+        assert handled == 0
+
+
+def test_small_gemm_kernel_large_transposed_b_left_to_blas():
+    from fastmlp import _kernels
+
+    # op(B) = B^T goes through a 4096-element stack buffer: larger ones are BLAS's
+    A, B = np.ones((4, 100), np.float32), np.ones((50, 100), np.float32)
+    C = np.full((4, 50), 7.0, np.float32)
+    assert not _kernels._small_gemm_kernel(A, B, C, False, True, 0.0)
+    assert np.all(C == 7.0)
+    B = np.ones((40, 100), np.float32)
+    C = np.full((4, 40), 7.0, np.float32)
+    assert _kernels._small_gemm_kernel(A, B, C, False, True, 0.0) == _kernels._HAVE_SMALL_GEMM
+    assert np.all(C == (100.0 if _kernels._HAVE_SMALL_GEMM else 7.0))
+    with pytest.raises(ValueError, match="shapes do not match"):
+        _kernels._small_gemm_kernel(A, B, C, False, False, 0.0)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
