@@ -11,21 +11,25 @@
  * C is not read (as in BLAS). It returns 0 without touching C when it does
  * not handle the shapes (the caller then calls BLAS), else 1.
  *
- * One kernel keeps blocks of 4 rows x 2 vectors of C in registers over the
- * whole k loop, reading rows of op(B) and broadcasting elements of op(A) (any
- * layout). An op(B) = B^T is first copied to a stack buffer (at most
- * FM_SMALL_TBUF elements; 0.8 us for 64 x 64): dot products along k would
- * cost a reduction across vector lanes per element of C, which measured
- * twice as slow as BLAS at 32x64x64. Products narrower than one vector
- * (n < W) with more than 4 rows are left to BLAS: this kernel would run them
- * scalar (32x2x64: 1.4 us against 0.64 us). Each element of C is summed over
- * k in order. Vectors are GCC / Clang vector extensions; FM_HAVE_SMALLGEMM is 0
- * without them or without AVX2 and FMA, and the functions then return 0. */
+ * Blocks of 4 rows x 2 vectors of C stay in registers over the whole k
+ * loop, reading rows of op(B) and broadcasting elements of op(A) (any
+ * layout); a lone vector of columns takes even and odd k in two sets of
+ * registers, so that it does not wait on FMA latency. The last n % W columns
+ * of op(B) are first copied, zero-padded to a vector, to a stack buffer
+ * (k * W <= FM_SMALL_TAIL elements): as scalars they made 128x10x128 2.4x
+ * slower than BLAS. An op(B) = B^T is first copied to a stack buffer too
+ * (k * n <= FM_SMALL_TBUF elements; 0.8 us for 64 x 64): dot products along
+ * k would cost a reduction across vector lanes per element of C, which
+ * measured twice as slow as BLAS at 32x64x64. Shapes that need larger
+ * buffers are left to BLAS. Vectors are GCC / Clang vector extensions;
+ * FM_HAVE_SMALLGEMM is 0 without them or without AVX2 and FMA, and the
+ * functions then return 0. */
 #ifndef FASTMLP_SMALLGEMM_H
 #define FASTMLP_SMALLGEMM_H
 #include <stddef.h>
 
-#define FM_SMALL_TBUF 4096
+#define FM_SMALL_TBUF 4096  /* elements of a copy of B^T */
+#define FM_SMALL_TAIL 2048  /* elements of the zero-padded last columns of op(B) */
 
 #define FM_VBYTES 32  /* one AVX register */
 
@@ -41,99 +45,128 @@
  * load-bound (measured: 32x64x64 in 5.5 us instead of 3.8 us). */
 #define FM_REG(v) __asm__("" : "+x"(v))
 
-#define FM_DEFINE_SMALLGEMM(NAME, T, W)                                                    \
-typedef T NAME##_vec __attribute__((vector_size(W * sizeof(T)), aligned(sizeof(T))));       \
-static inline NAME##_vec NAME##_ld(const T *p) { return *(const NAME##_vec *)p; }            \
-static inline void NAME##_st(T *p, NAME##_vec v) { *(NAME##_vec *)p = v; }                   \
-/* C = op(A) @ B + beta * C; op(A)(i, p) = A[i * ars + p * acs], B (k, n) row-major */       \
-static void NAME##_nn(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const T *A, ptrdiff_t ars,      \
-                      ptrdiff_t acs, const T *B, T beta, T *C) {                             \
-    ptrdiff_t i = 0, j, p;                                                                   \
-    for (; i + 4 <= m; i += 4) {                                                             \
-        const T *a0 = A + i * ars, *a1 = a0 + ars, *a2 = a1 + ars, *a3 = a2 + ars;           \
-        T *c0 = C + i * n, *c1 = c0 + n, *c2 = c1 + n, *c3 = c2 + n;                         \
-        for (j = 0; j + 2 * W <= n; j += 2 * W) {                                            \
-            NAME##_vec s00 = {0}, s01 = {0}, s10 = {0}, s11 = {0};                           \
-            NAME##_vec s20 = {0}, s21 = {0}, s30 = {0}, s31 = {0};                           \
-            if (beta != 0) {                                                                 \
-                s00 = beta * NAME##_ld(c0 + j); s01 = beta * NAME##_ld(c0 + j + W);          \
-                s10 = beta * NAME##_ld(c1 + j); s11 = beta * NAME##_ld(c1 + j + W);          \
-                s20 = beta * NAME##_ld(c2 + j); s21 = beta * NAME##_ld(c2 + j + W);          \
-                s30 = beta * NAME##_ld(c3 + j); s31 = beta * NAME##_ld(c3 + j + W);          \
-            }                                                                                \
-            for (p = 0; p < k; p++) {                                                        \
-                const T *b = B + p * n + j;                                                  \
-                NAME##_vec b0 = NAME##_ld(b), b1 = NAME##_ld(b + W);                         \
-                FM_REG(b0); FM_REG(b1);                                                      \
-                T x0 = a0[p * acs], x1 = a1[p * acs], x2 = a2[p * acs], x3 = a3[p * acs];    \
-                s00 += x0 * b0; s01 += x0 * b1;                                              \
-                s10 += x1 * b0; s11 += x1 * b1;                                              \
-                s20 += x2 * b0; s21 += x2 * b1;                                              \
-                s30 += x3 * b0; s31 += x3 * b1;                                              \
-            }                                                                                \
-            NAME##_st(c0 + j, s00); NAME##_st(c0 + j + W, s01);                              \
-            NAME##_st(c1 + j, s10); NAME##_st(c1 + j + W, s11);                              \
-            NAME##_st(c2 + j, s20); NAME##_st(c2 + j + W, s21);                              \
-            NAME##_st(c3 + j, s30); NAME##_st(c3 + j + W, s31);                              \
-        }                                                                                    \
-        for (; j + W <= n; j += W) {                                                         \
-            NAME##_vec s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};                               \
-            if (beta != 0) {                                                                 \
-                s0 = beta * NAME##_ld(c0 + j); s1 = beta * NAME##_ld(c1 + j);                \
-                s2 = beta * NAME##_ld(c2 + j); s3 = beta * NAME##_ld(c3 + j);                \
-            }                                                                                \
-            for (p = 0; p < k; p++) {                                                        \
-                NAME##_vec b0 = NAME##_ld(B + p * n + j);                                    \
-                FM_REG(b0);                                                                  \
-                s0 += a0[p * acs] * b0; s1 += a1[p * acs] * b0;                              \
-                s2 += a2[p * acs] * b0; s3 += a3[p * acs] * b0;                              \
-            }                                                                                \
-            NAME##_st(c0 + j, s0); NAME##_st(c1 + j, s1);                                    \
-            NAME##_st(c2 + j, s2); NAME##_st(c3 + j, s3);                                    \
-        }                                                                                    \
-        for (; j < n; j++) {                                                                 \
-            T t0 = 0, t1 = 0, t2 = 0, t3 = 0;                                                \
-            if (beta != 0) {                                                                 \
-                t0 = beta * c0[j]; t1 = beta * c1[j]; t2 = beta * c2[j]; t3 = beta * c3[j];  \
-            }                                                                                \
-            for (p = 0; p < k; p++) {                                                        \
-                T bv = B[p * n + j];                                                         \
-                t0 += a0[p * acs] * bv; t1 += a1[p * acs] * bv;                              \
-                t2 += a2[p * acs] * bv; t3 += a3[p * acs] * bv;                              \
-            }                                                                                \
-            c0[j] = t0; c1[j] = t1; c2[j] = t2; c3[j] = t3;                                  \
-        }                                                                                    \
-    }                                                                                        \
-    for (; i < m; i++) {                                                                     \
-        const T *a0 = A + i * ars;                                                           \
-        T *c0 = C + i * n;                                                                   \
-        for (j = 0; j + W <= n; j += W) {                                                    \
-            NAME##_vec s0 = {0};                                                             \
-            if (beta != 0) s0 = beta * NAME##_ld(c0 + j);                                    \
-            for (p = 0; p < k; p++) s0 += a0[p * acs] * NAME##_ld(B + p * n + j);           \
-            NAME##_st(c0 + j, s0);                                                           \
-        }                                                                                    \
-        for (; j < n; j++) {                                                                 \
-            T t0 = beta != 0 ? beta * c0[j] : 0;                                             \
-            for (p = 0; p < k; p++) t0 += a0[p * acs] * B[p * n + j];                       \
-            c0[j] = t0;                                                                      \
-        }                                                                                    \
-    }                                                                                        \
-}                                                                                            \
-static int NAME(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const T *A, int trans_a,             \
-                const T *B, int trans_b, T beta, T *C) {                                     \
-    ptrdiff_t ars = trans_a ? 1 : k, acs = trans_a ? m : 1, p, j;                            \
-    T buf[FM_SMALL_TBUF];                                                                    \
-    if (n < W && m > 4) return 0; /* a column tail only: scalar here, BLAS is faster */   \
-    if (!trans_b) {                                                                          \
-        NAME##_nn(m, n, k, A, ars, acs, B, beta, C);                                         \
-        return 1;                                                                            \
-    }                                                                                        \
-    if (k * n > FM_SMALL_TBUF) return 0;                                                     \
-    for (p = 0; p < k; p++)                                                                  \
-        for (j = 0; j < n; j++) buf[p * n + j] = B[j * k + p];                               \
-    NAME##_nn(m, n, k, A, ars, acs, buf, beta, C);                                           \
-    return 1;                                                                                \
+#define FM_DEFINE_SMALLGEMM(NAME, T, W)                                                             \
+typedef T NAME##_vec __attribute__((vector_size(W * sizeof(T)), aligned(sizeof(T))));               \
+static inline NAME##_vec NAME##_ld(const T *p) { return *(const NAME##_vec *)p; }                   \
+static inline void NAME##_st(T *p, NAME##_vec v) { *(NAME##_vec *)p = v; }                          \
+/* nc <= W leading lanes of a vector from / to memory */                                            \
+static inline NAME##_vec NAME##_ldn(const T *p, ptrdiff_t nc) {                                     \
+    NAME##_vec v = {0};                                                                             \
+    for (ptrdiff_t q = 0; q < nc; q++) v[q] = p[q];                                                 \
+    return v;                                                                                       \
+}                                                                                                   \
+static inline void NAME##_stn(T *p, NAME##_vec v, ptrdiff_t nc) {                                   \
+    for (ptrdiff_t q = 0; q < nc; q++) p[q] = v[q];                                                 \
+}                                                                                                   \
+/* Rows i..i+3 of C, columns j..j+2W-1: the first vector from b0 (rows ldb0                         \
+ * apart), the second from b1 (rows ldb1 apart) with nc1 <= W columns of C. */                      \
+static inline void NAME##_block4x2(ptrdiff_t k, const T *a0, ptrdiff_t ars, ptrdiff_t acs,          \
+                                   const T *b0p, ptrdiff_t ldb0, const T *b1p, ptrdiff_t ldb1,      \
+                                   ptrdiff_t nc1, T beta, T *c0, ptrdiff_t ldc) {                   \
+    const T *a1 = a0 + ars, *a2 = a1 + ars, *a3 = a2 + ars;                                         \
+    T *c1 = c0 + ldc, *c2 = c1 + ldc, *c3 = c2 + ldc;                                               \
+    NAME##_vec s00 = {0}, s01 = {0}, s10 = {0}, s11 = {0};                                          \
+    NAME##_vec s20 = {0}, s21 = {0}, s30 = {0}, s31 = {0};                                          \
+    ptrdiff_t p;                                                                                    \
+    if (beta != 0) {                                                                                \
+        s00 = beta * NAME##_ld(c0); s01 = beta * NAME##_ldn(c0 + W, nc1);                           \
+        s10 = beta * NAME##_ld(c1); s11 = beta * NAME##_ldn(c1 + W, nc1);                           \
+        s20 = beta * NAME##_ld(c2); s21 = beta * NAME##_ldn(c2 + W, nc1);                           \
+        s30 = beta * NAME##_ld(c3); s31 = beta * NAME##_ldn(c3 + W, nc1);                           \
+    }                                                                                               \
+    for (p = 0; p < k; p++) {                                                                       \
+        NAME##_vec b0 = NAME##_ld(b0p + p * ldb0), b1 = NAME##_ld(b1p + p * ldb1);                  \
+        FM_REG(b0); FM_REG(b1);                                                                     \
+        T x0 = a0[p * acs], x1 = a1[p * acs], x2 = a2[p * acs], x3 = a3[p * acs];                   \
+        s00 += x0 * b0; s01 += x0 * b1;                                                             \
+        s10 += x1 * b0; s11 += x1 * b1;                                                             \
+        s20 += x2 * b0; s21 += x2 * b1;                                                             \
+        s30 += x3 * b0; s31 += x3 * b1;                                                             \
+    }                                                                                               \
+    NAME##_st(c0, s00); NAME##_st(c1, s10); NAME##_st(c2, s20); NAME##_st(c3, s30);                 \
+    if (nc1 == W) {                                                                                 \
+        NAME##_st(c0 + W, s01); NAME##_st(c1 + W, s11);                                             \
+        NAME##_st(c2 + W, s21); NAME##_st(c3 + W, s31);                                             \
+    } else {                                                                                        \
+        NAME##_stn(c0 + W, s01, nc1); NAME##_stn(c1 + W, s11, nc1);                                 \
+        NAME##_stn(c2 + W, s21, nc1); NAME##_stn(c3 + W, s31, nc1);                                 \
+    }                                                                                               \
+}                                                                                                   \
+/* Rows i..i+3 of C, nc <= W columns from b (rows ldb apart); two sets of                           \
+ * accumulators (even and odd p) keep the FMA pipes busy. */                                        \
+static inline void NAME##_block4x1(ptrdiff_t k, const T *a0, ptrdiff_t ars, ptrdiff_t acs,          \
+                                   const T *bp, ptrdiff_t ldb, ptrdiff_t nc, T beta, T *c0,         \
+                                   ptrdiff_t ldc) {                                                 \
+    const T *a1 = a0 + ars, *a2 = a1 + ars, *a3 = a2 + ars;                                         \
+    T *c1 = c0 + ldc, *c2 = c1 + ldc, *c3 = c2 + ldc;                                               \
+    NAME##_vec s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0}, t0 = {0}, t1 = {0}, t2 = {0}, t3 = {0};      \
+    ptrdiff_t p;                                                                                    \
+    if (beta != 0) {                                                                                \
+        s0 = beta * NAME##_ldn(c0, nc); s1 = beta * NAME##_ldn(c1, nc);                             \
+        s2 = beta * NAME##_ldn(c2, nc); s3 = beta * NAME##_ldn(c3, nc);                             \
+    }                                                                                               \
+    for (p = 0; p + 1 < k; p += 2) {                                                                \
+        NAME##_vec b0 = NAME##_ld(bp + p * ldb), b1 = NAME##_ld(bp + (p + 1) * ldb);                \
+        FM_REG(b0); FM_REG(b1);                                                                     \
+        s0 += a0[p * acs] * b0; t0 += a0[(p + 1) * acs] * b1;                                       \
+        s1 += a1[p * acs] * b0; t1 += a1[(p + 1) * acs] * b1;                                       \
+        s2 += a2[p * acs] * b0; t2 += a2[(p + 1) * acs] * b1;                                       \
+        s3 += a3[p * acs] * b0; t3 += a3[(p + 1) * acs] * b1;                                       \
+    }                                                                                               \
+    if (p < k) {                                                                                    \
+        NAME##_vec b0 = NAME##_ld(bp + p * ldb);                                                    \
+        s0 += a0[p * acs] * b0; s1 += a1[p * acs] * b0;                                             \
+        s2 += a2[p * acs] * b0; s3 += a3[p * acs] * b0;                                             \
+    }                                                                                               \
+    NAME##_stn(c0, s0 + t0, nc); NAME##_stn(c1, s1 + t1, nc);                                       \
+    NAME##_stn(c2, s2 + t2, nc); NAME##_stn(c3, s3 + t3, nc);                                       \
+}                                                                                                   \
+/* One row of C, nc <= W columns from b (rows ldb apart). */                                        \
+static inline void NAME##_block1x1(ptrdiff_t k, const T *a0, ptrdiff_t acs, const T *bp,            \
+                                   ptrdiff_t ldb, ptrdiff_t nc, T beta, T *c0) {                    \
+    NAME##_vec s0 = {0}, t0 = {0};                                                                  \
+    ptrdiff_t p;                                                                                    \
+    if (beta != 0) s0 = beta * NAME##_ldn(c0, nc);                                                  \
+    for (p = 0; p + 1 < k; p += 2) {                                                                \
+        s0 += a0[p * acs] * NAME##_ld(bp + p * ldb);                                                \
+        t0 += a0[(p + 1) * acs] * NAME##_ld(bp + (p + 1) * ldb);                                    \
+    }                                                                                               \
+    if (p < k) s0 += a0[p * acs] * NAME##_ld(bp + p * ldb);                                         \
+    NAME##_stn(c0, s0 + t0, nc);                                                                    \
+}                                                                                                   \
+static int NAME(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const T *A, int trans_a,                     \
+                const T *B, int trans_b, T beta, T *C) {                                            \
+    ptrdiff_t ars = trans_a ? 1 : k, acs = trans_a ? m : 1, i, j, p, q, nv = n - n % W;             \
+    T bt[FM_SMALL_TBUF], tail[FM_SMALL_TAIL];                                                       \
+    const T *b = B;                                                                                 \
+    if ((nv < n && k * W > FM_SMALL_TAIL) || (trans_b && k * n > FM_SMALL_TBUF)) return 0;          \
+    if (trans_b) {                                                                                  \
+        for (p = 0; p < k; p++)                                                                     \
+            for (q = 0; q < n; q++) bt[p * n + q] = B[q * k + p];                                   \
+        b = bt;                                                                                     \
+    }                                                                                               \
+    if (nv < n)                                                                                     \
+        for (p = 0; p < k; p++)                                                                     \
+            for (q = 0; q < W; q++) tail[p * W + q] = nv + q < n ? b[p * n + nv + q] : 0;           \
+    for (i = 0; i + 4 <= m; i += 4) {                                                               \
+        const T *a = A + i * ars;                                                                   \
+        T *c = C + i * n;                                                                           \
+        for (j = 0; j + 2 * W <= nv; j += 2 * W)                                                    \
+            NAME##_block4x2(k, a, ars, acs, b + j, n, b + j + W, n, W, beta, c + j, n);             \
+        if (j + W == nv && nv < n)  /* a full vector and the tail */                                \
+            NAME##_block4x2(k, a, ars, acs, b + j, n, tail, W, n - nv, beta, c + j, n);             \
+        else if (j + W == nv)                                                                       \
+            NAME##_block4x1(k, a, ars, acs, b + j, n, W, beta, c + j, n);                           \
+        else if (nv < n)                                                                            \
+            NAME##_block4x1(k, a, ars, acs, tail, W, n - nv, beta, c + j, n);                       \
+    }                                                                                               \
+    for (; i < m; i++) {                                                                            \
+        const T *a = A + i * ars;                                                                   \
+        T *c = C + i * n;                                                                           \
+        for (j = 0; j < nv; j += W) NAME##_block1x1(k, a, acs, b + j, n, W, beta, c + j);           \
+        if (nv < n) NAME##_block1x1(k, a, acs, tail, W, n - nv, beta, c + nv);                      \
+    }                                                                                               \
+    return 1;                                                                                       \
 }
 
 FM_DEFINE_SMALLGEMM(fm_small_gemm_f, float, (FM_VBYTES / 4))
