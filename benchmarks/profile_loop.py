@@ -1,0 +1,95 @@
+"""Where an epoch of the Cython training loop goes, phase by phase, beside the GEMM bound.
+
+    python benchmarks/profile_loop.py [--workload "A b128"] [--epochs 3] [--threads 2] [--rows N]
+
+Trains one benchmark network (see _workloads.py) with the cython backend and
+the loop's phase timing on (``fastmlp._kernels.loop_phase_times``), and times
+the GEMM bound (the same epoch's matrix products alone with NumPy's BLAS) in
+the same run, epoch by epoch in turn. Prints, per epoch (medians), the
+seconds in each phase, the matrix products in the loop against the bound,
+and what the rest costs against the 25% that a target of 1.25x the bound
+leaves.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+import _workloads as W  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workload", default="A b128", choices=sorted(W.WORKLOADS))
+    p.add_argument("--epochs", type=int, default=3, help="timed epochs (default 3)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rows", type=int, default=None, help="rows of training data (default: all)")
+    return p.parse_args(argv)
+
+
+def profile(workload, X, y, epochs, n_threads):
+    """Per-epoch phase seconds (lists), wall seconds and GEMM-bound seconds, in turn."""
+    from fastmlp import _kernels
+
+    runner = W.FastmlpRunner(workload, X, y, "cython", n_threads)
+    bound = W.GemmBound(workload, X.shape[0], n_threads)
+    runner.warmup()
+    bound.warmup()
+    phases = {name: [] for name in _kernels.PHASES}
+    wall, gemm = [], []
+    _kernels.loop_phase_times(enable=True)
+    try:
+        for _ in range(epochs):
+            t = time.perf_counter()
+            runner.epoch()
+            wall.append(time.perf_counter() - t)
+            for name, sec in _kernels.loop_phase_times().items():
+                phases[name].append(sec)
+            t = time.perf_counter()
+            bound.epoch()
+            gemm.append(time.perf_counter() - t)
+    finally:
+        _kernels.loop_phase_times(enable=False)
+    return phases, wall, gemm
+
+
+def report(workload, phases, wall, gemm, n_threads, rows):
+    med = {name: statistics.median(v) for name, v in phases.items()}
+    wall_m, gemm_m = statistics.median(wall), statistics.median(gemm)
+    products = med["forward GEMM"] + med["backward GEMM"]
+    rest = sum(med.values()) - products
+    lines = [f"{workload.name}: {'-'.join(map(str, workload.sizes))}, {workload.optimizer}, "
+             f"{rows}, {n_threads} threads, cython backend; medians of {len(wall)} epochs",
+             "",
+             "| phase | s/epoch | share of the loop |",
+             "|---|---|---|"]
+    total = sum(med.values())
+    for name, sec in med.items():
+        lines.append(f"| {name} | {sec:.4f} | {100 * sec / total:.1f}% |")
+    lines += ["",
+              f"epoch (wall, fit() included): {wall_m:.4f} s; phases sum to {total:.4f} s",
+              f"GEMM bound (NumPy, same shapes and threads, same run): {gemm_m:.4f} s",
+              f"matrix products inside the loop: {products:.4f} s = {products / gemm_m:.2f}x the bound",
+              f"everything else in the loop: {rest:.4f} s = {100 * rest / gemm_m:.0f}% of the bound "
+              f"(a target of 1.25x the bound leaves 25%: {0.25 * gemm_m:.4f} s)",
+              f"epoch / GEMM bound: {wall_m / gemm_m:.2f}x"]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    workload = W.WORKLOADS[args.workload]
+    X, y, source = W.load(workload, args.rows)
+    phases, wall, gemm = profile(workload, X, y, args.epochs, args.threads)
+    print(report(workload, phases, wall, gemm, args.threads, f"{X.shape[0]} rows of {source}"))
+
+
+if __name__ == "__main__":
+    main()
