@@ -54,3 +54,14 @@ def test_kernel_benchmarks_pass():
                  "-p", "no:cacheprovider"])
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "passed" in proc.stdout
+
+
+def test_profile_loop_smoke():
+    pytest.importorskip("fastmlp._kernels")
+    proc = _run(["benchmarks/profile_loop.py", "--workload", "B b32", "--rows", "3000", "--epochs", "1"])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    out = proc.stdout
+    for phase in ("gather", "forward GEMM", "loss", "backward GEMM", "optimizer"):
+        assert f"| {phase} | " in out, out
+    assert "GEMM bound (NumPy, same shapes and threads, same run):" in out, out
+    assert "matrix products inside the loop:" in out, out

@@ -3,6 +3,7 @@ seeds, history, predict / evaluate, initializers, pickling, clipping, input
 layouts and sample weights."""
 import math
 import pickle
+import time
 
 import numpy as np
 import pytest
@@ -597,3 +598,30 @@ def test_native_training_matches_reference_after_shuffled_epochs(native_name, op
     w0 = fastmlp.Sequential([Dense(16, activation="gelu"), Dense(12, activation="tanh"), Dense(4)],
                             input_dim=9, dtype="float64", seed=11).get_weights()
     assert not np.allclose(w0[0], w_ref[0])
+
+
+def test_cython_loop_phase_times():
+    kernels = pytest.importorskip("fastmlp._kernels")
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((2000, 30)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.int64)
+    m = fastmlp.Sequential([Dense(64, activation="relu"), Dense(2)], input_dim=30, seed=0, backend="cython")
+    m.compile(loss="cross_entropy", optimizer=Adam(1e-3))
+    m.fit(X, y, epochs=1, batch_size=50, verbose=0)
+    kernels.loop_phase_times(reset=True)
+    m.fit(X, y, epochs=1, batch_size=50, verbose=0)
+    assert set(kernels.loop_phase_times().values()) == {0.0}  # off by default: nothing timed
+    try:
+        kernels.loop_phase_times(enable=True)
+        t = time.perf_counter()
+        m.fit(X, y, epochs=2, batch_size=50, verbose=0)
+        wall = time.perf_counter() - t
+        times = kernels.loop_phase_times()
+    finally:
+        kernels.loop_phase_times(enable=False)
+    assert list(times) == list(kernels.PHASES)
+    for phase in ("gather", "forward GEMM", "forward elementwise", "loss", "backward GEMM",
+                  "backward elementwise", "optimizer"):
+        assert times[phase] > 0.0, (phase, times)
+    assert sum(times.values()) <= wall  # the loop is part of fit
+    assert set(kernels.loop_phase_times().values()) == {0.0}  # read with reset
