@@ -243,10 +243,10 @@ cdef extern from "_smallgemm.h" nogil:
                         const double* B, int trans_b, double beta, double* C)
 
 # Products of at most this many multiply-adds go to the register-blocked
-# kernels of _smallgemm.h instead of BLAS (OpenBLAS runs them on one thread
-# too). Per product of the 20-64-64-2 net at batch 32 they take 0.2-3.6 us
-# against 0.5-5.6 us in OpenBLAS; at 64^3, 5.4 against 8.5 us; above about
-# 10^6 BLAS wins.
+# kernels of _smallgemm.h instead of BLAS: OpenBLAS runs them on one thread
+# too (above, it uses all of n_threads). Per product of the 20-64-64-2 net at
+# batch 32 they take 0.2-3.5 us against 0.5-5.5 us in OpenBLAS; at 64^3,
+# 5.3-6.2 against 8.5-9.5 us.
 cdef Py_ssize_t _small_gemm_max = 262144
 
 
@@ -276,16 +276,16 @@ def _small_gemm_kernel(const floating[:, ::1] A, const floating[:, ::1] B, float
                        bint trans_a, bint trans_b, double beta):
     """The small-matrix kernel alone, as gemm (whatever the size): False when
     it does not handle the shapes and left C untouched. For tests."""
+    cdef Py_ssize_t m = A.shape[1] if trans_a else A.shape[0]
     cdef Py_ssize_t kk = A.shape[0] if trans_a else A.shape[1]
+    cdef Py_ssize_t n = B.shape[0] if trans_b else B.shape[1]
     cdef bint done
-    if (B.shape[1] if trans_b else B.shape[0]) != kk or C.shape[0] != (A.shape[1] if trans_a else A.shape[0]) \
-            or C.shape[1] != (B.shape[0] if trans_b else B.shape[1]):
+    if (B.shape[1] if trans_b else B.shape[0]) != kk or C.shape[0] != m or C.shape[1] != n:
         raise ValueError("_small_gemm_kernel: shapes do not match")
-    if C.shape[0] == 0 or C.shape[1] == 0 or kk == 0:
+    if m == 0 or n == 0 or kk == 0:
         raise ValueError("_small_gemm_kernel: empty product")
     with nogil:
-        done = _small_gemm(&A[0, 0], &B[0, 0], &C[0, 0], C.shape[0], C.shape[1], kk, trans_a,
-                           trans_b, beta)
+        done = _small_gemm(&A[0, 0], &B[0, 0], &C[0, 0], m, n, kk, trans_a, trans_b, beta)
     return done
 
 
