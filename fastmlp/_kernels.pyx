@@ -24,6 +24,7 @@ from libc.math cimport (
     erf, erff, exp, expf, expm1, expm1f, fabs, fabsf, log, log1p, log1pf, logf,
     isfinite, pow, sqrt, sqrtf, tanh, tanhf,
 )
+from libc.float cimport DBL_MIN, FLT_MIN
 from libc.stdint cimport int64_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
@@ -208,6 +209,14 @@ cdef inline floating _fabs(floating x) noexcept nogil:
         return fabsf(x)
     else:
         return fabs(x)
+
+
+cdef inline floating _tiny(floating like) noexcept nogil:
+    # the smallest normal number of the dtype
+    if floating is float:
+        return FLT_MIN
+    else:
+        return DBL_MIN
 
 
 cdef inline floating _sigmoid(floating x) noexcept nogil:
@@ -806,8 +815,10 @@ cdef inline void _sgd_span(floating* p, const floating* g, floating* buf, Py_ssi
                            floating lr, floating mom, bint nesterov) noexcept nogil:
     # Loads into locals first: the compiler then vectorizes without re-reading
     # what it stored (measured on Adam: 291 -> 136 us for 235k floats).
+    # State below the smallest normal number is flushed to 0 (see
+    # reference.flush_denormals): denormal arithmetic doubled Adam's time.
     cdef Py_ssize_t i
-    cdef floating gi, bi
+    cdef floating gi, bi, tiny = _tiny(lr)
     if mom == 0:
         for i in range(n):
             p[i] -= lr * g[i]
@@ -815,11 +826,13 @@ cdef inline void _sgd_span(floating* p, const floating* g, floating* buf, Py_ssi
         for i in range(n):
             gi = g[i]
             bi = buf[i] * mom + gi
+            bi = 0 if _fabs(bi) < tiny else bi
             buf[i] = bi
             p[i] -= lr * (gi + mom * bi)
     else:
         for i in range(n):
             bi = buf[i] * mom + g[i]
+            bi = 0 if _fabs(bi) < tiny else bi
             buf[i] = bi
             p[i] -= lr * bi
 
@@ -850,10 +863,11 @@ cdef inline void _rmsprop_span(floating* p, const floating* g, floating* sq, Py_
                                floating lr, floating rho, floating one_m_rho,
                                floating eps) noexcept nogil:
     cdef Py_ssize_t i
-    cdef floating gi, si
+    cdef floating gi, si, tiny = _tiny(lr)
     for i in range(n):
         gi = g[i]
         si = sq[i] * rho + one_m_rho * gi * gi
+        si = 0 if si < tiny else si
         sq[i] = si
         p[i] -= lr * gi / (_sqrt(si) + eps)
 
@@ -883,10 +897,13 @@ cdef inline void _adam_span(floating* p, const floating* g, floating* m, floatin
                             floating eps) noexcept nogil:
     cdef Py_ssize_t i
     cdef floating gi, mi, vi
+    cdef floating tiny = _tiny(step_size)  # state flushed below it, as in _sgd_span
     for i in range(n):
         gi = g[i]
         mi = m[i] * b1 + one_m_b1 * gi
         vi = v[i] * b2 + one_m_b2 * gi * gi
+        mi = 0 if _fabs(mi) < tiny else mi
+        vi = 0 if vi < tiny else vi
         m[i] = mi
         v[i] = vi
         p[i] -= step_size * mi / (_sqrt(vi) / bc2_sqrt + eps)

@@ -33,7 +33,7 @@ KERNELS = [
 ]
 # Public functions of reference that are backend-generic Python (they take a
 # kernels module, or post-process a step's output) rather than kernels.
-HELPERS = ["forward_units", "loss_and_grads", "optimizer_step", "count_correct"]
+HELPERS = ["forward_units", "loss_and_grads", "optimizer_step", "count_correct", "flush_denormals"]
 
 SHAPES = [(1, 1), (1, 7), (7, 1), (33, 17), (64, 130)]
 SHAPE_IDS = [f"{n}x{k}" for n, k in SHAPES]
@@ -858,3 +858,47 @@ def test_train_steps_stops_at_nonfinite_loss(backend_name):
     assert not np.isfinite(losses[1])
     np.testing.assert_allclose(losses[0], first[0], rtol=1e-12)
     np.testing.assert_allclose(params, one_step, rtol=1e-12)  # the failing step applied no update
+
+
+@pytest.mark.parametrize("opt", ["sgd-momentum", "sgd-nesterov", "rmsprop", "adam"])
+def test_optimizer_state_flushes_denormals(backend_name, dt, opt):
+    # A parameter whose gradient stays 0 decays its state geometrically; once
+    # below the smallest normal number the state is 0, in every backend.
+    be = backend(backend_name)
+    tiny = np.finfo(dt).tiny
+    n = 37  # a vector body and a tail in every native loop
+    rng = _rng("flush", opt, dt.name)
+    group = np.arange(n) % 3
+    # 0: no gradient, state just above tiny (decays below it: every decay factor is < 0.9999);
+    # 1: no gradient, state 3 * tiny (stays normal); 2: a gradient and an ordinary state.
+    state = np.where(group == 0, 1.0001 * tiny, np.where(group == 1, 3.0 * tiny, rand(rng, n, dt, 1.0)))
+    if opt.startswith("sgd"):
+        state[1::6] *= -1  # signed states flush by magnitude
+    state = state.astype(dt)
+    g = np.where(group == 2, rand(rng, n, dt, 1.0), 0).astype(dt)
+    p0 = rand(rng, n, dt, 1.0)
+
+    def run(mod):
+        p, s1, s2 = p0.copy(), state.copy(), np.abs(state)
+        if opt == "sgd-momentum":
+            mod.sgd_update(p, g, s1, 0.1, 0.9, False)
+        elif opt == "sgd-nesterov":
+            mod.sgd_update(p, g, s1, 0.1, 0.9, True)
+        elif opt == "rmsprop":
+            s1 = np.abs(s1)
+            mod.rmsprop_update(p, g, s1, 0.01, 0.99, 1e-8)
+        else:
+            mod.adam_update(p, g, s1, s2, 1e-3, 0.9, 0.999, 1e-8, 5)
+        return p, s1, s2
+
+    p, s1, s2 = run(be)
+    rp, rs1, rs2 = run(ref)
+    states = [rs1, rs2] if opt == "adam" else [rs1]
+    for r in states:  # the reference flushes exactly the decayed ones
+        assert np.all(r[group == 0] == 0), r[group == 0]
+        assert np.all(np.abs(r[group != 0]) >= tiny), r
+    tol = dict(rtol=1e-6 if dt == np.float32 else 1e-14, atol=0)
+    for mine, want in ([(s1, rs1), (s2, rs2)] if opt == "adam" else [(s1, rs1)]):
+        np.testing.assert_array_equal(mine[group != 2], want[group != 2])  # flushed and kept as-is
+        np.testing.assert_allclose(mine[group == 2], want[group == 2], **tol)  # FMA may round differently
+    np.testing.assert_allclose(p, rp, **tol)

@@ -539,14 +539,18 @@ def _sgd_update(p, g, buf, lr, momentum, nesterov):
             p[i] -= lt * g[i]
         return
     mt = p.dtype.type(momentum)
+    tiny = np.finfo(p.dtype).tiny  # state below it is flushed (reference.flush_denormals)
+    zero = p.dtype.type(0.0)
     if nesterov:
         for i in range(p.shape[0]):
             b = mt * buf[i] + g[i]
+            b = zero if abs(b) < tiny else b
             buf[i] = b
             p[i] -= lt * (g[i] + mt * b)
     else:
         for i in range(p.shape[0]):
             b = mt * buf[i] + g[i]
+            b = zero if abs(b) < tiny else b
             buf[i] = b
             p[i] -= lt * b
 
@@ -558,9 +562,12 @@ def _rmsprop_update(p, g, sq, lr, rho, eps):
     rt = p.dtype.type(rho)
     ct = p.dtype.type(1.0 - rho)
     et = p.dtype.type(eps)
+    tiny = np.finfo(p.dtype).tiny  # state below it is flushed (reference.flush_denormals)
+    zero = p.dtype.type(0.0)
     for i in range(p.shape[0]):
         gi = g[i]
         s = rt * sq[i] + ct * gi * gi
+        s = zero if s < tiny else s
         sq[i] = s
         p[i] -= lt * gi / (math.sqrt(s) + et)
 
@@ -575,10 +582,14 @@ def _adam_update(p, g, m, v, lr, beta1, beta2, eps, step):
     step_size = p.dtype.type(lr / (1.0 - beta1**step))
     bc2_sqrt = p.dtype.type(math.sqrt(1.0 - beta2**step))
     et = p.dtype.type(eps)
+    tiny = np.finfo(p.dtype).tiny  # state below it is flushed (reference.flush_denormals)
+    zero = p.dtype.type(0.0)
     for i in range(p.shape[0]):
         gi = g[i]
         mi = b1 * m[i] + c1 * gi
         vi = b2 * v[i] + c2 * gi * gi
+        mi = zero if abs(mi) < tiny else mi
+        vi = zero if vi < tiny else vi
         m[i] = mi
         v[i] = vi
         p[i] -= step_size * mi / (math.sqrt(vi) / bc2_sqrt + et)

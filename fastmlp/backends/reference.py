@@ -334,11 +334,25 @@ def poisson_loss(Z, Y, sample_weight, P, dZ):
 
 
 # ------------------------------------------------------------ optimizers
+def flush_denormals(x):
+    """Set the entries of x below the dtype's smallest normal number (in magnitude) to 0, in place.
+
+    Every optimizer applies this to its state after updating it: the state
+    of a parameter whose gradient stays 0 decays geometrically (Adam's m by
+    beta1 a step) into denormal numbers, which x86 CPUs compute 10-100x
+    slower (1 in 13 of m after one epoch of the Fashion-MNIST net at batch
+    32, doubling the update's time). Such values change no weight: an
+    update is at most lr * m / eps.
+    """
+    x[np.abs(x) < np.finfo(x.dtype).tiny] = 0
+
+
 def sgd_update(p, g, buf, lr, momentum, nesterov):
     """In-place SGD as torch.optim.SGD (dampening 0).
 
-    buf = momentum * buf + g; step = g + momentum * buf if nesterov else buf;
-    p -= lr * step. Without momentum, p -= lr * g and buf is untouched.
+    buf = momentum * buf + g (denormals flushed: see flush_denormals);
+    step = g + momentum * buf if nesterov else buf; p -= lr * step. Without
+    momentum, p -= lr * g and buf is untouched.
     p, buf : 1-D (IN/OUT); g : 1-D (IN).
     """
     if momentum == 0.0:
@@ -346,6 +360,7 @@ def sgd_update(p, g, buf, lr, momentum, nesterov):
         return
     buf *= momentum
     buf += g
+    flush_denormals(buf)
     if nesterov:
         p -= lr * (g + momentum * buf)
     else:
@@ -355,23 +370,27 @@ def sgd_update(p, g, buf, lr, momentum, nesterov):
 def rmsprop_update(p, g, sq, lr, rho, eps):
     """In-place RMSprop as torch.optim.RMSprop (alpha=rho, centered=False).
 
-    sq = rho * sq + (1 - rho) * g**2; p -= lr * g / (sqrt(sq) + eps).
+    sq = rho * sq + (1 - rho) * g**2 (denormals flushed: see flush_denormals);
+    p -= lr * g / (sqrt(sq) + eps).
     """
     sq *= rho
     sq += (1.0 - rho) * g * g
+    flush_denormals(sq)
     p -= lr * g / (np.sqrt(sq) + eps)
 
 
 def adam_update(p, g, m, v, lr, beta1, beta2, eps, step):
     """In-place Adam as torch.optim.Adam (bias-corrected; ``step`` counts from 1).
 
-    m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g**2;
-    p -= (lr / (1 - b1**t)) * m / (sqrt(v) / sqrt(1 - b2**t) + eps).
+    m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g**2 (denormals flushed: see
+    flush_denormals); p -= (lr / (1 - b1**t)) * m / (sqrt(v) / sqrt(1 - b2**t) + eps).
     """
     m *= beta1
     m += (1.0 - beta1) * g
     v *= beta2
     v += (1.0 - beta2) * g * g
+    flush_denormals(m)
+    flush_denormals(v)
     bc1 = 1.0 - beta1**step
     bc2_sqrt = math.sqrt(1.0 - beta2**step)
     p -= (lr / bc1) * m / (np.sqrt(v) / bc2_sqrt + eps)
