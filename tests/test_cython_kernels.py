@@ -55,7 +55,8 @@ def test_signatures_match_reference():
 @pytest.mark.parametrize("trans_b", [False, True])
 @pytest.mark.parametrize("beta", [0.0, 0.5])
 @pytest.mark.parametrize("small_max", [262144, 0], ids=["small-kernels", "blas-only"])
-def test_gemm(dtype, shape, trans_a, trans_b, beta, small_max):
+@pytest.mark.parametrize("blas", ["default", "scipy"])
+def test_gemm(dtype, shape, trans_a, trans_b, beta, small_max, blas):
     from fastmlp import _kernels
 
     rng = np.random.default_rng(0)
@@ -69,10 +70,15 @@ def test_gemm(dtype, shape, trans_a, trans_b, beta, small_max):
     C1, C2 = C0.copy(), C0.copy()
     ref.gemm(A, B, C1, trans_a, trans_b, beta)
     old = _kernels._set_small_gemm_max(small_max)
+    found = cy._numpy_openblas()
+    if blas == "scipy":
+        _kernels._use_blas64(0, 0, "scipy")
     try:
         cy.gemm(A, B, C2, trans_a, trans_b, beta)
     finally:
         _kernels._set_small_gemm_max(old)
+        if blas == "scipy" and found:
+            _kernels._use_blas64(*found)
     close(C2, C1, dtype, rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-4 if dtype == np.float32 else 1e-12)
 
 
@@ -489,3 +495,27 @@ def test_wrong_dtype_or_layout_raises():
         cy.act_forward(np.asfortranarray(np.ones((4, 3))), acts.RELU, 0.0, Z)
     with pytest.raises(ValueError):
         cy.act_forward(Z, acts.RELU, 0.0, np.empty((3, 4)))
+
+
+def test_blas_choice():
+    # The products go to NumPy's bundled OpenBLAS when the wheel has one (the
+    # backend's import chose it), else to scipy's; FASTMLP_BLAS=scipy keeps scipy's.
+    import subprocess
+    import sys
+
+    from fastmlp import _kernels
+
+    found = cy._numpy_openblas()
+    if found:
+        assert _kernels.blas_name() == found[2] and found[2].startswith("numpy (")
+        assert found[0] and found[1]
+    else:
+        assert _kernels.blas_name() == "scipy"
+    code = ("import fastmlp.backends.cython_backend; from fastmlp import _kernels; "
+            "print(_kernels.blas_name())")
+    for env, want in (({"FASTMLP_BLAS": "scipy"}, "scipy"), ({"FASTMLP_BLAS": ""}, found[2] if found else "scipy")):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env=dict(__import__("os").environ, **env), check=True).stdout.strip()
+        assert out == want, (env, out)
+    with pytest.raises(ValueError, match="both"):
+        _kernels._use_blas64(1, 0, "half")

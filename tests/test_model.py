@@ -625,3 +625,29 @@ def test_cython_loop_phase_times():
         assert times[phase] > 0.0, (phase, times)
     assert sum(times.values()) <= wall  # the loop is part of fit
     assert set(kernels.loop_phase_times().values()) == {0.0}  # read with reset
+
+
+def test_cython_loop_same_weights_with_either_blas():
+    # NumPy's bundled OpenBLAS and scipy's give the same training to rounding (float64).
+    from fastmlp import _kernels
+    from fastmlp.backends import cython_backend
+
+    found = cython_backend._numpy_openblas()
+    if found is None:
+        pytest.skip("NumPy here does not bundle its own OpenBLAS: the kernels use scipy's only")
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((300, 40))
+    y = rng.integers(0, 3, 300)
+    weights = []
+    for choice in (found, (0, 0, "scipy")):
+        _kernels._use_blas64(*choice)
+        try:
+            m = fastmlp.Sequential([Dense(200, activation="relu"), Dense(3)], input_dim=40, seed=0,
+                                   backend="cython", dtype="float64")
+            m.compile(loss="cross_entropy", optimizer=Adam(1e-3))
+            m.fit(X, y, epochs=2, batch_size=100, verbose=0)
+            weights.append(m.get_weights())
+        finally:
+            _kernels._use_blas64(*found)
+    for a, b in zip(*weights):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)

@@ -26,6 +26,44 @@ for _name, _code in _kernels.ACTIVATION_CODES.items():
 _INT64 = _np.dtype(_np.int64)
 
 
+def _numpy_openblas():
+    """(sgemm address, dgemm address, library name) of the OpenBLAS that NumPy's wheel
+    bundles (ILP64, symbols scipy_?gemm_64_), or None when NumPy uses another BLAS.
+
+    ctypes opens the file NumPy has already loaded: the same library, so the
+    same thread pool, which threadpoolctl bounds as NumPy's.
+    """
+    import ctypes
+    from pathlib import Path
+
+    root = Path(_np.__file__).resolve().parent
+    for folder, pattern in ((root.parent / "numpy.libs", "libscipy_openblas64_*"),   # Linux, Windows
+                            (root / ".dylibs", "libscipy_openblas64_*")):         # macOS
+        for path in sorted(folder.glob(pattern)) if folder.is_dir() else ():
+            try:
+                lib = ctypes.CDLL(str(path))
+                s, d = lib.scipy_sgemm_64_, lib.scipy_dgemm_64_
+            except (OSError, AttributeError):
+                continue
+            addr = [ctypes.cast(f, ctypes.c_void_p).value for f in (s, d)]
+            return addr[0], addr[1], f"numpy ({path.name})"
+    return None
+
+
+def _choose_blas():
+    """NumPy's bundled OpenBLAS when present (FASTMLP_BLAS=scipy keeps scipy's)."""
+    import os
+
+    if os.environ.get("FASTMLP_BLAS", "").lower() == "scipy":
+        return
+    found = _numpy_openblas()
+    if found:
+        _kernels._use_blas64(*found)
+
+
+_choose_blas()
+
+
 def _as(arr, dtype):
     # Only a mismatched array is converted (usually an empty "none" placeholder).
     return arr if arr.dtype == dtype else arr.astype(dtype)
