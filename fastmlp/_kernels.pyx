@@ -211,12 +211,13 @@ cdef inline floating _fabs(floating x) noexcept nogil:
         return fabs(x)
 
 
-cdef inline floating _tiny(floating like) noexcept nogil:
-    # the smallest normal number of the dtype
+cdef inline floating _flush_denormal(floating x) noexcept nogil:
+    # 0 for x below the dtype's smallest normal number in magnitude, else x
+    # (optimizer state: see reference.flush_denormals)
     if floating is float:
-        return FLT_MIN
+        return 0 if _fabs(x) < FLT_MIN else x
     else:
-        return DBL_MIN
+        return 0 if _fabs(x) < DBL_MIN else x
 
 
 cdef inline floating _sigmoid(floating x) noexcept nogil:
@@ -859,7 +860,7 @@ cdef inline void _sgd_span(floating* p, const floating* g, floating* buf, Py_ssi
     # State below the smallest normal number is flushed to 0 (see
     # reference.flush_denormals): denormal arithmetic doubled Adam's time.
     cdef Py_ssize_t i
-    cdef floating gi, bi, tiny = _tiny(lr)
+    cdef floating gi, bi
     if mom == 0:
         for i in range(n):
             p[i] -= lr * g[i]
@@ -867,13 +868,13 @@ cdef inline void _sgd_span(floating* p, const floating* g, floating* buf, Py_ssi
         for i in range(n):
             gi = g[i]
             bi = buf[i] * mom + gi
-            bi = 0 if _fabs(bi) < tiny else bi
+            bi = _flush_denormal(bi)
             buf[i] = bi
             p[i] -= lr * (gi + mom * bi)
     else:
         for i in range(n):
             bi = buf[i] * mom + g[i]
-            bi = 0 if _fabs(bi) < tiny else bi
+            bi = _flush_denormal(bi)
             buf[i] = bi
             p[i] -= lr * bi
 
@@ -904,11 +905,11 @@ cdef inline void _rmsprop_span(floating* p, const floating* g, floating* sq, Py_
                                floating lr, floating rho, floating one_m_rho,
                                floating eps) noexcept nogil:
     cdef Py_ssize_t i
-    cdef floating gi, si, tiny = _tiny(lr)
+    cdef floating gi, si
     for i in range(n):
         gi = g[i]
         si = sq[i] * rho + one_m_rho * gi * gi
-        si = 0 if si < tiny else si
+        si = _flush_denormal(si)
         sq[i] = si
         p[i] -= lr * gi / (_sqrt(si) + eps)
 
@@ -938,13 +939,12 @@ cdef inline void _adam_span(floating* p, const floating* g, floating* m, floatin
                             floating eps) noexcept nogil:
     cdef Py_ssize_t i
     cdef floating gi, mi, vi
-    cdef floating tiny = _tiny(step_size)  # state flushed below it, as in _sgd_span
     for i in range(n):
         gi = g[i]
         mi = m[i] * b1 + one_m_b1 * gi
         vi = v[i] * b2 + one_m_b2 * gi * gi
-        mi = 0 if _fabs(mi) < tiny else mi
-        vi = 0 if vi < tiny else vi
+        mi = _flush_denormal(mi)
+        vi = _flush_denormal(vi)
         m[i] = mi
         v[i] = vi
         p[i] -= step_size * mi / (_sqrt(vi) / bc2_sqrt + eps)

@@ -500,6 +500,7 @@ def test_wrong_dtype_or_layout_raises():
 def test_blas_choice():
     # The products go to NumPy's bundled OpenBLAS when the wheel has one (the
     # backend's import chose it), else to scipy's; FASTMLP_BLAS=scipy keeps scipy's.
+    import os
     import subprocess
     import sys
 
@@ -515,7 +516,7 @@ def test_blas_choice():
             "print(_kernels.blas_name())")
     for env, want in (({"FASTMLP_BLAS": "scipy"}, "scipy"), ({"FASTMLP_BLAS": ""}, found[2] if found else "scipy")):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             env=dict(__import__("os").environ, **env), check=True).stdout.strip()
+                             env=dict(os.environ, **env), check=True).stdout.strip()
         assert out == want, (env, out)
     with pytest.raises(ValueError, match="both"):
         _kernels._use_blas64(1, 0, "half")
