@@ -19,7 +19,7 @@ dtype, sums are accumulated in double. Matrix products call BLAS through
 and the work is large enough to repay a parallel region.
 """
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport (
     erf, erff, exp, expf, expm1, expm1f, fabs, fabsf, log, log1p, log1pf, logf,
     isfinite, pow, sqrt, sqrtf, tanh, tanhf,
@@ -113,7 +113,7 @@ cdef inline bint _parallel(Py_ssize_t work) noexcept nogil:
 # Where the training loop's time goes, phase by phase (opt-in: off, a phase
 # boundary costs one untaken branch). See loop_phase_times.
 PHASES = ("gather", "forward GEMM", "forward elementwise", "loss", "backward GEMM",
-          "backward elementwise", "optimizer", "bookkeeping")
+          "backward elementwise", "optimizer", "bookkeeping", "thread sync")
 cdef enum:
     PH_GATHER = 0
     PH_FWD_GEMM = 1
@@ -123,8 +123,10 @@ cdef enum:
     PH_BWD_ELEM = 5
     PH_OPTIM = 6
     PH_BOOK = 7
+    PH_SYNC = 8
+    N_PHASES = 9
 cdef bint _timing = False
-cdef double _phase_s[8]
+cdef double _phase_s[N_PHASES]
 
 
 cdef inline double _now() noexcept nogil:
@@ -133,10 +135,11 @@ cdef inline double _now() noexcept nogil:
     return ts.tv_sec + 1e-9 * ts.tv_nsec
 
 
-cdef inline double _lap(int phase, double since) noexcept nogil:
-    # charge the time since `since` to phase; returns now (0 when not timing)
+cdef inline double _lap(bint timing, int phase, double since) noexcept nogil:
+    # charge the time since `since` to phase; returns now (0 when not timing).
+    # The loop passes timing = _timing on its first thread only.
     cdef double t
-    if not _timing:
+    if not timing:
         return 0.0
     t = _now()
     _phase_s[phase] += t - since
@@ -156,7 +159,7 @@ def loop_phase_times(enable=None, reset=True):
         _timing = bool(enable)
     out = {name: _phase_s[i] for i, name in enumerate(PHASES)}
     if reset:
-        for i in range(8):
+        for i in range(N_PHASES):
             _phase_s[i] = 0.0
     return out
 
@@ -245,6 +248,16 @@ cdef inline floating _row_max(const floating* z, Py_ssize_t k) noexcept nogil:
 
 
 # ------------------------------------------------------------ linear algebra
+cdef extern from "_barrier.h" nogil:
+    int FM_HAVE_BARRIER
+    int FM_HAVE_OPENMP
+    int fm_team_size()
+    ctypedef struct fm_barrier:
+        int n
+    void fm_barrier_init(fm_barrier* b, int n)
+    void fm_barrier_wait(fm_barrier* b, int* local)
+
+
 cdef extern from "_smallgemm.h" nogil:
     int FM_HAVE_SMALLGEMM
     int fm_small_gemm_f(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* A, int trans_a,
@@ -310,20 +323,33 @@ ctypedef void (*sgemm64_t)(const char*, const char*, const int64_t*, const int64
 ctypedef void (*dgemm64_t)(const char*, const char*, const int64_t*, const int64_t*, const int64_t*,
                            const double*, const double*, const int64_t*, const double*,
                            const int64_t*, const double*, double*, const int64_t*) noexcept nogil
+ctypedef void (*set_threads_t)(int) noexcept nogil
+ctypedef int (*get_threads_t)() noexcept nogil
 cdef sgemm64_t _sgemm64 = NULL
 cdef dgemm64_t _dgemm64 = NULL
+# That library's openblas_set_num_threads / openblas_get_num_threads (NULL:
+# unknown, and the training loop then runs on one thread of its own).
+cdef set_threads_t _blas_set_threads = NULL
+cdef get_threads_t _blas_get_threads = NULL
 _blas_name = "scipy"
 
 
-def _use_blas64(size_t sgemm_address, size_t dgemm_address, str name):
+def _use_blas64(size_t sgemm_address, size_t dgemm_address, str name,
+                size_t set_threads_address=0, size_t get_threads_address=0):
     """Send the products to the ILP64 ?gemm_ at these addresses (from ctypes), or back
-    to scipy's BLAS with (0, 0, "scipy"); returns the previous name."""
-    global _sgemm64, _dgemm64, _blas_name
+    to scipy's BLAS with (0, 0, "scipy"); with the library's thread-count setter and
+    getter the training loop may run its own threads. Returns the previous name."""
+    global _sgemm64, _dgemm64, _blas_name, _blas_set_threads, _blas_get_threads
     if (sgemm_address == 0) != (dgemm_address == 0):
         raise ValueError("give both ?gemm addresses, or neither")
+    if (set_threads_address == 0) != (get_threads_address == 0) or (
+            set_threads_address and not sgemm_address):
+        raise ValueError("give both thread-count functions, with the ?gemm addresses, or neither")
     old = _blas_name
     _sgemm64 = <sgemm64_t>sgemm_address
     _dgemm64 = <dgemm64_t>dgemm_address
+    _blas_set_threads = <set_threads_t>set_threads_address
+    _blas_get_threads = <get_threads_t>get_threads_address
     _blas_name = name if sgemm_address else "scipy"
     return old
 
@@ -333,38 +359,46 @@ def blas_name():
     return _blas_name
 
 
-cdef void _gemm_p(const floating* A, const floating* B, floating* C, int m, int n, int kk,
-                  bint trans_a, bint trans_b, double beta) noexcept nogil:
-    """C (m, n) = op(A) (m, kk) @ op(B) (kk, n) + beta * C, on row-major pointers."""
+cdef void _gemm_ld(const floating* A, int lda, const floating* B, int ldb, floating* C, int ldc,
+                   int m, int n, int kk, bint trans_a, bint trans_b, double beta) noexcept nogil:
+    """C (m, n) = op(A) (m, kk) @ op(B) (kk, n) + beta * C, on row-major pointers whose
+    rows lie lda, ldb, ldc elements apart (the training loop's threads take column
+    blocks of a matrix this way)."""
     # Row-major C is column-major C^T = op(B)^T op(A)^T: swap the operands.
     cdef char ta = b'T' if trans_b else b'N'
     cdef char tb = b'T' if trans_a else b'N'
-    cdef int lda = kk if trans_b else n      # columns of B as stored
-    cdef int ldb = m if trans_a else kk      # columns of A as stored
-    cdef int ldc = n
     cdef floating one = 1
     cdef floating fbeta = <floating>beta
-    cdef Py_ssize_t i
+    cdef Py_ssize_t i, j
     if m == 0 or n == 0:
         return
     if kk == 0:  # empty product: BLAS would reject the leading dimensions
-        for i in range(<Py_ssize_t>m * n):
-            C[i] = 0 if beta == 0.0 else fbeta * C[i]
+        for i in range(m):
+            for j in range(n):
+                C[i * ldc + j] = 0 if beta == 0.0 else fbeta * C[i * ldc + j]
         return
-    if <Py_ssize_t>m * n * kk <= _small_gemm_max and _small_gemm(A, B, C, m, n, kk, trans_a,
-                                                                 trans_b, beta):
+    if (<Py_ssize_t>m * n * kk <= _small_gemm_max and ldc == n
+            and lda == (m if trans_a else kk) and ldb == (kk if trans_b else n)
+            and _small_gemm(A, B, C, m, n, kk, trans_a, trans_b, beta)):
         return
-    cdef int64_t m8 = m, n8 = n, k8 = kk, lda8 = lda, ldb8 = ldb, ldc8 = ldc
+    cdef int64_t m8 = m, n8 = n, k8 = kk, lda8 = ldb, ldb8 = lda, ldc8 = ldc
     if floating is float:
         if _sgemm64 != NULL:
             _sgemm64(&ta, &tb, &n8, &m8, &k8, &one, B, &lda8, A, &ldb8, &fbeta, C, &ldc8)
         else:
-            sgemm(&ta, &tb, &n, &m, &kk, &one, <float*>B, &lda, <float*>A, &ldb, &fbeta, C, &ldc)
+            sgemm(&ta, &tb, &n, &m, &kk, &one, <float*>B, &ldb, <float*>A, &lda, &fbeta, C, &ldc)
     else:
         if _dgemm64 != NULL:
             _dgemm64(&ta, &tb, &n8, &m8, &k8, &one, B, &lda8, A, &ldb8, &fbeta, C, &ldc8)
         else:
-            dgemm(&ta, &tb, &n, &m, &kk, &one, <double*>B, &lda, <double*>A, &ldb, &fbeta, C, &ldc)
+            dgemm(&ta, &tb, &n, &m, &kk, &one, <double*>B, &ldb, <double*>A, &lda, &fbeta, C, &ldc)
+
+
+cdef inline void _gemm_p(const floating* A, const floating* B, floating* C, int m, int n, int kk,
+                         bint trans_a, bint trans_b, double beta) noexcept nogil:
+    """_gemm_ld on contiguous matrices."""
+    _gemm_ld(A, m if trans_a else kk, B, kk if trans_b else n, C, n, m, n, kk, trans_a, trans_b,
+             beta)
 
 
 cdef void c_gemm(const floating[:, ::1] A, const floating[:, ::1] B, floating[:, ::1] C,
@@ -1007,12 +1041,17 @@ cdef double c_sum_squares(const floating[::1] x) noexcept nogil:
     return _sumsq_span(&x[0], n)
 
 
-cdef void c_scale_inplace(floating[::1] x, double factor) noexcept nogil:
-    """x *= factor."""
-    cdef Py_ssize_t i, n = x.shape[0]
+cdef inline void _scale_p(floating* x, Py_ssize_t n, double factor) noexcept nogil:
+    cdef Py_ssize_t i
     cdef floating f = <floating>factor
     for i in range(n):
         x[i] = x[i] * f
+
+
+cdef void c_scale_inplace(floating[::1] x, double factor) noexcept nogil:
+    """x *= factor."""
+    if x.shape[0]:
+        _scale_p(&x[0], x.shape[0], factor)
 
 
 # ------------------------------------------------------------ def wrappers
@@ -1312,13 +1351,14 @@ cdef inline uint64_t _mix64(uint64_t z) noexcept nogil:
 
 
 cdef void _dropout_mask_p(uint64_t seed, uint64_t step, uint64_t unit, double rate, floating* M,
-                          Py_ssize_t size) noexcept nogil:
+                          Py_ssize_t size, Py_ssize_t e0) noexcept nogil:
+    # M[e] for the elements e0 .. e0 + size - 1 of the unit's (rows, fan_out) mask
     cdef uint64_t k2 = _mix64(_mix64(seed + _GOLDEN * (step + 1)) + _GOLDEN * (unit + 1))
     cdef floating scale = <floating>(1.0 / (1.0 - rate))
     cdef double u
     cdef Py_ssize_t e
     for e in range(size):
-        u = <double>(_mix64(k2 + _GOLDEN * <uint64_t>(e + 1)) >> 11) * (1.0 / 9007199254740992.0)
+        u = <double>(_mix64(k2 + _GOLDEN * <uint64_t>(e0 + e + 1)) >> 11) * (1.0 / 9007199254740992.0)
         M[e] = scale if u >= rate else 0
 
 
@@ -1337,7 +1377,7 @@ def dropout_mask(uint64_t seed, Py_ssize_t step, Py_ssize_t unit, double rate, f
     if M.shape[0] == 0 or M.shape[1] == 0:
         return
     with nogil:
-        _dropout_mask_p(seed, <uint64_t>step, <uint64_t>unit, rate, &M[0, 0], M.shape[0] * M.shape[1])
+        _dropout_mask_p(seed, <uint64_t>step, <uint64_t>unit, rate, &M[0, 0], M.shape[0] * M.shape[1], 0)
 
 
 def dropout_forward(const floating[:, ::1] Z, const floating[:, ::1] M, floating[:, ::1] A):
@@ -1547,31 +1587,36 @@ cdef void _rows_act_grad(const floating* Z, const floating* A, floating* dA, Py_
             _act_grad_row(Z + i * k, A + i * k, dA + i * k, dA + i * k, k, act, alpha)
 
 
-cdef void _col_sums_p(const floating* dZ, floating* db, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
-    # Row after row, as NumPy's axis-0 sum of a C array: same rounding.
+cdef void _col_sums_p(const floating* dZ, floating* db, Py_ssize_t n, Py_ssize_t k,
+                      Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
+    # db[j] = sum of column j of dZ (n rows of k), for j in [j0, j1); db points at
+    # column 0. Row after row, as NumPy's axis-0 sum of a C array: same rounding.
     cdef Py_ssize_t i, j
     cdef const floating* row
-    for j in range(k):
+    for j in range(j0, j1):
         db[j] = 0
     for i in range(n):
         row = dZ + i * k
-        for j in range(k):
+        for j in range(j0, j1):
             db[j] = db[j] + row[j]
 
 
 cdef double _count_correct(const floating[:, ::1] out, const int64_t[::1] y,
-                           const floating[:, ::1] Y, int loss_kind) noexcept nogil:
-    cdef Py_ssize_t i, j, best, truth, n = out.shape[0], k = out.shape[1]
+                           const floating[:, ::1] Y, int loss_kind, Py_ssize_t r0,
+                           Py_ssize_t r1) noexcept nogil:
+    # Correct predictions among rows [r0, r1); for binary cross-entropy the
+    # count of correct cells (the caller divides by the columns).
+    cdef Py_ssize_t i, j, best, truth, k = out.shape[1]
     cdef Py_ssize_t c = 0
     if loss_kind == 4 or loss_kind == 5:  # mse, poisson: no accuracy
         return 0.0
-    if loss_kind == 3:  # binary cross-entropy: mean over the columns of each row
-        for i in range(n):
+    if loss_kind == 3:
+        for i in range(r0, r1):
             for j in range(k):
                 if (out[i, j] > 0) == (Y[i, j] > 0.5):
                     c += 1
-        return <double>c / k
-    for i in range(n):
+        return <double>c
+    for i in range(r0, r1):
         best = 0
         for j in range(1, k):
             if out[i, j] > out[i, best]:
@@ -1588,7 +1633,77 @@ cdef double _count_correct(const floating[:, ::1] out, const int64_t[::1] y,
     return <double>c
 
 
+cdef double _loss_rows(int loss_kind, const floating[:, ::1] ZL, const floating[:, ::1] AL,
+                       const int64_t[::1] y, const floating[:, ::1] Y, const floating[::1] sw,
+                       floating[:, ::1] P, floating[:, ::1] dAL, Py_ssize_t r0, Py_ssize_t r1,
+                       double denom) noexcept nogil:
+    """Rows [r0, r1) of the loss kernels above: their weighted loss sum (the
+    batch loss is the sum over all rows / denom) and their rows of dAL (and P).
+    denom is the kernels' own: the weight sum, times the columns for the
+    per-column losses (binary cross-entropy, MSE, Poisson)."""
+    cdef Py_ssize_t i, k = ZL.shape[1]
+    cdef double w, total = 0.0
+    for i in range(r0, r1):
+        w = _weight(sw, i)
+        if loss_kind == 0:
+            total += w * _sce_row(&ZL[i, 0], y[i], <floating>(w / denom), &P[i, 0], &dAL[i, 0], k)
+        elif loss_kind == 1:
+            total += w * _sce_onehot_row(&ZL[i, 0], &Y[i, 0], <floating>(w / denom), &P[i, 0],
+                                         &dAL[i, 0], k)
+        elif loss_kind == 3:
+            total += w * _bce_row(&ZL[i, 0], &Y[i, 0], <floating>(w / denom), &P[i, 0],
+                                  &dAL[i, 0], k)
+        elif loss_kind == 5:
+            total += w * _poisson_row(&ZL[i, 0], &Y[i, 0], <floating>(w / denom), &P[i, 0],
+                                      &dAL[i, 0], k)
+        elif loss_kind == 2:
+            total -= w * AL[i, y[i]]  # read before zeroing: dAL may be AL
+            memset(&dAL[i, 0], 0, k * sizeof(floating))
+            dAL[i, y[i]] = -<floating>(w / denom)
+        else:
+            total += w * _mse_row(&AL[i, 0], &Y[i, 0], <floating>(2.0 * w / denom), &dAL[i, 0], k)
+    return total
+
+
+cdef void _opt_span(int opt_kind, const double[::1] opt_f, double step, floating* p,
+                    const floating* g, floating* s1, floating* s2, Py_ssize_t n) noexcept nogil:
+    """One optimizer update of n parameters (a span of c_sgd_update,
+    c_rmsprop_update or c_adam_update, on one thread); s1, s2 point at the
+    same span of the optimizer's state (s1 NULL for SGD without momentum)."""
+    if n == 0:
+        return
+    if opt_kind == 0:
+        _sgd_span(p, g, s1, n, <floating>opt_f[0], <floating>opt_f[1], opt_f[2] != 0.0)
+    elif opt_kind == 1:
+        _rmsprop_span(p, g, s1, n, <floating>opt_f[0], <floating>opt_f[1],
+                      <floating>(1.0 - opt_f[1]), <floating>opt_f[2])
+    elif opt_kind == 2:
+        _adam_span(p, g, s1, s2, n, <floating>opt_f[1], <floating>(1.0 - opt_f[1]),
+                   <floating>opt_f[2], <floating>(1.0 - opt_f[2]),
+                   <floating>(opt_f[0] / (1.0 - pow(opt_f[1], step))),
+                   <floating>sqrt(1.0 - pow(opt_f[2], step)), <floating>opt_f[3])
+
+
+# The loop's threads share this: a barrier and per-thread partial sums.
+cdef enum:
+    MAX_LOOP_THREADS = 64
+
+cdef struct LoopShared:
+    fm_barrier bar
+    double loss[MAX_LOOP_THREADS]
+    double l2[MAX_LOOP_THREADS]
+    double correct[MAX_LOOP_THREADS]
+    double sumsq[MAX_LOOP_THREADS]
+    Py_ssize_t done
+
+
+cdef inline Py_ssize_t _part(Py_ssize_t n, int t, int nt) noexcept nogil:
+    # start of thread t's share of [0, n) split in nt near-equal parts
+    return n * t // nt
+
+
 cdef Py_ssize_t _train_loop(
+        int tid, int nt, LoopShared* sh,
         const floating[:, ::1] X, const int64_t[::1] y, const floating[:, ::1] Y,
         const floating[::1] sw, const int64_t[::1] order, Py_ssize_t start, Py_ssize_t n_steps,
         UnitPtrs* units, Py_ssize_t n_units, floating[::1] params, floating[::1] grads,
@@ -1597,76 +1712,95 @@ cdef Py_ssize_t _train_loop(
         int loss_kind, int opt_kind, const double[::1] opt_f, floating[::1] state1,
         floating[::1] state2, Py_ssize_t t0, double clip_norm, uint64_t seed, double[::1] losses_out,
         double[::1] correct_out) noexcept nogil:
-    cdef Py_ssize_t s, i, j, r, rows = x_buf.shape[0], L = n_units - 1
-    cdef Py_ssize_t fan_in, fan_out
+    """Thread tid of nt runs n_steps steps; with nt == 1 the whole of each step.
+
+    With nt > 1 (a plan without batch norm, whose dense units own every
+    parameter) thread tid takes rows [r0, r1) of the batch through the
+    gather, the forward pass, the loss and the backward chain of dZ; then,
+    after a barrier, rows [f0, f1) of each dW (its inputs' columns f0..f1)
+    and columns [c0, c1) of each db, and updates those parameters at once
+    (a span of the optimizer is elementwise). A second barrier ends the
+    step. Returns the steps done (fewer when the loss was not finite), or
+    -1 when batch norm could not allocate its scratch space."""
+    cdef Py_ssize_t s, i, r, t, rows = x_buf.shape[0], L = n_units - 1
+    cdef Py_ssize_t r0 = _part(rows, tid, nt), r1 = _part(rows, tid + 1, nt), nr = r1 - r0
+    cdef Py_ssize_t fan_in, fan_out, f0, f1, c0, c1, d = x_buf.shape[1]
     cdef UnitPtrs* u
     cdef const floating* inp
     cdef floating* W
     cdef floating* dW
-    cdef floating* prev_dA
+    cdef floating* s1
+    cdef floating* s2
     cdef const int64_t[::1] idx
-    cdef double loss, norm, t = _now() if _timing else 0.0
+    cdef double loss, l2, correct, denom, norm, step
+    cdef bint timing = _timing and tid == 0
+    cdef double tm = _now() if timing else 0.0
     cdef bint fused = loss_kind == 0 or loss_kind == 1 or loss_kind == 3 or loss_kind == 5
+    cdef int sense = 0
     for s in range(n_steps):
         idx = order[start + s * rows:start + (s + 1) * rows]
-        c_gather_rows(X, idx, x_buf)
+        for r in range(r0, r1):
+            memcpy(&x_buf[r, 0], &X[idx[r], 0], d * sizeof(floating))
         if y.shape[0] != 0:
-            for r in range(rows):
+            for r in range(r0, r1):
                 y_buf[r] = y[idx[r]]
         if Y.shape[0] != 0:
-            c_gather_rows(Y, idx, Y_buf)
+            for r in range(r0, r1):
+                memcpy(&Y_buf[r, 0], &Y[idx[r], 0], Y.shape[1] * sizeof(floating))
         if sw.shape[0] != 0:
+            denom = 0.0  # every thread sums the whole batch's weights, in _weight_sum's order
             for r in range(rows):
+                denom += sw[idx[r]]
+            for r in range(r0, r1):
                 sw_buf[r] = sw[idx[r]]
-        t = _lap(PH_GATHER, t)
-        # forward
-        inp = &x_buf[0, 0]
+        else:
+            denom = <double>rows
+        if loss_kind == 3 or loss_kind == 4 or loss_kind == 5:
+            denom *= ZL.shape[1]
+        tm = _lap(timing, PH_GATHER, tm)
+        # forward, rows r0..r1
+        inp = &x_buf[r0, 0]
         for i in range(n_units):
             u = &units[i]
             if u.kind == 1:
-                t = _lap(PH_FWD_ELEM, t)
-                _gemm_p(inp, &params[u.w_off], <floating*>u.Z, <int>rows, <int>u.fan_out,
-                        <int>u.fan_in, False, False, 0.0)
-                t = _lap(PH_FWD_GEMM, t)
-                _rows_bias_act(<floating*>u.Z, &params[u.b_off], <floating*>u.A, rows, u.fan_out,
-                               u.use_bias, u.act, <floating>u.alpha)
+                tm = _lap(timing, PH_FWD_ELEM, tm)
+                _gemm_p(inp, &params[u.w_off], <floating*>u.Z + r0 * u.fan_out, <int>nr,
+                        <int>u.fan_out, <int>u.fan_in, False, False, 0.0)
+                tm = _lap(timing, PH_FWD_GEMM, tm)
+                _rows_bias_act(<floating*>u.Z + r0 * u.fan_out, &params[u.b_off],
+                               <floating*>u.A + r0 * u.fan_out, nr, u.fan_out, u.use_bias, u.act,
+                               <floating>u.alpha)
             elif u.kind == 2:
-                _dropout_mask_p(seed, <uint64_t>(t0 + s), <uint64_t>i, u.alpha, <floating*>u.M,
-                                rows * u.fan_out)
-                _mul_mask_p(<const floating*>u.Z, <const floating*>u.M, <floating*>u.A, rows * u.fan_out)
-            elif u.kind == 3:
+                _dropout_mask_p(seed, <uint64_t>(t0 + s), <uint64_t>i, u.alpha,
+                                <floating*>u.M + r0 * u.fan_out, nr * u.fan_out, r0 * u.fan_out)
+                _mul_mask_p(<const floating*>u.Z + r0 * u.fan_out, <const floating*>u.M + r0 * u.fan_out,
+                            <floating*>u.A + r0 * u.fan_out, nr * u.fan_out)
+            elif u.kind == 3:  # nt == 1
                 if _bn_forward_p(inp, &params[u.w_off], u.alpha, u.l2, <floating*>u.M, <floating*>u.Z,
                                  <floating*>u.A, rows, u.fan_out):
                     return -1
             elif u.act != IDENTITY:
-                _rows_bias_act(<floating*>u.Z, &params[0], <floating*>u.A, rows, u.fan_out,
-                               False, u.act, <floating>u.alpha)
-            inp = <floating*>u.A
-        t = _lap(PH_FWD_ELEM, t)
-        # fused loss: the gradient at the output lands in dA[L]
-        if loss_kind == 0:
-            loss = c_softmax_cross_entropy(ZL, y_buf, sw_buf, P, dAL)
-        elif loss_kind == 1:
-            loss = c_softmax_cross_entropy_onehot(ZL, Y_buf, sw_buf, P, dAL)
-        elif loss_kind == 3:
-            loss = c_sigmoid_binary_cross_entropy(ZL, Y_buf, sw_buf, P, dAL)
-        elif loss_kind == 5:
-            loss = c_poisson_loss(ZL, Y_buf, sw_buf, P, dAL)
-        elif loss_kind == 2:
-            loss = c_nll_loss(AL, y_buf, sw_buf, dAL)
-        else:
-            loss = c_mse_loss(AL, Y_buf, sw_buf, dAL)
-        t = _lap(PH_LOSS, t)
-        # backward
+                _rows_bias_act(<floating*>u.Z + r0 * u.fan_out, &params[0],
+                               <floating*>u.A + r0 * u.fan_out, nr, u.fan_out, False, u.act,
+                               <floating>u.alpha)
+            inp = <floating*>u.A + r0 * u.fan_out
+        tm = _lap(timing, PH_FWD_ELEM, tm)
+        # the loss: the gradient at the output lands in dA[L]
+        sh.loss[tid] = _loss_rows(loss_kind, ZL, AL, y_buf, Y_buf, sw_buf, P, dAL, r0, r1, denom)
+        sh.correct[tid] = _count_correct(ZL if fused else AL, y_buf, Y_buf, loss_kind, r0, r1)
+        tm = _lap(timing, PH_LOSS, tm)
+        # backward, rows r0..r1: each unit's dZ, and the gradient at its input
+        l2 = 0.0
         for i in range(L, -1, -1):
             u = &units[i]
             fan_in, fan_out = u.fan_in, u.fan_out
             if u.act != IDENTITY and (u.kind == 1 or i > 0):
-                _rows_act_grad(<floating*>u.Z, <floating*>u.A, <floating*>u.dA, rows, fan_out,
-                               u.act, <floating>u.alpha)
+                _rows_act_grad(<floating*>u.Z + r0 * fan_out, <floating*>u.A + r0 * fan_out,
+                               <floating*>u.dA + r0 * fan_out, nr, fan_out, u.act, <floating>u.alpha)
             if u.kind == 2 and i > 0:
-                _mul_mask_p(<const floating*>u.dA, <const floating*>u.M, <floating*>u.dA, rows * fan_out)
-            if u.kind == 3:
+                _mul_mask_p(<const floating*>u.dA + r0 * fan_out, <const floating*>u.M + r0 * fan_out,
+                            <floating*>u.dA + r0 * fan_out, nr * fan_out)
+            if u.kind == 3:  # nt == 1
                 if _bn_backward_p(<const floating*>u.dA, <const floating*>u.Z, &params[u.w_off], u.alpha,
                                   <const floating*>u.M, &grads[u.w_off],
                                   <floating*>units[i - 1].dA if i > 0 else <floating*>NULL, rows, fan_out):
@@ -1674,41 +1808,156 @@ cdef Py_ssize_t _train_loop(
             if u.kind != 1:
                 continue
             W = &params[u.w_off]
+            if u.l2 != 0.0:
+                f0, f1 = _part(fan_in, tid, nt), _part(fan_in, tid + 1, nt)
+                l2 += 0.5 * u.l2 * _sumsq_span(W + f0 * fan_out, (f1 - f0) * fan_out)
+            if i > 0:
+                tm = _lap(timing, PH_BWD_ELEM, tm)
+                _gemm_p(<floating*>u.dA + r0 * fan_out, W, <floating*>units[i - 1].dA + r0 * fan_in,
+                        <int>nr, <int>fan_in, <int>fan_out, False, True, 0.0)
+                tm = _lap(timing, PH_BWD_GEMM, tm)
+        sh.l2[tid] = l2
+        tm = _lap(timing, PH_BWD_ELEM, tm)
+        fm_barrier_wait(&sh.bar, &sense)
+        tm = _lap(timing, PH_SYNC, tm)
+        loss, l2, correct = 0.0, 0.0, 0.0
+        for t in range(nt):
+            loss += sh.loss[t]
+            l2 += sh.l2[t]
+            correct += sh.correct[t]
+        loss = loss / denom + l2
+        if tid == 0:
+            losses_out[s] = loss
+            correct_out[s] = correct / ZL.shape[1] if loss_kind == 3 else correct
+        if not isfinite(loss):
+            return s
+        # dW rows f0..f1 (columns f0..f1 of the input), db columns c0..c1
+        for i in range(L, -1, -1):
+            u = &units[i]
+            if u.kind != 1:
+                continue
+            fan_in, fan_out = u.fan_in, u.fan_out
+            f0, f1 = _part(fan_in, tid, nt), _part(fan_in, tid + 1, nt)
+            W = &params[u.w_off]
             dW = &grads[u.w_off]
             inp = &x_buf[0, 0] if i == 0 else <floating*>units[i - 1].A
             if u.l2 != 0.0:
-                loss += 0.5 * u.l2 * _sumsq_span(W, fan_in * fan_out)
-                memcpy(dW, W, fan_in * fan_out * sizeof(floating))
-            t = _lap(PH_BWD_ELEM, t)
-            _gemm_p(inp, <floating*>u.dA, dW, <int>fan_in, <int>fan_out, <int>rows, True, False, u.l2)
-            t = _lap(PH_BWD_GEMM, t)
+                memcpy(dW + f0 * fan_out, W + f0 * fan_out, (f1 - f0) * fan_out * sizeof(floating))
+            tm = _lap(timing, PH_BWD_ELEM, tm)
+            _gemm_ld(inp + f0, <int>fan_in, <floating*>u.dA, <int>fan_out, dW + f0 * fan_out,
+                     <int>fan_out, <int>(f1 - f0), <int>fan_out, <int>rows, True, False, u.l2)
+            tm = _lap(timing, PH_BWD_GEMM, tm)
             if u.use_bias:
-                _col_sums_p(<floating*>u.dA, &grads[u.b_off], rows, fan_out)
-            if i > 0:
-                prev_dA = <floating*>units[i - 1].dA
-                t = _lap(PH_BWD_ELEM, t)
-                _gemm_p(<floating*>u.dA, W, prev_dA, <int>rows, <int>fan_in, <int>fan_out,
-                        False, True, 0.0)
-                t = _lap(PH_BWD_GEMM, t)
-        t = _lap(PH_BWD_ELEM, t)
-        losses_out[s] = loss
-        correct_out[s] = _count_correct(ZL if fused else AL, y_buf, Y_buf, loss_kind)
-        t = _lap(PH_BOOK, t)
-        if not isfinite(loss):
-            return s
+                _col_sums_p(<floating*>u.dA, &grads[u.b_off], rows, fan_out,
+                            _part(fan_out, tid, nt), _part(fan_out, tid + 1, nt))
+        tm = _lap(timing, PH_BWD_ELEM, tm)
         if clip_norm > 0.0:
-            norm = sqrt(c_sum_squares(grads))
+            if nt == 1:
+                norm = sqrt(_sumsq_span(&grads[0], grads.shape[0]))
+            else:
+                norm = 0.0
+                for i in range(n_units):
+                    u = &units[i]
+                    if u.kind == 1:
+                        f0, f1 = _part(u.fan_in, tid, nt), _part(u.fan_in, tid + 1, nt)
+                        norm += _sumsq_span(&grads[u.w_off + f0 * u.fan_out], (f1 - f0) * u.fan_out)
+                        if u.use_bias:
+                            c0, c1 = _part(u.fan_out, tid, nt), _part(u.fan_out, tid + 1, nt)
+                            norm += _sumsq_span(&grads[u.b_off + c0], c1 - c0)
+                sh.sumsq[tid] = norm
+                fm_barrier_wait(&sh.bar, &sense)
+                norm = 0.0
+                for t in range(nt):
+                    norm += sh.sumsq[t]
+                norm = sqrt(norm)
+                fm_barrier_wait(&sh.bar, &sense)  # sumsq is rewritten next step
             if norm > clip_norm:
-                c_scale_inplace(grads, clip_norm / (norm + 1e-6))
-        if opt_kind == 0:
-            c_sgd_update(params, grads, state1, opt_f[0], opt_f[1], opt_f[2] != 0.0)
-        elif opt_kind == 1:
-            c_rmsprop_update(params, grads, state1, opt_f[0], opt_f[1], opt_f[2])
-        elif opt_kind == 2:
-            c_adam_update(params, grads, state1, state2, opt_f[0], opt_f[1], opt_f[2], opt_f[3],
-                          <double>(t0 + s + 1))
-        t = _lap(PH_OPTIM, t)
+                if nt == 1:
+                    c_scale_inplace(grads, clip_norm / (norm + 1e-6))
+                else:
+                    for i in range(n_units):
+                        u = &units[i]
+                        if u.kind == 1:
+                            f0, f1 = _part(u.fan_in, tid, nt), _part(u.fan_in, tid + 1, nt)
+                            _scale_p(&grads[u.w_off + f0 * u.fan_out], (f1 - f0) * u.fan_out,
+                                     clip_norm / (norm + 1e-6))
+                            if u.use_bias:
+                                c0, c1 = _part(u.fan_out, tid, nt), _part(u.fan_out, tid + 1, nt)
+                                _scale_p(&grads[u.b_off + c0], c1 - c0, clip_norm / (norm + 1e-6))
+        step = <double>(t0 + s + 1)
+        if opt_kind >= 0:
+            if nt == 1:
+                _opt_span(opt_kind, opt_f, step, &params[0], &grads[0],
+                          &state1[0] if state1.shape[0] else NULL,
+                          &state2[0] if state2.shape[0] else NULL, params.shape[0])
+            else:
+                for i in range(n_units):
+                    u = &units[i]
+                    if u.kind != 1:
+                        continue
+                    f0, f1 = _part(u.fan_in, tid, nt), _part(u.fan_in, tid + 1, nt)
+                    r = u.w_off + f0 * u.fan_out
+                    _opt_span(opt_kind, opt_f, step, &params[r], &grads[r],
+                              &state1[r] if state1.shape[0] else NULL,
+                              &state2[r] if state2.shape[0] else NULL, (f1 - f0) * u.fan_out)
+                    if u.use_bias:
+                        r = u.b_off + _part(u.fan_out, tid, nt)
+                        _opt_span(opt_kind, opt_f, step, &params[r], &grads[r],
+                                  &state1[r] if state1.shape[0] else NULL,
+                                  &state2[r] if state2.shape[0] else NULL,
+                                  _part(u.fan_out, tid + 1, nt) - _part(u.fan_out, tid, nt))
+        tm = _lap(timing, PH_OPTIM, tm)
+        # the next step's forward pass reads every parameter, and its gather
+        # overwrites rows of x_buf that this step's dW products read
+        fm_barrier_wait(&sh.bar, &sense)
+        tm = _lap(timing, PH_SYNC, tm)
     return n_steps
+
+
+# The training loop runs on n_threads threads of its own (each on its own
+# share of the batch and of the parameters, with one-thread BLAS calls) when a
+# step has at least this many multiply-adds; below, one thread with BLAS's own.
+cdef Py_ssize_t _loop_mt_min_work = 1 << 20
+# Whether this build can (an OpenMP build with GCC's or clang's atomics).
+_HAVE_LOOP_THREADS = bool(FM_HAVE_BARRIER and FM_HAVE_OPENMP)
+
+
+def _set_loop_threads_min_work(Py_ssize_t n):
+    """Smallest step (multiply-adds of its forward products) that the training loop
+    splits between its own threads; returns the old value. For tests and benchmarks."""
+    global _loop_mt_min_work
+    old = _loop_mt_min_work
+    _loop_mt_min_work = n
+    return old
+
+
+cdef int _last_nt = 0
+
+
+def _last_loop_threads():
+    """Threads of its own the last train_steps call ran on (0 before any). For tests."""
+    return _last_nt
+
+
+def _loop_threads(const int64_t[:, ::1] plan_i, Py_ssize_t n_params, Py_ssize_t rows):
+    """How many threads of its own the training loop takes for this plan and batch:
+    the thread bound, when the loop can split the step (no batch norm, the dense
+    units own every parameter, a row per thread, the library's thread count can
+    be set to 1 meanwhile) and the step is big enough; else 1."""
+    cdef Py_ssize_t i, owned = 0, work = 0
+    cdef int nt = min(_n_threads, <int>MAX_LOOP_THREADS)
+    if (nt < 2 or not FM_HAVE_BARRIER or not FM_HAVE_OPENMP or _loop_parallel or _blas_set_threads == NULL
+            or rows < 2 * nt):
+        return 1
+    for i in range(plan_i.shape[0]):
+        if plan_i[i, 0] == 3:  # batch norm: its statistics need the whole batch
+            return 1
+        if plan_i[i, 0] == 1:
+            owned += plan_i[i, 1] * plan_i[i, 2] + (plan_i[i, 2] if plan_i[i, 4] else 0)
+            work += plan_i[i, 1] * plan_i[i, 2]
+    if owned != n_params or work * rows < _loop_mt_min_work:
+        return 1
+    return nt
 
 
 def train_steps(const floating[:, ::1] X, const int64_t[::1] y, const floating[:, ::1] Y,
@@ -1724,8 +1973,13 @@ def train_steps(const floating[:, ::1] X, const int64_t[::1] y, const floating[:
     buffers Z, A, dA (and M of the dropout units) must be C-contiguous arrays
     of the data's dtype, shaped (batch, fan_out) as the plan says (checked by
     the Python shim)."""
-    cdef Py_ssize_t i, n_units = plan_i.shape[0], done
-    cdef int saved_threads = 0
+    global _last_nt
+    cdef Py_ssize_t i, n_units = plan_i.shape[0], done = 0, got = 0
+    cdef int saved_threads = 0, saved_blas = 0, nt = 1, tid = 0
+    cdef LoopShared sh
+    cdef LoopShared solo
+    cdef LoopShared* shp = &sh
+    cdef LoopShared* solop = &solo
     cdef UnitPtrs* units = <UnitPtrs*>malloc(n_units * sizeof(UnitPtrs))
     cdef floating[:, ::1] ZL = Z[n_units - 1]
     cdef floating[:, ::1] AL = A[n_units - 1]
@@ -1747,17 +2001,44 @@ def train_steps(const floating[:, ::1] X, const int64_t[::1] y, const floating[:
             units[i].A = cnp.PyArray_DATA(<cnp.ndarray>A[i])
             units[i].dA = cnp.PyArray_DATA(<cnp.ndarray>dA[i])
             units[i].M = cnp.PyArray_DATA(<cnp.ndarray>M[i]) if units[i].kind == 2 or units[i].kind == 3 else NULL
+        nt = _loop_threads(plan_i, params.shape[0], x_buf.shape[0])
+        _last_nt = nt
         if not _loop_parallel:
             saved_threads = _n_threads
             set_num_threads(1)
-        with nogil:
-            done = _train_loop(X, y, Y, sw, order, start, n_steps, units, n_units, params, grads,
-                               x_buf, y_buf, Y_buf, sw_buf, ZL, AL, dAL, P, loss_kind, opt_kind,
-                               opt_f, state1, state2, t0, clip_norm, seed, losses_out, correct_out)
+        fm_barrier_init(&sh.bar, nt)
+        fm_barrier_init(&solo.bar, 1)
+        if nt > 1:
+            # each thread's products run on one BLAS thread, side by side
+            saved_blas = _blas_get_threads()
+            _blas_set_threads(1)
+            with nogil, parallel(num_threads=nt):
+                tid = threadid()
+                if fm_team_size() == nt:
+                    got = _train_loop(tid, nt, shp, X, y, Y, sw, order, start, n_steps, units,
+                                      n_units, params, grads, x_buf, y_buf, Y_buf, sw_buf, ZL, AL,
+                                      dAL, P, loss_kind, opt_kind, opt_f, state1, state2, t0,
+                                      clip_norm, seed, losses_out, correct_out)
+                    if tid == 0:
+                        shp.done = got
+                elif tid == 0:  # a smaller team than asked for (OMP_THREAD_LIMIT): one thread
+                    shp.done = _train_loop(0, 1, solop, X, y, Y, sw, order, start, n_steps, units,
+                                           n_units, params, grads, x_buf, y_buf, Y_buf, sw_buf, ZL,
+                                           AL, dAL, P, loss_kind, opt_kind, opt_f, state1, state2,
+                                           t0, clip_norm, seed, losses_out, correct_out)
+            done = sh.done
+        else:
+            with nogil:
+                done = _train_loop(0, 1, solop, X, y, Y, sw, order, start, n_steps, units, n_units,
+                                   params, grads, x_buf, y_buf, Y_buf, sw_buf, ZL, AL, dAL, P,
+                                   loss_kind, opt_kind, opt_f, state1, state2, t0, clip_norm, seed,
+                                   losses_out, correct_out)
     finally:
         free(units)
         if saved_threads > 0:
             set_num_threads(saved_threads)
+        if saved_blas > 0:
+            _blas_set_threads(saved_blas)
     if done < 0:
         raise MemoryError()
     return done

@@ -27,8 +27,10 @@ _INT64 = _np.dtype(_np.int64)
 
 
 def _numpy_openblas():
-    """(sgemm address, dgemm address, library name) of the OpenBLAS that NumPy's wheel
-    bundles (ILP64, symbols scipy_?gemm_64_), or None when NumPy uses another BLAS.
+    """(sgemm address, dgemm address, library name, set_num_threads address,
+    get_num_threads address) of the OpenBLAS that NumPy's wheel bundles (ILP64,
+    symbols scipy_?gemm_64_), or None when NumPy uses another BLAS. The two
+    thread-count addresses are 0 when the library lacks those functions.
 
     ctypes opens the file NumPy has already loaded: the same library, so the
     same thread pool, which threadpoolctl bounds as NumPy's.
@@ -46,7 +48,12 @@ def _numpy_openblas():
             except (OSError, AttributeError):
                 continue
             addr = [ctypes.cast(f, ctypes.c_void_p).value for f in (s, d)]
-            return addr[0], addr[1], f"numpy ({path.name})"
+            try:
+                threads = [ctypes.cast(f, ctypes.c_void_p).value for f in (
+                    lib.scipy_openblas_set_num_threads64_, lib.scipy_openblas_get_num_threads64_)]
+            except AttributeError:
+                threads = [0, 0]
+            return addr[0], addr[1], f"numpy ({path.name})", threads[0], threads[1]
     return None
 
 

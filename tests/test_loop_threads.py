@@ -1,0 +1,240 @@
+"""The Cython training loop on threads of its own (``_kernels._loop_threads``).
+
+With ``n_threads`` > 1 and a big enough step, each thread takes a share of
+the batch's rows through the forward and backward chain, then a share of
+every dW, db and of the optimizer update, with one-thread BLAS calls. The
+tests force that path on small problems (``_set_loop_threads_min_work(0)``)
+and compare with the reference backend, and check when the loop declines
+to split and that BLAS gets its thread count back.
+"""
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_info, threadpool_limits
+
+import fastmlp
+from fastmlp import activations as A
+from fastmlp.backends import reference as ref
+from fastmlp.layers import Dense, Dropout
+
+from conftest import DTYPES, assert_close
+
+K = pytest.importorskip("fastmlp._kernels")
+cy = fastmlp.get_backend("cython")
+if cy.NAME != "cython":  # pragma: no cover - extension not built
+    pytest.skip("the Cython backend is not built", allow_module_level=True)
+from fastmlp.backends import cython_backend  # noqa: E402
+
+if not K._HAVE_LOOP_THREADS:  # pragma: no cover
+    pytest.skip("the extension was built without OpenMP: its loop runs on one thread",
+                allow_module_level=True)
+_found = cython_backend._numpy_openblas()
+if _found is None or not _found[3] or K.blas_name() == "scipy":  # pragma: no cover
+    # the loop splits only when it can set the BLAS it calls to one thread
+    pytest.skip("the kernels do not call NumPy's bundled OpenBLAS here", allow_module_level=True)
+
+
+@pytest.fixture(params=DTYPES, ids=["float32", "float64"])
+def dt(request):
+    return np.dtype(request.param)
+
+
+@pytest.fixture
+def split_loop():
+    """Let the loop split any step (no minimum work); restore the thread bound after."""
+    old_work = K._set_loop_threads_min_work(0)
+    old_threads = K.get_num_threads()
+    yield
+    K._set_loop_threads_min_work(old_work)
+    K.set_num_threads(old_threads)
+
+
+def _numpy_blas_threads():
+    return [lib["num_threads"] for lib in threadpool_info()
+            if lib["user_api"] == "blas" and any(s in lib["filepath"] for s in ("numpy.libs", "numpy/.dylibs"))]
+
+
+# Dense(d->7, tanh), Dropout(0.3), Dense(7->6, relu, L2), Dense(6->k) [+ log-softmax for nll]
+def _plan(d, k, loss_kind, dropout=True):
+    rows, f, off = [], [], 0
+    sizes = [(d, 7, A.TANH, 0.0), (7, 6, A.RELU, 0.02), (6, k, A.IDENTITY, 0.0)]
+    for i, (fi, fo, act, l2) in enumerate(sizes):
+        rows.append((ref.KIND_DENSE, fi, fo, act, 1, off, off + fi * fo))
+        f.append((0.0, l2))
+        off += fi * fo + fo
+        if i == 0 and dropout:
+            rows.append((ref.KIND_DROPOUT, fo, fo, A.IDENTITY, 0, 0, 0))
+            f.append((0.3, 0.0))
+    if loss_kind == ref.LOSS_NLL:
+        rows.append((ref.KIND_ACTIVATION, k, k, A.LOG_SOFTMAX, 0, 0, 0))
+        f.append((0.0, 0.0))
+    return np.array(rows, np.int64), np.array(f, np.float64), off
+
+
+def _buffers(plan_i, bs, dt, d):
+    Z, Aa, M = [], [], []
+    prev = np.empty((bs, d), dt)
+    for kind, fan_in, fan_out, act, *_ in plan_i:
+        z = np.empty((bs, fan_out), dt) if kind == ref.KIND_DENSE else prev
+        a = z if act == A.IDENTITY and kind != ref.KIND_DROPOUT else np.empty((bs, fan_out), dt)
+        M.append(np.full((bs, fan_out), np.nan, dt) if kind == ref.KIND_DROPOUT else np.empty((0, 0), dt))
+        Z.append(z)
+        Aa.append(a)
+        prev = a
+    L = len(plan_i)
+    dA = [None] * L
+    dA[L - 1] = np.empty((bs, plan_i[-1][2]), dt)
+    for i in range(L - 1, 0, -1):
+        dA[i - 1] = np.empty((bs, plan_i[i][1]), dt) if plan_i[i][0] == ref.KIND_DENSE else dA[i]
+    return Z, Aa, dA, M
+
+
+def _problem(dt, loss_kind, n=61, d=5, k=3, seed=0):
+    rng = np.random.default_rng([seed, loss_kind])
+    X = rng.standard_normal((n, d)).astype(dt)
+    labels = loss_kind in (ref.LOSS_CE, ref.LOSS_NLL)
+    y = rng.integers(0, k, n).astype(np.int64) if labels else np.empty(0, np.int64)
+    Y = {ref.LOSS_CE_ONEHOT: lambda: np.eye(k, dtype=dt)[rng.integers(0, k, n)],
+         ref.LOSS_BCE: lambda: (rng.random((n, k)) < 0.5).astype(dt),
+         ref.LOSS_MSE: lambda: rng.standard_normal((n, k)).astype(dt),
+         ref.LOSS_POISSON: lambda: rng.poisson(2.0, (n, k)).astype(dt)}.get(
+        loss_kind, lambda: np.empty((0, 0), dt))()
+    sw = rng.uniform(0.5, 2.0, n).astype(dt)
+    order = rng.permutation(n).astype(np.int64)
+    return X, y, Y, sw, order
+
+
+def _run(mod, dt, loss_kind, opt_kind, bs, n_steps, clip, X, y, Y, sw, order, params0, plan_i, plan_f):
+    k = plan_i[-1][2]
+    labels = y.shape[0] != 0
+    n_params = params0.shape[0]
+    params, grads = params0.copy(), np.zeros(n_params, dt)
+    s1 = np.zeros(n_params, dt)
+    s2 = np.zeros(n_params if opt_kind == ref.OPT_ADAM else 0, dt)
+    Z, Aa, dA, M = _buffers(plan_i, bs, dt, X.shape[1])
+    opt_f = np.array({ref.OPT_SGD: (0.1, 0.9, 1.0, 0.0), ref.OPT_RMSPROP: (0.01, 0.9, 1e-8, 0.0),
+                      ref.OPT_ADAM: (0.01, 0.9, 0.999, 1e-8)}[opt_kind], np.float64)
+    losses, correct = np.full(n_steps, np.nan), np.full(n_steps, np.nan)
+    done = mod.train_steps(X, y, Y, sw, order, 3, n_steps, plan_i, plan_f, params, grads,
+                           np.empty((bs, X.shape[1]), dt), np.empty(bs if labels else 0, np.int64),
+                           np.empty((0, 0) if labels else (bs, k), dt), np.empty(bs if sw.shape[0] else 0, dt),
+                           Z, Aa, dA, M, np.empty((bs, k), dt), loss_kind, opt_kind, opt_f, s1, s2, 4, clip,
+                           987, losses, correct)
+    return done, params, grads, losses, correct, s1, s2
+
+
+LOSSES = [ref.LOSS_CE, ref.LOSS_CE_ONEHOT, ref.LOSS_NLL, ref.LOSS_BCE, ref.LOSS_MSE, ref.LOSS_POISSON]
+LOSS_IDS = ["ce", "ce_onehot", "nll", "bce", "mse", "poisson"]
+
+
+@pytest.mark.parametrize("loss_kind", LOSSES, ids=LOSS_IDS)
+@pytest.mark.parametrize("opt_kind", [ref.OPT_SGD, ref.OPT_RMSPROP, ref.OPT_ADAM], ids=["sgd", "rmsprop", "adam"])
+@pytest.mark.parametrize("nt", [2, 3])
+def test_split_loop_matches_reference(split_loop, dt, loss_kind, opt_kind, nt):
+    # rows 11 over 2 or 3 threads, fan-ins 5, 7, 6 and outputs 7, 6, 3: uneven shares everywhere;
+    # dropout, an L2 penalty, sample weights and the optimizer's state all split with them
+    X, y, Y, sw, order = _problem(dt, loss_kind)
+    plan_i, plan_f, n_params = _plan(X.shape[1], 3, loss_kind)
+    params0 = np.random.default_rng(1).uniform(-0.5, 0.5, n_params).astype(dt)
+    bs, n_steps = 11, 5
+    K.set_num_threads(nt)
+    got = _run(cy, dt, loss_kind, opt_kind, bs, n_steps, 0.0, X, y, Y, sw, order, params0, plan_i, plan_f)
+    assert K._last_loop_threads() == nt  # the split path ran
+    want = _run(ref, dt, loss_kind, opt_kind, bs, n_steps, 0.0, X, y, Y, sw, order, params0, plan_i, plan_f)
+    rtol = 1e-4 if dt == np.float32 else 1e-10
+    assert got[0] == want[0] == n_steps
+    assert_close(got[3], want[3], dt, rtol=rtol, err_msg="losses")
+    np.testing.assert_array_equal(got[4], want[4])  # correct counts
+    for name, g, w in zip(("params", "grads", "state1", "state2"), got[1:3] + got[5:], want[1:3] + want[5:]):
+        assert_close(g, w, dt, rtol=rtol, err_msg=name)
+    assert not np.allclose(want[1], params0)
+
+
+@pytest.mark.parametrize("nt", [2, 3])
+def test_split_loop_clips_the_global_norm(split_loop, nt):
+    dt = np.dtype(np.float64)
+    X, y, Y, sw, order = _problem(dt, ref.LOSS_CE, seed=5)
+    X *= 30.0  # large gradients: the clip binds at every step
+    plan_i, plan_f, n_params = _plan(X.shape[1], 3, ref.LOSS_CE, dropout=False)
+    params0 = np.random.default_rng(2).uniform(-0.5, 0.5, n_params)
+    K.set_num_threads(nt)
+    got = _run(cy, dt, ref.LOSS_CE, ref.OPT_SGD, 12, 4, 0.25, X, y, Y, np.empty(0), order, params0, plan_i, plan_f)
+    assert K._last_loop_threads() == nt
+    want = _run(ref, dt, ref.LOSS_CE, ref.OPT_SGD, 12, 4, 0.25, X, y, Y, np.empty(0), order, params0, plan_i,
+                plan_f)
+    np.testing.assert_allclose(np.linalg.norm(want[2]), 0.25, rtol=1e-5)  # the last step's clipped gradient
+    for g, w in zip(got[1:4], want[1:4]):
+        np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12)
+
+
+def test_split_loop_stops_at_nonfinite_loss(split_loop):
+    dt = np.dtype(np.float64)
+    X, y, Y, sw, order = _problem(dt, ref.LOSS_MSE, n=40)
+    order = np.arange(40, dtype=np.int64)
+    Y[3 + 10 + 4, 1] = 1e200  # a row of the second batch (start 3, batches of 10): its square overflows
+    plan_i, plan_f, n_params = _plan(X.shape[1], 3, ref.LOSS_MSE, dropout=False)
+    params0 = np.random.default_rng(3).uniform(-0.5, 0.5, n_params)
+    K.set_num_threads(2)
+    with np.errstate(over="ignore", invalid="ignore"):
+        done, params, _, losses, *_ = _run(cy, dt, ref.LOSS_MSE, ref.OPT_ADAM, 10, 3, 0.0, X, y, Y, sw, order,
+                                           params0, plan_i, plan_f)
+        _, one_step, _, first, *_ = _run(ref, dt, ref.LOSS_MSE, ref.OPT_ADAM, 10, 1, 0.0, X, y, Y, sw, order,
+                                         params0, plan_i, plan_f)
+    assert K._last_loop_threads() == 2
+    assert done == 1
+    assert not np.isfinite(losses[1])
+    np.testing.assert_allclose(losses[0], first[0], rtol=1e-12)
+    np.testing.assert_allclose(params, one_step, rtol=1e-12)  # the failing step applied no update
+
+
+def test_when_the_loop_does_not_split(split_loop):
+    plan_i, _, n_params = _plan(5, 3, ref.LOSS_CE)
+    K.set_num_threads(2)
+    assert K._loop_threads(plan_i, n_params, 11) == 2
+    assert K._loop_threads(plan_i, n_params, 3) == 1           # fewer than two rows per thread
+    assert K._loop_threads(plan_i, n_params + 4, 11) == 1      # parameters no dense unit owns
+    bn = plan_i.copy()
+    bn[1] = (ref.KIND_BATCHNORM, 7, 7, A.IDENTITY, 1, n_params, n_params + 7)
+    assert K._loop_threads(bn, n_params + 28, 11) == 1         # batch norm needs the whole batch
+    K.set_num_threads(1)
+    assert K._loop_threads(plan_i, n_params, 11) == 1
+    K.set_num_threads(2)
+    K._set_loop_threads_min_work(11 * (5 * 7 + 7 * 6 + 6 * 3) + 1)  # one multiply-add short
+    assert K._loop_threads(plan_i, n_params, 11) == 1
+    K._set_loop_threads_min_work(11 * (5 * 7 + 7 * 6 + 6 * 3))
+    assert K._loop_threads(plan_i, n_params, 11) == 2
+
+
+def test_split_loop_gives_blas_its_threads_back(split_loop):
+    dt = np.dtype(np.float64)
+    X, y, Y, sw, order = _problem(dt, ref.LOSS_CE)
+    plan_i, plan_f, n_params = _plan(X.shape[1], 3, ref.LOSS_CE)
+    params0 = np.zeros(n_params)
+    K.set_num_threads(2)
+    with threadpool_limits(2, user_api="blas"):
+        _run(cy, dt, ref.LOSS_CE, ref.OPT_ADAM, 11, 5, 0.0, X, y, Y, sw, order, params0, plan_i, plan_f)
+        assert K._last_loop_threads() == 2
+        assert _numpy_blas_threads() == [2]
+
+
+@pytest.mark.parametrize("n_threads", [2, 3])
+def test_model_trains_the_same_split_or_not(split_loop, monkeypatch, n_threads):
+    # Sequential.fit end to end (shuffled epochs, a last partial batch, dropout, L2), float64;
+    # the model's own policy would keep a net this small on one thread
+    monkeypatch.setattr(fastmlp.model, "_BLAS_SERIAL_WORK", 0)
+    rng = np.random.default_rng(11)
+    X = rng.standard_normal((203, 9))
+    y = rng.integers(0, 4, 203)
+
+    def train(backend, nt):
+        m = fastmlp.Sequential([Dense(16, activation="gelu"), Dropout(0.2), Dense(12, activation="tanh", l2=1e-3),
+                                Dense(4)], input_dim=9, dtype="float64", seed=11, backend=backend, n_threads=nt)
+        m.compile(loss="cross_entropy", optimizer=fastmlp.optim.Adam(1e-2))
+        hist = m.fit(X, y, epochs=2, batch_size=16, shuffle=True, verbose=0)
+        return m.get_weights(), hist.history["loss"]
+
+    w_ref, l_ref = train("reference", 1)
+    w_cy, l_cy = train("cython", n_threads)
+    assert K._last_loop_threads() == n_threads
+    np.testing.assert_allclose(l_cy, l_ref, rtol=1e-11)
+    for a, b in zip(w_cy, w_ref):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
