@@ -1684,6 +1684,21 @@ cdef void _opt_span(int opt_kind, const double[::1] opt_f, double step, floating
                    <floating>sqrt(1.0 - pow(opt_f[2], step)), <floating>opt_f[3])
 
 
+cdef inline void _update_share(UnitPtrs* u, int tid, int nt, int opt_kind, const double[::1] opt_f,
+                               double step, floating[::1] params, floating[::1] grads,
+                               floating[::1] state1, floating[::1] state2) noexcept nogil:
+    # the optimizer on thread tid's share of a dense unit: rows f0..f1 of W, columns c0..c1 of b
+    cdef Py_ssize_t f0 = _part(u.fan_in, tid, nt), f1 = _part(u.fan_in, tid + 1, nt)
+    cdef Py_ssize_t r = u.w_off + f0 * u.fan_out
+    _opt_span(opt_kind, opt_f, step, &params[r], &grads[r], &state1[r] if state1.shape[0] else NULL,
+              &state2[r] if state2.shape[0] else NULL, (f1 - f0) * u.fan_out)
+    if u.use_bias:
+        r = u.b_off + _part(u.fan_out, tid, nt)
+        _opt_span(opt_kind, opt_f, step, &params[r], &grads[r], &state1[r] if state1.shape[0] else NULL,
+                  &state2[r] if state2.shape[0] else NULL,
+                  _part(u.fan_out, tid + 1, nt) - _part(u.fan_out, tid, nt))
+
+
 # The loop's threads share this: a barrier and per-thread partial sums.
 cdef enum:
     MAX_LOOP_THREADS = 64
@@ -1831,7 +1846,8 @@ cdef Py_ssize_t _train_loop(
             correct_out[s] = correct / ZL.shape[1] if loss_kind == 3 else correct
         if not isfinite(loss):
             return s
-        # dW rows f0..f1 (columns f0..f1 of the input), db columns c0..c1
+        # dW rows f0..f1 (columns f0..f1 of the input), db columns c0..c1. (Updating
+        # each share right after its dW, while in cache, measured no faster.)
         for i in range(L, -1, -1):
             u = &units[i]
             if u.kind != 1:
@@ -1892,20 +1908,9 @@ cdef Py_ssize_t _train_loop(
                           &state2[0] if state2.shape[0] else NULL, params.shape[0])
             else:
                 for i in range(n_units):
-                    u = &units[i]
-                    if u.kind != 1:
-                        continue
-                    f0, f1 = _part(u.fan_in, tid, nt), _part(u.fan_in, tid + 1, nt)
-                    r = u.w_off + f0 * u.fan_out
-                    _opt_span(opt_kind, opt_f, step, &params[r], &grads[r],
-                              &state1[r] if state1.shape[0] else NULL,
-                              &state2[r] if state2.shape[0] else NULL, (f1 - f0) * u.fan_out)
-                    if u.use_bias:
-                        r = u.b_off + _part(u.fan_out, tid, nt)
-                        _opt_span(opt_kind, opt_f, step, &params[r], &grads[r],
-                                  &state1[r] if state1.shape[0] else NULL,
-                                  &state2[r] if state2.shape[0] else NULL,
-                                  _part(u.fan_out, tid + 1, nt) - _part(u.fan_out, tid, nt))
+                    if units[i].kind == 1:
+                        _update_share(&units[i], tid, nt, opt_kind, opt_f, step, params, grads,
+                                      state1, state2)
         tm = _lap(timing, PH_OPTIM, tm)
         # the next step's forward pass reads every parameter, and its gather
         # overwrites rows of x_buf that this step's dW products read
@@ -1914,20 +1919,25 @@ cdef Py_ssize_t _train_loop(
     return n_steps
 
 
-# The training loop runs on n_threads threads of its own (each on its own
-# share of the batch and of the parameters, with one-thread BLAS calls) when a
-# step has at least this many multiply-adds; below, one thread with BLAS's own.
+# The training loop runs on threads of its own (each on its own share of the
+# batch and of the parameters, with one-thread BLAS calls) when a step has at
+# least this many multiply-adds, with at most one thread per this many rows;
+# else on one thread, with BLAS's own threads.
 cdef Py_ssize_t _loop_mt_min_work = 1 << 20
+cdef Py_ssize_t _loop_mt_min_rows = 16
 # Whether this build can (an OpenMP build with GCC's or clang's atomics).
 _HAVE_LOOP_THREADS = bool(FM_HAVE_BARRIER and FM_HAVE_OPENMP)
 
 
-def _set_loop_threads_min_work(Py_ssize_t n):
-    """Smallest step (multiply-adds of its forward products) that the training loop
-    splits between its own threads; returns the old value. For tests and benchmarks."""
-    global _loop_mt_min_work
-    old = _loop_mt_min_work
-    _loop_mt_min_work = n
+def _set_loop_split_limits(Py_ssize_t min_work, Py_ssize_t min_rows):
+    """The smallest step (multiply-adds of its forward products) that the training
+    loop splits between threads of its own, and the fewest batch rows per thread;
+    returns the old pair. For tests and benchmarks."""
+    global _loop_mt_min_work, _loop_mt_min_rows
+    if min_rows < 1:
+        raise ValueError("min_rows must be >= 1")
+    old = (_loop_mt_min_work, _loop_mt_min_rows)
+    _loop_mt_min_work, _loop_mt_min_rows = min_work, min_rows
     return old
 
 
@@ -1941,13 +1951,14 @@ def _last_loop_threads():
 
 def _loop_threads(const int64_t[:, ::1] plan_i, Py_ssize_t n_params, Py_ssize_t rows):
     """How many threads of its own the training loop takes for this plan and batch:
-    the thread bound, when the loop can split the step (no batch norm, the dense
-    units own every parameter, a row per thread, the library's thread count can
-    be set to 1 meanwhile) and the step is big enough; else 1."""
+    the thread bound, capped at one thread per _loop_mt_min_rows rows, when the
+    loop can split the step (no batch norm, the dense units own every parameter,
+    the BLAS's thread count can be set to 1 meanwhile) and the step is big
+    enough; else 1."""
     cdef Py_ssize_t i, owned = 0, work = 0
-    cdef int nt = min(_n_threads, <int>MAX_LOOP_THREADS)
-    if (nt < 2 or not FM_HAVE_BARRIER or not FM_HAVE_OPENMP or _loop_parallel or _blas_set_threads == NULL
-            or rows < 2 * nt):
+    cdef int nt = <int>min(<Py_ssize_t>min(_n_threads, <int>MAX_LOOP_THREADS), rows // _loop_mt_min_rows)
+    if (nt < 2 or not FM_HAVE_BARRIER or not FM_HAVE_OPENMP or _loop_parallel
+            or _blas_set_threads == NULL):
         return 1
     for i in range(plan_i.shape[0]):
         if plan_i[i, 0] == 3:  # batch norm: its statistics need the whole batch

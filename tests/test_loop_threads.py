@@ -3,7 +3,7 @@
 With ``n_threads`` > 1 and a big enough step, each thread takes a share of
 the batch's rows through the forward and backward chain, then a share of
 every dW, db and of the optimizer update, with one-thread BLAS calls. The
-tests force that path on small problems (``_set_loop_threads_min_work(0)``)
+tests force that path on small problems (``_set_loop_split_limits(0, 2)``)
 and compare with the reference backend, and check when the loop declines
 to split and that BLAS gets its thread count back.
 """
@@ -40,11 +40,11 @@ def dt(request):
 
 @pytest.fixture
 def split_loop():
-    """Let the loop split any step (no minimum work); restore the thread bound after."""
-    old_work = K._set_loop_threads_min_work(0)
+    """Let the loop split any step (no minimum work, two rows per thread); restore after."""
+    old_limits = K._set_loop_split_limits(0, 2)
     old_threads = K.get_num_threads()
     yield
-    K._set_loop_threads_min_work(old_work)
+    K._set_loop_split_limits(*old_limits)
     K.set_num_threads(old_threads)
 
 
@@ -128,7 +128,7 @@ LOSS_IDS = ["ce", "ce_onehot", "nll", "bce", "mse", "poisson"]
 
 @pytest.mark.parametrize("loss_kind", LOSSES, ids=LOSS_IDS)
 @pytest.mark.parametrize("opt_kind", [ref.OPT_SGD, ref.OPT_RMSPROP, ref.OPT_ADAM], ids=["sgd", "rmsprop", "adam"])
-@pytest.mark.parametrize("nt", [2, 3])
+@pytest.mark.parametrize("nt", [2, 3, 4])  # 4: more threads than this 2-core CI machine has
 def test_split_loop_matches_reference(split_loop, dt, loss_kind, opt_kind, nt):
     # rows 11 over 2 or 3 threads, fan-ins 5, 7, 6 and outputs 7, 6, 3: uneven shares everywhere;
     # dropout, an L2 penalty, sample weights and the optimizer's state all split with them
@@ -197,11 +197,24 @@ def test_when_the_loop_does_not_split(split_loop):
     assert K._loop_threads(bn, n_params + 28, 11) == 1         # batch norm needs the whole batch
     K.set_num_threads(1)
     assert K._loop_threads(plan_i, n_params, 11) == 1
-    K.set_num_threads(2)
-    K._set_loop_threads_min_work(11 * (5 * 7 + 7 * 6 + 6 * 3) + 1)  # one multiply-add short
-    assert K._loop_threads(plan_i, n_params, 11) == 1
-    K._set_loop_threads_min_work(11 * (5 * 7 + 7 * 6 + 6 * 3))
+    K.set_num_threads(4)
+    assert K._loop_threads(plan_i, n_params, 11) == 4
+    assert K._loop_threads(plan_i, n_params, 7) == 3           # at most a thread per two rows
+    K._set_loop_split_limits(0, 4)
     assert K._loop_threads(plan_i, n_params, 11) == 2
+    K.set_num_threads(2)
+    K._set_loop_split_limits(11 * (5 * 7 + 7 * 6 + 6 * 3) + 1, 2)  # one multiply-add short
+    assert K._loop_threads(plan_i, n_params, 11) == 1
+    K._set_loop_split_limits(11 * (5 * 7 + 7 * 6 + 6 * 3), 2)
+    assert K._loop_threads(plan_i, n_params, 11) == 2
+    # the defaults: a step of 2**20 multiply-adds, 16 rows per thread
+    K._set_loop_split_limits(1 << 20, 16)
+    big = np.array([(ref.KIND_DENSE, 784, 256, A.RELU, 1, 0, 784 * 256),
+                    (ref.KIND_DENSE, 256, 10, A.IDENTITY, 1, 784 * 256 + 256, 784 * 256 + 256 + 2560)], np.int64)
+    n_big = 784 * 256 + 256 + 2570
+    assert K._loop_threads(big, n_big, 128) == 2
+    assert K._loop_threads(big, n_big, 31) == 1
+    assert K._loop_threads(big, n_big, 5) == 1
 
 
 def test_split_loop_gives_blas_its_threads_back(split_loop):
