@@ -106,8 +106,14 @@ def _set_loop_parallel(bint on):
     return old
 
 
+# Training loops running now whose kernels stay serial (see above); counted
+# rather than set, so that loops running at once in several Python threads
+# leave nothing changed when the last one ends. Changed with the GIL held.
+cdef int _serial_loops = 0
+
+
 cdef inline bint _parallel(Py_ssize_t work) noexcept nogil:
-    return _n_threads > 1 and work >= _par_min_work
+    return _n_threads > 1 and work >= _par_min_work and _serial_loops == 0
 
 
 # Where the training loop's time goes, phase by phase (opt-in: off, a phase
@@ -1942,6 +1948,26 @@ def _set_loop_split_limits(Py_ssize_t min_work, Py_ssize_t min_rows):
 
 
 cdef int _last_nt = 0
+# While any split loop runs, the BLAS runs on one thread; the count makes loops
+# running at once in several Python threads restore the caller's setting only
+# when the last one ends. Changed with the GIL held only.
+cdef int _blas_pins = 0
+cdef int _blas_saved = 0
+
+
+cdef void _pin_blas():
+    global _blas_pins, _blas_saved
+    if _blas_pins == 0:
+        _blas_saved = _blas_get_threads()
+        _blas_set_threads(1)
+    _blas_pins += 1
+
+
+cdef void _unpin_blas():
+    global _blas_pins
+    _blas_pins -= 1
+    if _blas_pins == 0 and _blas_saved > 0:
+        _blas_set_threads(_blas_saved)
 
 
 def _last_loop_threads():
@@ -1984,9 +2010,10 @@ def train_steps(const floating[:, ::1] X, const int64_t[::1] y, const floating[:
     buffers Z, A, dA (and M of the dropout units) must be C-contiguous arrays
     of the data's dtype, shaped (batch, fan_out) as the plan says (checked by
     the Python shim)."""
-    global _last_nt
+    global _last_nt, _serial_loops
     cdef Py_ssize_t i, n_units = plan_i.shape[0], done = 0, got = 0
-    cdef int saved_threads = 0, saved_blas = 0, nt = 1, tid = 0
+    cdef int nt = 1, tid = 0
+    cdef bint pinned = False, serial = False
     cdef LoopShared sh
     cdef LoopShared solo
     cdef LoopShared* shp = &sh
@@ -2015,14 +2042,14 @@ def train_steps(const floating[:, ::1] X, const int64_t[::1] y, const floating[:
         nt = _loop_threads(plan_i, params.shape[0], x_buf.shape[0])
         _last_nt = nt
         if not _loop_parallel:
-            saved_threads = _n_threads
-            set_num_threads(1)
+            _serial_loops += 1
+            serial = True
         fm_barrier_init(&sh.bar, nt)
         fm_barrier_init(&solo.bar, 1)
         if nt > 1:
             # each thread's products run on one BLAS thread, side by side
-            saved_blas = _blas_get_threads()
-            _blas_set_threads(1)
+            _pin_blas()
+            pinned = True
             with nogil, parallel(num_threads=nt):
                 tid = threadid()
                 if fm_team_size() == nt:
@@ -2046,10 +2073,10 @@ def train_steps(const floating[:, ::1] X, const int64_t[::1] y, const floating[:
                                    losses_out, correct_out)
     finally:
         free(units)
-        if saved_threads > 0:
-            set_num_threads(saved_threads)
-        if saved_blas > 0:
-            _blas_set_threads(saved_blas)
+        if serial:
+            _serial_loops -= 1
+        if pinned:
+            _unpin_blas()
     if done < 0:
         raise MemoryError()
     return done

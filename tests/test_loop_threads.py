@@ -229,6 +229,36 @@ def test_split_loop_gives_blas_its_threads_back(split_loop):
         assert _numpy_blas_threads() == [2]
 
 
+def test_loops_in_several_python_threads_restore_the_settings(split_loop):
+    # Two split loops at once (the GIL is released while they run): each pins BLAS to one
+    # thread; the setting comes back only when the last one ends, and the compiled
+    # kernels' own thread bound is never changed.
+    import threading
+
+    dt = np.dtype(np.float64)
+    X, y, Y, sw, order = _problem(dt, ref.LOSS_CE, n=4001)
+    plan_i, plan_f, n_params = _plan(X.shape[1], 3, ref.LOSS_CE)
+    params0 = np.random.default_rng(4).uniform(-0.5, 0.5, n_params)
+    K.set_num_threads(2)
+    want = _run(ref, dt, ref.LOSS_CE, ref.OPT_ADAM, 16, 200, 0.0, X, y, Y, sw, order, params0, plan_i, plan_f)
+    results = [None] * 4
+
+    def work(j):
+        results[j] = _run(cy, dt, ref.LOSS_CE, ref.OPT_ADAM, 16, 200, 0.0, X, y, Y, sw, order, params0,
+                          plan_i, plan_f)
+
+    with threadpool_limits(2, user_api="blas"):
+        threads = [threading.Thread(target=work, args=(j,)) for j in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert _numpy_blas_threads() == [2]
+    assert K.get_num_threads() == 2
+    for got in results:
+        np.testing.assert_allclose(got[1], want[1], rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("n_threads", [2, 3])
 def test_model_trains_the_same_split_or_not(split_loop, monkeypatch, n_threads):
     # Sequential.fit end to end (shuffled epochs, a last partial batch, dropout, L2), float64;
