@@ -9,7 +9,11 @@ products alone with NumPy's BLAS), with the ratios and the targets' pass /
 fail; then peak memory during a fit and the first-fit latency of the
 backends. All frameworks are timed side by side in one run: each repeat
 times every framework of every row once, in turn, so that machine noise hits
-all of them; each gets one warm-up epoch outside the timing.
+all of them; each gets one warm-up epoch outside the timing. Before each
+timing the script sleeps --settle seconds (default 0.25), so that the thread
+pools of the framework timed before it have gone idle: OpenBLAS's workers
+spin for about 0.1 s after a call, as do PyTorch's and GOMP's, and would
+otherwise hold a core while the next framework runs.
 
 --quick cuts the data (10k rows for A, 20k for B) and repeats once (about a
 minute); --smoke uses tiny sizes (1000 rows) and skips the latency subprocesses (for the
@@ -179,6 +183,7 @@ def measure(rows, args, data, notes):
         for row, cells in table.items():
             for cell in cells.values():
                 if cell.ok:
+                    time.sleep(args.settle)
                     t = guarded(row, cell, lambda: run_once(row, cell, args, x1), notes)
                     if t is not None:
                         cell.times.append(t)
@@ -423,6 +428,8 @@ def parse_args(argv=None):
                    help="most predict calls per timing of C (fewer when they take over 1-3 s)")
     p.add_argument("--reference", choices=("auto", "all", "none"), default="auto",
                    help="where the (slow) reference backend runs: auto = A b512, B, C")
+    p.add_argument("--settle", type=float, default=None,
+                   help="seconds of sleep before each timing (default 0.25; 0 with --smoke)")
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--no-latency", action="store_true")
     p.add_argument("--json", default=None, help="also write the medians to this file")
@@ -438,6 +445,8 @@ def parse_args(argv=None):
     args.rows_b = args.rows_b or rows_b
     args.repeats = args.repeats or repeats
     args.calls = args.calls or calls
+    if args.settle is None:
+        args.settle = 0.0 if args.smoke else 0.25
     if args.smoke:
         args.no_latency = True
     return args
