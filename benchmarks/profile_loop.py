@@ -5,10 +5,12 @@
 Trains one benchmark network (see _workloads.py) with the cython backend and
 the loop's phase timing on (``fastmlp._kernels.loop_phase_times``), and times
 the GEMM bound (the same epoch's matrix products alone with NumPy's BLAS) in
-the same run, epoch by epoch in turn. Prints, per epoch (medians), the
-seconds in each phase, the matrix products in the loop against the bound,
-and what the rest costs against the 25% that a target of 1.25x the bound
-leaves.
+the same run, epoch by epoch in turn, each after a 0.25 s pause (see
+compare.py --settle). Prints, per epoch (medians), the seconds in each phase,
+the matrix products in the loop against the bound, and what the rest costs
+against the 25% that a target of 1.25x the bound leaves. When the loop runs
+on threads of its own, the phases are its first thread's: "thread sync" is
+its wait at the barriers for the others.
 """
 from __future__ import annotations
 
@@ -47,11 +49,13 @@ def profile(workload, X, y, epochs, n_threads):
     _kernels.loop_phase_times(enable=True)
     try:
         for _ in range(epochs):
+            time.sleep(0.25)
             t = time.perf_counter()
             runner.epoch()
             wall.append(time.perf_counter() - t)
             for name, sec in _kernels.loop_phase_times().items():
                 phases[name].append(sec)
+            time.sleep(0.25)
             t = time.perf_counter()
             bound.epoch()
             gemm.append(time.perf_counter() - t)
@@ -61,12 +65,15 @@ def profile(workload, X, y, epochs, n_threads):
 
 
 def report(workload, phases, wall, gemm, n_threads, rows):
+    from fastmlp import _kernels
+
     med = {name: statistics.median(v) for name, v in phases.items()}
     wall_m, gemm_m = statistics.median(wall), statistics.median(gemm)
     products = med["forward GEMM"] + med["backward GEMM"]
     rest = sum(med.values()) - products
     lines = [f"{workload.name}: {'-'.join(map(str, workload.sizes))}, {workload.optimizer}, "
-             f"{rows}, {n_threads} threads, cython backend; medians of {len(wall)} epochs",
+             f"{rows}, {n_threads} threads, cython backend; medians of {len(wall)} epochs; "
+             f"the loop ran on {_kernels._last_loop_threads()} thread(s) of its own",
              "",
              "| phase | s/epoch | share of the loop |",
              "|---|---|---|"]
