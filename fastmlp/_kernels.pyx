@@ -112,8 +112,35 @@ def _set_loop_parallel(bint on):
 cdef int _serial_loops = 0
 
 
+# GNU libgomp cannot run a parallel region in a child forked (os.fork,
+# multiprocessing's "fork") after the parent ran one: the child waits forever
+# for the parent's team. A child forked after this module ran one stays serial.
+cdef bint _omp_started = False
+cdef bint _omp_forked = False
+
+
+def _after_fork_in_child():
+    global _omp_forked
+    if _omp_started:
+        _omp_forked = True
+
+
+def _forked_serial():
+    """Whether this process is a fork of one that ran an OpenMP region, so runs serially."""
+    return bool(_omp_forked)
+
+
+import os as _os
+if hasattr(_os, "register_at_fork"):
+    _os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 cdef inline bint _parallel(Py_ssize_t work) noexcept nogil:
-    return _n_threads > 1 and work >= _par_min_work and _serial_loops == 0
+    global _omp_started
+    if _n_threads > 1 and work >= _par_min_work and _serial_loops == 0 and not _omp_forked:
+        _omp_started = True
+        return True
+    return False
 
 
 # Where the training loop's time goes, phase by phase (opt-in: off, a phase
@@ -1984,7 +2011,7 @@ def _loop_threads(const int64_t[:, ::1] plan_i, Py_ssize_t n_params, Py_ssize_t 
     cdef Py_ssize_t i, owned = 0, work = 0
     cdef int nt = <int>min(<Py_ssize_t>min(_n_threads, <int>MAX_LOOP_THREADS), rows // _loop_mt_min_rows)
     if (nt < 2 or not FM_HAVE_BARRIER or not FM_HAVE_OPENMP or _loop_parallel
-            or _blas_set_threads == NULL):
+            or _blas_set_threads == NULL or _omp_forked):
         return 1
     for i in range(plan_i.shape[0]):
         if plan_i[i, 0] == 3:  # batch norm: its statistics need the whole batch
@@ -2010,7 +2037,7 @@ def train_steps(const floating[:, ::1] X, const int64_t[::1] y, const floating[:
     buffers Z, A, dA (and M of the dropout units) must be C-contiguous arrays
     of the data's dtype, shaped (batch, fan_out) as the plan says (checked by
     the Python shim)."""
-    global _last_nt, _serial_loops
+    global _last_nt, _serial_loops, _omp_started
     cdef Py_ssize_t i, n_units = plan_i.shape[0], done = 0, got = 0
     cdef int nt = 1, tid = 0
     cdef bint pinned = False, serial = False
@@ -2048,6 +2075,7 @@ def train_steps(const floating[:, ::1] X, const int64_t[::1] y, const floating[:
         fm_barrier_init(&solo.bar, 1)
         if nt > 1:
             # each thread's products run on one BLAS thread, side by side
+            _omp_started = True
             _pin_blas()
             pinned = True
             with nogil, parallel(num_threads=nt):

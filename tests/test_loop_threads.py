@@ -259,6 +259,34 @@ def test_loops_in_several_python_threads_restore_the_settings(split_loop):
         np.testing.assert_allclose(got[1], want[1], rtol=1e-10, atol=1e-12)
 
 
+def _fork_child_fit(_):
+    rng = np.random.default_rng(11)
+    X = rng.standard_normal((512, 64))
+    y = rng.integers(0, 4, 512)
+    m = fastmlp.Sequential([Dense(64, activation="relu"), Dense(4)], input_dim=64, dtype="float64", seed=3,
+                           backend="cython", n_threads=2)
+    m.compile(loss="cross_entropy", optimizer=fastmlp.optim.Adam(1e-2))
+    m.fit(X, y, epochs=1, batch_size=64, verbose=0)
+    return K._forked_serial(), K._last_loop_threads(), m.get_weights()
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork on this platform")
+def test_fork_after_a_split_loop_does_not_hang(split_loop, monkeypatch):
+    # GNU libgomp hangs a forked child's first parallel region when the parent ran one:
+    # a child forked after a split loop runs its loops on one thread instead
+    import multiprocessing
+
+    monkeypatch.setattr(fastmlp.model, "_BLAS_SERIAL_WORK", 0)
+    forked_serial, nt, w_parent = _fork_child_fit(None)
+    assert (forked_serial, nt) == (False, 2)
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        children = pool.map_async(_fork_child_fit, range(2)).get(timeout=120)
+    for forked_serial, nt, w_child in children:
+        assert (forked_serial, nt) == (True, 1)
+        for a, b in zip(w_child, w_parent):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("n_threads", [2, 3])
 def test_model_trains_the_same_split_or_not(split_loop, monkeypatch, n_threads):
     # Sequential.fit end to end (shuffled epochs, a last partial batch, dropout, L2), float64;
