@@ -17,6 +17,7 @@ from fastmlp.backends import reference as ref
 from fastmlp.layers import Dense, Dropout
 
 from conftest import DTYPES, assert_close
+from test_backends import _buffers, _masks
 
 K = pytest.importorskip("fastmlp._kernels")
 cy = fastmlp.get_backend("cython")
@@ -70,24 +71,6 @@ def _plan(d, k, loss_kind, dropout=True):
     return np.array(rows, np.int64), np.array(f, np.float64), off
 
 
-def _buffers(plan_i, bs, dt, d):
-    Z, Aa, M = [], [], []
-    prev = np.empty((bs, d), dt)
-    for kind, fan_in, fan_out, act, *_ in plan_i:
-        z = np.empty((bs, fan_out), dt) if kind == ref.KIND_DENSE else prev
-        a = z if act == A.IDENTITY and kind != ref.KIND_DROPOUT else np.empty((bs, fan_out), dt)
-        M.append(np.full((bs, fan_out), np.nan, dt) if kind == ref.KIND_DROPOUT else np.empty((0, 0), dt))
-        Z.append(z)
-        Aa.append(a)
-        prev = a
-    L = len(plan_i)
-    dA = [None] * L
-    dA[L - 1] = np.empty((bs, plan_i[-1][2]), dt)
-    for i in range(L - 1, 0, -1):
-        dA[i - 1] = np.empty((bs, plan_i[i][1]), dt) if plan_i[i][0] == ref.KIND_DENSE else dA[i]
-    return Z, Aa, dA, M
-
-
 def _problem(dt, loss_kind, n=61, d=5, k=3, seed=0):
     rng = np.random.default_rng([seed, loss_kind])
     X = rng.standard_normal((n, d)).astype(dt)
@@ -110,7 +93,8 @@ def _run(mod, dt, loss_kind, opt_kind, bs, n_steps, clip, X, y, Y, sw, order, pa
     params, grads = params0.copy(), np.zeros(n_params, dt)
     s1 = np.zeros(n_params, dt)
     s2 = np.zeros(n_params if opt_kind == ref.OPT_ADAM else 0, dt)
-    Z, Aa, dA, M = _buffers(plan_i, bs, dt, X.shape[1])
+    Z, Aa, dA = _buffers(plan_i, bs, dt, X.shape[1])
+    M = _masks(plan_i, bs, dt)
     opt_f = np.array({ref.OPT_SGD: (0.1, 0.9, 1.0, 0.0), ref.OPT_RMSPROP: (0.01, 0.9, 1e-8, 0.0),
                       ref.OPT_ADAM: (0.01, 0.9, 0.999, 1e-8)}[opt_kind], np.float64)
     losses, correct = np.full(n_steps, np.nan), np.full(n_steps, np.nan)
