@@ -1777,8 +1777,6 @@ cdef Py_ssize_t _train_loop(
     cdef const floating* inp
     cdef floating* W
     cdef floating* dW
-    cdef floating* s1
-    cdef floating* s2
     cdef const int64_t[::1] idx
     cdef double loss, l2, correct, denom, norm, step
     cdef bint timing = _timing and tid == 0
