@@ -1,0 +1,82 @@
+"""The Cython loop on threads of its own against the same loop on one thread, in one process.
+
+    python benchmarks/loop_threads_ab.py [--workload "A b128"] [--repeats 6] [--threads 2] [--rows N]
+
+Times epochs of one benchmark network (see _workloads.py) with the cython
+backend in turn: the loop split between threads of its own (the default for
+big steps), the loop on one thread beside OpenBLAS's own threads (switched
+with ``fastmlp._kernels._set_loop_split_limits``), and the GEMM bound; each
+timing after a 0.25 s pause (see compare.py --settle). Prints the fastest and
+the median epoch of each.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+import _workloads as W  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workload", default="A b128", choices=sorted(W.WORKLOADS))
+    p.add_argument("--repeats", type=int, default=6)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rows", type=int, default=None, help="rows of training data (default: all)")
+    return p.parse_args(argv)
+
+
+def measure(workload, X, y, repeats, n_threads):
+    from fastmlp import _kernels
+
+    runner = W.FastmlpRunner(workload, X, y, "cython", n_threads)
+    bound = W.GemmBound(workload, X.shape[0], n_threads)
+    runner.warmup()
+    bound.warmup()
+    default = _kernels._set_loop_split_limits(*_kernels._set_loop_split_limits(0, 1))
+    modes = {"split loop": default, "one-thread loop": (1 << 62, default[1])}
+    times = {name: [] for name in (*modes, "GEMM bound")}
+    threads = {}
+    try:
+        for _ in range(repeats):
+            for name, limits in modes.items():
+                _kernels._set_loop_split_limits(*limits)
+                time.sleep(0.25)
+                t = time.perf_counter()
+                runner.epoch()
+                times[name].append(time.perf_counter() - t)
+                threads[name] = _kernels._last_loop_threads()
+            time.sleep(0.25)
+            t = time.perf_counter()
+            bound.epoch()
+            times["GEMM bound"].append(time.perf_counter() - t)
+    finally:
+        _kernels._set_loop_split_limits(*default)
+    return times, threads
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    workload = W.WORKLOADS[args.workload]
+    X, y, source = W.load(workload, args.rows)
+    times, threads = measure(workload, X, y, args.repeats, args.threads)
+    print(f"{workload.name}: {'-'.join(map(str, workload.sizes))}, {workload.optimizer}, {X.shape[0]} rows of "
+          f"{source}, {args.threads} threads, cython backend; {args.repeats} epochs each, in turn")
+    print()
+    print("| | threads of its own | fastest s/epoch | median s/epoch | epochs |")
+    print("|---|---|---|---|---|")
+    for name, v in times.items():
+        own = threads.get(name, "-")
+        print(f"| {name} | {own} | {min(v):.4f} | {statistics.median(v):.4f} | "
+              + " ".join(f"{x:.3f}" for x in v) + " |")
+
+
+if __name__ == "__main__":
+    main()
