@@ -1953,8 +1953,13 @@ cdef Py_ssize_t _train_loop(
 # The training loop runs on threads of its own (each on its own share of the
 # batch and of the parameters, with one-thread BLAS calls) when a step has at
 # least this many multiply-adds, with at most one thread per this many rows;
-# else on one thread, with BLAS's own threads.
-cdef Py_ssize_t _loop_mt_min_work = 1 << 20
+# else on one thread, with BLAS's own threads. The work bound is the model's
+# own for using threads at all (OpenBLAS's: model._BLAS_SERIAL_WORK): from
+# there up the split loop was faster than both the one-thread fit and the
+# loop beside OpenBLAS's threads on every net measured (0.26M-17M
+# multiply-adds per step; below 1M, OpenBLAS's threads made the fit slower
+# than one thread).
+cdef Py_ssize_t _loop_mt_min_work = 262144
 cdef Py_ssize_t _loop_mt_min_rows = 16
 # Whether this build can (an OpenMP build with GCC's or clang's atomics).
 _HAVE_LOOP_THREADS = bool(FM_HAVE_BARRIER and FM_HAVE_OPENMP)

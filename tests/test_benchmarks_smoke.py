@@ -80,3 +80,12 @@ def test_loop_threads_ab_smoke():
     assert rows["one-thread loop"] == "1", proc.stdout
     if _kernels._HAVE_LOOP_THREADS and _kernels.blas_name() != "scipy":
         assert rows["split loop"] == "2", proc.stdout
+
+
+def test_thread_policy_smoke():
+    pytest.importorskip("fastmlp._kernels")
+    proc = _run(["benchmarks/thread_policy.py", "--rows", "512", "--repeats", "1", "--nets", "2"])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("| 64-64-10 |")
+             or line.startswith("| 16-512-2 |")]
+    assert len(lines) == 2, proc.stdout

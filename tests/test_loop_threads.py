@@ -191,14 +191,35 @@ def test_when_the_loop_does_not_split(split_loop):
     assert K._loop_threads(plan_i, n_params, 11) == 1
     K._set_loop_split_limits(11 * (5 * 7 + 7 * 6 + 6 * 3), 2)
     assert K._loop_threads(plan_i, n_params, 11) == 2
-    # the defaults: a step of 2**20 multiply-adds, 16 rows per thread
-    K._set_loop_split_limits(1 << 20, 16)
+    # the defaults: a step of 262144 multiply-adds, 16 rows per thread
+    K._set_loop_split_limits(262144, 16)
     big = np.array([(ref.KIND_DENSE, 784, 256, A.RELU, 1, 0, 784 * 256),
                     (ref.KIND_DENSE, 256, 10, A.IDENTITY, 1, 784 * 256 + 256, 784 * 256 + 256 + 2560)], np.int64)
     n_big = 784 * 256 + 256 + 2570
     assert K._loop_threads(big, n_big, 128) == 2
     assert K._loop_threads(big, n_big, 31) == 1
     assert K._loop_threads(big, n_big, 5) == 1
+
+
+def test_default_limits_split_every_threaded_fit():
+    # the loop splits from the work at which the model's policy gives a fit threads at all
+    limits = K._set_loop_split_limits(0, 1)
+    K._set_loop_split_limits(*limits)
+    assert limits == (fastmlp.model._BLAS_SERIAL_WORK, 16)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((640, 64)).astype(np.float32)
+    y = rng.integers(0, 10, 640)
+    old = K.get_num_threads()
+    try:
+        m = fastmlp.Sequential([Dense(64, activation="relu"), Dense(64, activation="relu"), Dense(10)],
+                               input_dim=64, seed=0, backend="cython", n_threads=2)
+        m.compile(loss="cross_entropy", optimizer="adam")
+        m.fit(X, y, epochs=1, batch_size=64, verbose=0)  # 64 * 64 * 64 = 262144: threads, and split
+        assert K._last_loop_threads() == 2
+        m.fit(X, y, epochs=1, batch_size=32, verbose=0)  # below the policy's bound: one thread
+        assert K._last_loop_threads() == 1
+    finally:
+        K.set_num_threads(old)
 
 
 def test_split_loop_gives_blas_its_threads_back(split_loop):
