@@ -1000,12 +1000,27 @@ cdef void c_rmsprop_update(floating[::1] p, const floating[::1] g, floating[::1]
         _rmsprop_span(&p[0], &g[0], &sq[0], n, flr, frho, f1mr, feps)
 
 
-cdef inline void _adam_span(floating* p, const floating* g, floating* m, floating* v,
+cdef inline void _adam_span(floating* p, floating* g, floating* m, floating* v,
                             Py_ssize_t n, floating b1, floating one_m_b1, floating b2,
                             floating one_m_b2, floating step_size, floating bc2_sqrt,
-                            floating eps) noexcept nogil:
+                            floating eps, floating l2) noexcept nogil:
+    # l2 != 0: g is the data term of the gradient; g + l2 * p is written back
+    # to g and used (the training loop folds its L2 penalty in here, saving
+    # a copy of W and a pass over dW)
     cdef Py_ssize_t i
     cdef floating gi, mi, vi
+    if l2 != 0:
+        for i in range(n):
+            gi = g[i] + l2 * p[i]
+            g[i] = gi
+            mi = m[i] * b1 + one_m_b1 * gi
+            vi = v[i] * b2 + one_m_b2 * gi * gi
+            mi = _flush_denormal(mi)
+            vi = _flush_denormal(vi)
+            m[i] = mi
+            v[i] = vi
+            p[i] -= step_size * mi / (_sqrt(vi) / bc2_sqrt + eps)
+        return
     for i in range(n):
         gi = g[i]
         mi = m[i] * b1 + one_m_b1 * gi
@@ -1035,11 +1050,11 @@ cdef void c_adam_update(floating[::1] p, const floating[::1] g, floating[::1] m,
         for t in prange(nt, schedule='static', nogil=True, num_threads=nt):
             s = t * c
             if s < n:
-                _adam_span(&p[s], &g[s], &m[s], &v[s], min(c, n - s), b1, omb1, b2, omb2,
-                           step_size, bc2_sqrt, feps)
+                _adam_span(&p[s], <floating*>&g[s], &m[s], &v[s], min(c, n - s), b1, omb1, b2, omb2,
+                           step_size, bc2_sqrt, feps, 0)
     else:
-        _adam_span(&p[0], &g[0], &m[0], &v[0], n, b1, omb1, b2, omb2, step_size, bc2_sqrt,
-                   feps)
+        _adam_span(&p[0], <floating*>&g[0], &m[0], &v[0], n, b1, omb1, b2, omb2, step_size, bc2_sqrt,
+                   feps, 0)
 
 
 cdef extern from "_fastmath.h" nogil:
@@ -1699,10 +1714,11 @@ cdef double _loss_rows(int loss_kind, const floating[:, ::1] ZL, const floating[
 
 
 cdef void _opt_span(int opt_kind, const double[::1] opt_f, double step, floating* p,
-                    const floating* g, floating* s1, floating* s2, Py_ssize_t n) noexcept nogil:
+                    floating* g, floating* s1, floating* s2, Py_ssize_t n, double l2) noexcept nogil:
     """One optimizer update of n parameters (a span of c_sgd_update,
     c_rmsprop_update or c_adam_update, on one thread); s1, s2 point at the
-    same span of the optimizer's state (s1 NULL for SGD without momentum)."""
+    same span of the optimizer's state (s1 NULL for SGD without momentum).
+    l2 != 0 (Adam only): g holds the data term, and g + l2 * p is the gradient."""
     if n == 0:
         return
     if opt_kind == 0:
@@ -1714,22 +1730,33 @@ cdef void _opt_span(int opt_kind, const double[::1] opt_f, double step, floating
         _adam_span(p, g, s1, s2, n, <floating>opt_f[1], <floating>(1.0 - opt_f[1]),
                    <floating>opt_f[2], <floating>(1.0 - opt_f[2]),
                    <floating>(opt_f[0] / (1.0 - pow(opt_f[1], step))),
-                   <floating>sqrt(1.0 - pow(opt_f[2], step)), <floating>opt_f[3])
+                   <floating>sqrt(1.0 - pow(opt_f[2], step)), <floating>opt_f[3], <floating>l2)
 
 
 cdef inline void _update_share(UnitPtrs* u, int tid, int nt, int opt_kind, const double[::1] opt_f,
                                double step, floating[::1] params, floating[::1] grads,
-                               floating[::1] state1, floating[::1] state2) noexcept nogil:
-    # the optimizer on thread tid's share of a dense unit: rows f0..f1 of W, columns c0..c1 of b
+                               floating[::1] state1, floating[::1] state2, bint fold_l2) noexcept nogil:
+    # the optimizer on thread tid's share of a dense unit: rows f0..f1 of W, columns c0..c1 of b;
+    # fold_l2: dW holds the data term only, the update adds the unit's L2 term
     cdef Py_ssize_t f0 = _part(u.fan_in, tid, nt), f1 = _part(u.fan_in, tid + 1, nt)
     cdef Py_ssize_t r = u.w_off + f0 * u.fan_out
     _opt_span(opt_kind, opt_f, step, &params[r], &grads[r], &state1[r] if state1.shape[0] else NULL,
-              &state2[r] if state2.shape[0] else NULL, (f1 - f0) * u.fan_out)
+              &state2[r] if state2.shape[0] else NULL, (f1 - f0) * u.fan_out, u.l2 if fold_l2 else 0.0)
     if u.use_bias:
         r = u.b_off + _part(u.fan_out, tid, nt)
         _opt_span(opt_kind, opt_f, step, &params[r], &grads[r], &state1[r] if state1.shape[0] else NULL,
                   &state2[r] if state2.shape[0] else NULL,
-                  _part(u.fan_out, tid + 1, nt) - _part(u.fan_out, tid, nt))
+                  _part(u.fan_out, tid + 1, nt) - _part(u.fan_out, tid, nt), 0.0)
+
+
+cdef bint _fold_l2 = True
+
+
+def _set_fold_l2(bint on):
+    global _fold_l2
+    old = _fold_l2
+    _fold_l2 = on
+    return old
 
 
 # The loop's threads share this: a barrier and per-thread partial sums.
@@ -1782,6 +1809,7 @@ cdef Py_ssize_t _train_loop(
     cdef bint timing = _timing and tid == 0
     cdef double tm = _now() if timing else 0.0
     cdef bint fused = loss_kind == 0 or loss_kind == 1 or loss_kind == 3 or loss_kind == 5
+    cdef bint fold_l2
     cdef int sense = 0
     for s in range(n_steps):
         idx = order[start + s * rows:start + (s + 1) * rows]
@@ -1878,7 +1906,9 @@ cdef Py_ssize_t _train_loop(
         if not isfinite(loss):
             return s
         # dW rows f0..f1 (columns f0..f1 of the input), db columns c0..c1. (Updating
-        # each share right after its dW, while in cache, measured no faster.)
+        # each share right after its dW, while in cache, measured no faster.) Adam
+        # on a split loop without clipping adds the L2 term itself (fold_l2).
+        fold_l2 = nt > 1 and opt_kind == 2 and clip_norm <= 0.0 and _fold_l2
         for i in range(L, -1, -1):
             u = &units[i]
             if u.kind != 1:
@@ -1888,11 +1918,12 @@ cdef Py_ssize_t _train_loop(
             W = &params[u.w_off]
             dW = &grads[u.w_off]
             inp = &x_buf[0, 0] if i == 0 else <floating*>units[i - 1].A
-            if u.l2 != 0.0:
+            if u.l2 != 0.0 and not fold_l2:
                 memcpy(dW + f0 * fan_out, W + f0 * fan_out, (f1 - f0) * fan_out * sizeof(floating))
             tm = _lap(timing, PH_BWD_ELEM, tm)
             _gemm_ld(inp + f0, <int>fan_in, <floating*>u.dA, <int>fan_out, dW + f0 * fan_out,
-                     <int>fan_out, <int>(f1 - f0), <int>fan_out, <int>rows, True, False, u.l2)
+                     <int>fan_out, <int>(f1 - f0), <int>fan_out, <int>rows, True, False,
+                     0.0 if fold_l2 else u.l2)
             tm = _lap(timing, PH_BWD_GEMM, tm)
             if u.use_bias:
                 _col_sums_p(<floating*>u.dA, &grads[u.b_off], rows, fan_out,
@@ -1936,12 +1967,12 @@ cdef Py_ssize_t _train_loop(
             if nt == 1:
                 _opt_span(opt_kind, opt_f, step, &params[0], &grads[0],
                           &state1[0] if state1.shape[0] else NULL,
-                          &state2[0] if state2.shape[0] else NULL, params.shape[0])
+                          &state2[0] if state2.shape[0] else NULL, params.shape[0], 0.0)
             else:
                 for i in range(n_units):
                     if units[i].kind == 1:
                         _update_share(&units[i], tid, nt, opt_kind, opt_f, step, params, grads,
-                                      state1, state2)
+                                      state1, state2, fold_l2)
         tm = _lap(timing, PH_OPTIM, tm)
         # the next step's forward pass reads every parameter, and its gather
         # overwrites rows of x_buf that this step's dW products read

@@ -133,6 +133,27 @@ def test_split_loop_matches_reference(split_loop, dt, loss_kind, opt_kind, nt):
     assert not np.allclose(want[1], params0)
 
 
+@pytest.mark.parametrize("fold", [True, False], ids=["l2-in-adam", "l2-in-dW"])
+def test_split_adam_adds_the_l2_term_either_way(split_loop, fold):
+    # Adam on the split loop adds the L2 term in its own pass (dW holds the data term until
+    # then, and gets the sum written back); the other way copies W into dW first
+    dt = np.dtype(np.float64)
+    X, y, Y, sw, order = _problem(dt, ref.LOSS_CE, seed=9)
+    plan_i, plan_f, n_params = _plan(X.shape[1], 3, ref.LOSS_CE, dropout=False)
+    plan_f[:, ref.P_L2] = 0.05  # on every dense unit (activation-only rows ignore it)
+    params0 = np.random.default_rng(6).uniform(-0.5, 0.5, n_params)
+    K.set_num_threads(2)
+    old = K._set_fold_l2(fold)
+    try:
+        got = _run(cy, dt, ref.LOSS_CE, ref.OPT_ADAM, 12, 4, 0.0, X, y, Y, sw, order, params0, plan_i, plan_f)
+    finally:
+        K._set_fold_l2(old)
+    assert K._last_loop_threads() == 2
+    want = _run(ref, dt, ref.LOSS_CE, ref.OPT_ADAM, 12, 4, 0.0, X, y, Y, sw, order, params0, plan_i, plan_f)
+    for name, g, w in zip(("params", "grads", "losses"), got[1:4], want[1:4]):
+        np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12, err_msg=name)
+
+
 @pytest.mark.parametrize("nt", [2, 3])
 def test_split_loop_clips_the_global_norm(split_loop, nt):
     dt = np.dtype(np.float64)
