@@ -373,6 +373,26 @@ class GemmBound:
 
 
 # ------------------------------------------------------------------- helpers
+def loop_script_parser(description):
+    """The command line shared by the scripts that time the Cython loop of one workload."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--workload", default="A b128", choices=sorted(WORKLOADS))
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rows", type=int, default=None, help="rows of training data (default: all)")
+    return p
+
+
+def cython_loop_and_bound(workload, X, y, n_threads):
+    """A warmed-up cython-backend runner of the workload and its GEMM bound."""
+    runner = FastmlpRunner(workload, X, y, "cython", n_threads)
+    bound = GemmBound(workload, X.shape[0], n_threads)
+    runner.warmup()
+    bound.warmup()
+    return runner, bound
+
+
 def make_runner(framework, workload, X, y, n_threads, train=True):
     """A runner for framework "fastmlp-<backend>", "torch", "sklearn" or "gemm".
 

@@ -11,7 +11,6 @@ the median epoch of each.
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -25,21 +24,15 @@ import _workloads as W  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--workload", default="A b128", choices=sorted(W.WORKLOADS))
+    p = W.loop_script_parser(__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=6)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rows", type=int, default=None, help="rows of training data (default: all)")
     return p.parse_args(argv)
 
 
 def measure(workload, X, y, repeats, n_threads):
     from fastmlp import _kernels
 
-    runner = W.FastmlpRunner(workload, X, y, "cython", n_threads)
-    bound = W.GemmBound(workload, X.shape[0], n_threads)
-    runner.warmup()
-    bound.warmup()
+    runner, bound = W.cython_loop_and_bound(workload, X, y, n_threads)
     default = _kernels._set_loop_split_limits(*_kernels._set_loop_split_limits(0, 1))
     modes = {"split loop": default, "one-thread loop": (1 << 62, default[1])}
     times = {name: [] for name in (*modes, "GEMM bound")}

@@ -14,7 +14,6 @@ its wait at the barriers for the others.
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -28,11 +27,8 @@ import _workloads as W  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--workload", default="A b128", choices=sorted(W.WORKLOADS))
+    p = W.loop_script_parser(__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=3, help="timed epochs (default 3)")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rows", type=int, default=None, help="rows of training data (default: all)")
     return p.parse_args(argv)
 
 
@@ -40,10 +36,7 @@ def profile(workload, X, y, epochs, n_threads):
     """Per-epoch phase seconds (lists), wall seconds and GEMM-bound seconds, in turn."""
     from fastmlp import _kernels
 
-    runner = W.FastmlpRunner(workload, X, y, "cython", n_threads)
-    bound = W.GemmBound(workload, X.shape[0], n_threads)
-    runner.warmup()
-    bound.warmup()
+    runner, bound = W.cython_loop_and_bound(workload, X, y, n_threads)
     phases = {name: [] for name in _kernels.PHASES}
     wall, gemm = [], []
     _kernels.loop_phase_times(enable=True)
