@@ -445,19 +445,28 @@ cdef void c_gemm(const floating[:, ::1] A, const floating[:, ::1] B, floating[:,
             &C[0, 0], <int>C.shape[0], <int>C.shape[1], kk, trans_a, trans_b, beta)
 
 
+cdef inline void _gather_span(const floating[:, ::1] X, const int64_t[::1] idx,
+                              floating[:, ::1] out, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    # out[i] = X[idx[i]] for i in [r0, r1)
+    cdef Py_ssize_t i
+    cdef size_t nbytes = X.shape[1] * sizeof(floating)
+    if nbytes == 0:
+        return
+    for i in range(r0, r1):
+        memcpy(&out[i, 0], &X[idx[i], 0], nbytes)
+
+
 cdef void c_gather_rows(const floating[:, ::1] X, const int64_t[::1] idx,
                         floating[:, ::1] out) noexcept nogil:
     """out[i] = X[idx[i]]; idx must lie in [0, X.shape[0])."""
     cdef Py_ssize_t i, n = idx.shape[0], d = X.shape[1]
-    cdef size_t nbytes = d * sizeof(floating)
     if d == 0:
         return
     if _parallel(n * d):
         for i in prange(n, schedule='static', nogil=True, num_threads=_n_threads):
-            memcpy(&out[i, 0], &X[idx[i], 0], nbytes)
+            memcpy(&out[i, 0], &X[idx[i], 0], d * sizeof(floating))
     else:
-        for i in range(n):
-            memcpy(&out[i, 0], &X[idx[i], 0], nbytes)
+        _gather_span(X, idx, out, 0, n)
 
 
 # ------------------------------------------------------------ activations
@@ -1734,20 +1743,35 @@ cdef void _opt_span(int opt_kind, const double[::1] opt_f, double step, floating
                    <floating>sqrt(1.0 - pow(opt_f[2], step)), <floating>opt_f[3], <floating>l2)
 
 
+cdef struct Share:
+    # thread tid's share of a dense unit's parameters, as offsets into the flat
+    # parameter (and gradient, and state) vector: W's rows f0..f1 and b's columns c0..c1
+    Py_ssize_t w0, wn, b0, bn
+
+
+cdef inline Share _share(const UnitPtrs* u, int tid, int nt) noexcept nogil:
+    cdef Share sh
+    cdef Py_ssize_t f0 = _part(u.fan_in, tid, nt), c0 = _part(u.fan_out, tid, nt)
+    sh.w0 = u.w_off + f0 * u.fan_out
+    sh.wn = (_part(u.fan_in, tid + 1, nt) - f0) * u.fan_out
+    sh.b0 = u.b_off + c0
+    sh.bn = _part(u.fan_out, tid + 1, nt) - c0 if u.use_bias else 0
+    return sh
+
+
 cdef inline void _update_share(UnitPtrs* u, int tid, int nt, int opt_kind, const double[::1] opt_f,
                                double step, floating[::1] params, floating[::1] grads,
                                floating[::1] state1, floating[::1] state2, bint fold_l2) noexcept nogil:
-    # the optimizer on thread tid's share of a dense unit: rows f0..f1 of W, columns c0..c1 of b;
-    # fold_l2: dW holds the data term only, the update adds the unit's L2 term
-    cdef Py_ssize_t f0 = _part(u.fan_in, tid, nt), f1 = _part(u.fan_in, tid + 1, nt)
-    cdef Py_ssize_t r = u.w_off + f0 * u.fan_out
-    _opt_span(opt_kind, opt_f, step, &params[r], &grads[r], &state1[r] if state1.shape[0] else NULL,
-              &state2[r] if state2.shape[0] else NULL, (f1 - f0) * u.fan_out, u.l2 if fold_l2 else 0.0)
-    if u.use_bias:
-        r = u.b_off + _part(u.fan_out, tid, nt)
-        _opt_span(opt_kind, opt_f, step, &params[r], &grads[r], &state1[r] if state1.shape[0] else NULL,
-                  &state2[r] if state2.shape[0] else NULL,
-                  _part(u.fan_out, tid + 1, nt) - _part(u.fan_out, tid, nt), 0.0)
+    # the optimizer on thread tid's share of a dense unit (see _share); fold_l2: dW
+    # holds the data term only, the update adds the unit's L2 term
+    cdef Share sh = _share(u, tid, nt)
+    _opt_span(opt_kind, opt_f, step, &params[sh.w0], &grads[sh.w0],
+              &state1[sh.w0] if state1.shape[0] else NULL, &state2[sh.w0] if state2.shape[0] else NULL,
+              sh.wn, u.l2 if fold_l2 else 0.0)
+    if sh.bn:
+        _opt_span(opt_kind, opt_f, step, &params[sh.b0], &grads[sh.b0],
+                  &state1[sh.b0] if state1.shape[0] else NULL,
+                  &state2[sh.b0] if state2.shape[0] else NULL, sh.bn, 0.0)
 
 
 cdef bint _fold_l2 = True
@@ -1800,7 +1824,8 @@ cdef Py_ssize_t _train_loop(
     -1 when batch norm could not allocate its scratch space."""
     cdef Py_ssize_t s, i, r, t, rows = x_buf.shape[0], L = n_units - 1
     cdef Py_ssize_t r0 = _part(rows, tid, nt), r1 = _part(rows, tid + 1, nt), nr = r1 - r0
-    cdef Py_ssize_t fan_in, fan_out, f0, f1, c0, c1, d = x_buf.shape[1]
+    cdef Py_ssize_t fan_in, fan_out, f0, f1
+    cdef Share share
     cdef UnitPtrs* u
     cdef const floating* inp
     cdef floating* W
@@ -1814,14 +1839,12 @@ cdef Py_ssize_t _train_loop(
     cdef int sense = 0
     for s in range(n_steps):
         idx = order[start + s * rows:start + (s + 1) * rows]
-        for r in range(r0, r1):
-            memcpy(&x_buf[r, 0], &X[idx[r], 0], d * sizeof(floating))
+        _gather_span(X, idx, x_buf, r0, r1)
         if y.shape[0] != 0:
             for r in range(r0, r1):
                 y_buf[r] = y[idx[r]]
         if Y.shape[0] != 0:
-            for r in range(r0, r1):
-                memcpy(&Y_buf[r, 0], &Y[idx[r], 0], Y.shape[1] * sizeof(floating))
+            _gather_span(Y, idx, Y_buf, r0, r1)
         if sw.shape[0] != 0:
             denom = 0.0  # every thread sums the whole batch's weights, in _weight_sum's order
             for r in range(rows):
@@ -1884,8 +1907,8 @@ cdef Py_ssize_t _train_loop(
                 continue
             W = &params[u.w_off]
             if u.l2 != 0.0:
-                f0, f1 = _part(fan_in, tid, nt), _part(fan_in, tid + 1, nt)
-                l2 += 0.5 * u.l2 * _sumsq_span(W + f0 * fan_out, (f1 - f0) * fan_out)
+                share = _share(u, tid, nt)
+                l2 += 0.5 * u.l2 * _sumsq_span(&params[share.w0], share.wn)
             if i > 0:
                 tm = _lap(timing, PH_BWD_ELEM, tm)
                 _gemm_p(<floating*>u.dA + r0 * fan_out, W, <floating*>units[i - 1].dA + r0 * fan_in,
@@ -1936,13 +1959,11 @@ cdef Py_ssize_t _train_loop(
             else:
                 norm = 0.0
                 for i in range(n_units):
-                    u = &units[i]
-                    if u.kind == 1:
-                        f0, f1 = _part(u.fan_in, tid, nt), _part(u.fan_in, tid + 1, nt)
-                        norm += _sumsq_span(&grads[u.w_off + f0 * u.fan_out], (f1 - f0) * u.fan_out)
-                        if u.use_bias:
-                            c0, c1 = _part(u.fan_out, tid, nt), _part(u.fan_out, tid + 1, nt)
-                            norm += _sumsq_span(&grads[u.b_off + c0], c1 - c0)
+                    if units[i].kind == 1:
+                        share = _share(&units[i], tid, nt)
+                        norm += _sumsq_span(&grads[share.w0], share.wn)
+                        if share.bn:
+                            norm += _sumsq_span(&grads[share.b0], share.bn)
                 sh.sumsq[tid] = norm
                 fm_barrier_wait(&sh.bar, &sense)
                 norm = 0.0
@@ -1955,14 +1976,11 @@ cdef Py_ssize_t _train_loop(
                     c_scale_inplace(grads, clip_norm / (norm + 1e-6))
                 else:
                     for i in range(n_units):
-                        u = &units[i]
-                        if u.kind == 1:
-                            f0, f1 = _part(u.fan_in, tid, nt), _part(u.fan_in, tid + 1, nt)
-                            _scale_p(&grads[u.w_off + f0 * u.fan_out], (f1 - f0) * u.fan_out,
-                                     clip_norm / (norm + 1e-6))
-                            if u.use_bias:
-                                c0, c1 = _part(u.fan_out, tid, nt), _part(u.fan_out, tid + 1, nt)
-                                _scale_p(&grads[u.b_off + c0], c1 - c0, clip_norm / (norm + 1e-6))
+                        if units[i].kind == 1:
+                            share = _share(&units[i], tid, nt)
+                            _scale_p(&grads[share.w0], share.wn, clip_norm / (norm + 1e-6))
+                            if share.bn:
+                                _scale_p(&grads[share.b0], share.bn, clip_norm / (norm + 1e-6))
         step = <double>(t0 + s + 1)
         if opt_kind >= 0:
             if nt == 1:
