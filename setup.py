@@ -57,7 +57,7 @@ extensions = [
     Extension(
         "fastmlp._kernels",
         ["fastmlp/_kernels.pyx"],
-        depends=["fastmlp/_fastmath.h", "fastmlp/_smallgemm.h", "fastmlp/_barrier.h"],
+        depends=["fastmlp/_fastmath.h", "fastmlp/_smallgemm.h", "fastmlp/_barrier.h", "fastmlp/_packgemm.h"],
         include_dirs=[np.get_include()],
         extra_compile_args=[*_opt_flags(), *compile_args],
         extra_link_args=link_args,

@@ -26,7 +26,7 @@ from libc.math cimport (
 )
 from libc.float cimport DBL_MIN, FLT_MIN
 from libc.stdint cimport int64_t, uint64_t
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
@@ -317,6 +317,126 @@ def _set_small_gemm_max(Py_ssize_t n):
     old = _small_gemm_max
     _small_gemm_max = n
     return old
+
+
+cdef extern from "_packgemm.h" nogil:
+    int FM_HAVE_PACKGEMM
+    Py_ssize_t fm_pk_size(Py_ssize_t k, Py_ssize_t n)
+    void fm_pk_pack_rows(const float* B, Py_ssize_t ldb, Py_ssize_t n, Py_ssize_t k, Py_ssize_t k0,
+                         Py_ssize_t k1, float* Bp)
+    void fm_pk_unpack_rows(const float* Bp, Py_ssize_t n, Py_ssize_t k, Py_ssize_t k0, Py_ssize_t k1,
+                           float* B, Py_ssize_t ldb)
+    void fm_pk_pack_trans_rows(const float* W, Py_ssize_t fan_in, Py_ssize_t fan_out, Py_ssize_t f0,
+                               Py_ssize_t f1, float* Wtp)
+    void fm_pk_gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* A, Py_ssize_t rsa,
+                    Py_ssize_t csa, const float* Bp, float beta, float* C, Py_ssize_t ldc,
+                    Py_ssize_t cps)
+
+# Whether this build has the packed-operand kernels of _packgemm.h (x86-64 with
+# AVX2 and FMA), on which the split float32 loop runs its products.
+_HAVE_PACKED_GEMM = bool(FM_HAVE_PACKGEMM)
+cdef bint _packed_gemm = True
+# ... for batches of at most this many rows per thread. 784-256-128-10 on
+# Fashion-MNIST, 2 threads, epochs in turn against the same split loop on
+# BLAS (benchmarks/loop_threads_ab.py): batch 32 (16 rows per thread) 10-12%
+# faster; batches 64 and 128 the same within the VM's noise (the forward
+# products gain 10%, packing dZ and W^T takes it back); 512 3-6% slower.
+cdef Py_ssize_t _pk_max_rows = 32
+_PACKED_MAX_ROWS_PER_THREAD = _pk_max_rows
+
+
+def _set_packed_gemm(bint on):
+    """Whether the split float32 loop keeps W, dW and the optimizer's state
+    packed and runs its products on _packgemm.h's kernels (else in place, with
+    BLAS); returns the old setting. For tests and benchmarks."""
+    global _packed_gemm
+    old = _packed_gemm
+    _packed_gemm = on
+    return old
+
+
+def _packed_product(const float[:, ::1] A, const float[:, ::1] B, bint trans_a, float beta,
+                    float[:, ::1] C, bint packed_c=False):
+    """C = op(A) @ B + beta * C through _packgemm.h, B packed first (op(A) = A.T
+    with trans_a). C is row-major (m, n), or with packed_c the packed form of
+    an (m, n) matrix as a (ceil(n / 16) * m, 16) array. For tests."""
+    cdef Py_ssize_t m = A.shape[1] if trans_a else A.shape[0]
+    cdef Py_ssize_t k = A.shape[0] if trans_a else A.shape[1]
+    cdef Py_ssize_t n = B.shape[1], panels = (n + 15) // 16
+    cdef float* Bp
+    if not FM_HAVE_PACKGEMM:
+        raise RuntimeError("this build has no packed-operand kernels (it needs AVX2 and FMA)")
+    if B.shape[0] != k:
+        raise ValueError(f"op(A) is ({m}, {k}) but B has {B.shape[0]} rows")
+    if (packed_c and (C.shape[0] != panels * m or C.shape[1] != 16)) or (
+            not packed_c and (C.shape[0] != m or C.shape[1] != n)):
+        raise ValueError(f"C has shape ({C.shape[0]}, {C.shape[1]}), wrong for an ({m}, {n}) product")
+    if m == 0 or n == 0:
+        return
+    Bp = <float*>calloc(_pk_floats(k, n) + 16, sizeof(float))
+    if Bp == NULL:
+        raise MemoryError()
+    try:
+        with nogil:
+            if k:
+                fm_pk_pack_rows(&B[0, 0], n, n, k, 0, k, Bp)
+            fm_pk_gemm(m, n, k, &A[0, 0] if k else Bp, 1 if trans_a else k, m if trans_a else 1, Bp, beta,
+                       &C[0, 0], 16 if packed_c else n, 16 * m if packed_c else 16)
+    finally:
+        free(Bp)
+
+
+cdef inline void _pk_gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* A, Py_ssize_t rsa,
+                          const float* Bp, floating* C, Py_ssize_t ldc) noexcept nogil:
+    # row-major C (m x n) = A (m x k, rows rsa apart) times the packed Bp;
+    # float32 only (the loop never packs in float64)
+    if floating is float:
+        fm_pk_gemm(m, n, k, A, rsa, 1, Bp, 0.0, C, ldc, 16)
+
+
+cdef inline void _pk_gemm_dw(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* A, Py_ssize_t lda,
+                             const float* Bp, double beta, float* Cp, Py_ssize_t cps) noexcept nogil:
+    # C = A^T Bp + beta C for the transpose of a row-major A (k x m, rows lda
+    # apart) and C in packed form (panels cps apart); float32 only
+    if floating is float:
+        fm_pk_gemm(m, n, k, A, 1, lda, Bp, <float>beta, Cp, 16, cps)
+
+
+cdef inline void _pk_pack(const floating* B, Py_ssize_t n, Py_ssize_t k, Py_ssize_t k0, Py_ssize_t k1,
+                          float* Bp) noexcept nogil:
+    # rows k0..k1 of the C-contiguous k x n matrix B into its packed form; float32 only
+    if floating is float:
+        fm_pk_pack_rows(B, n, n, k, k0, k1, Bp)
+
+
+cdef inline bint _pk_unit(const UnitPtrs* u, Py_ssize_t i) noexcept nogil:
+    # Whether the split float32 loop keeps unit i packed: a dense unit with a
+    # W of at least 32768 weights (128 x 256), whose products lose at most 1/8
+    # of their work to the zero columns of the last 16-column panel (of W, and
+    # of W^T where the unit has a product into the previous dA). Smaller and
+    # narrower layers stay in place, on BLAS or _smallgemm.h: on 16-512-2,
+    # 64-64-10 and 64-128-128-10 (benchmarks/thread_policy.py) the packed
+    # loop was 5-20% slower, on 128-256-128-10 and up 7-10% faster.
+    return (u.kind == 1 and u.fan_in * u.fan_out >= 32768 and _pk_slack_ok(u.fan_out)
+            and (i == 0 or _pk_slack_ok(u.fan_in)))
+
+
+cdef inline bint _pk_slack_ok(Py_ssize_t n) noexcept nogil:
+    return (n + 15) // 16 * 16 * 8 <= 9 * n
+
+
+cdef inline float* _pk_take(float** at, Py_ssize_t k, Py_ssize_t n, bint want) noexcept nogil:
+    # the next packed k x n matrix of a block (NULL, taking nothing, if not want)
+    cdef float* p = at[0]
+    if not want:
+        return NULL
+    at[0] += _pk_floats(k, n)
+    return p
+
+
+cdef inline Py_ssize_t _pk_floats(Py_ssize_t k, Py_ssize_t n) noexcept nogil:
+    # the packed form's floats, rounded up to 64 bytes
+    return (fm_pk_size(k, n) + 15) // 16 * 16
 
 
 cdef inline bint _small_gemm(const floating* A, const floating* B, floating* C, Py_ssize_t m,
@@ -1620,6 +1740,17 @@ cdef struct UnitPtrs:
     void* A
     void* dA
     void* M             # dropout units: the (rows, fan_out) mask; batch norm: (2, fan_out) stats; else NULL
+    # dense units of a loop on packed operands (else NULL), in the packed form
+    # of _packgemm.h: W, dW and W's optimizer state (mp, vp: NULL when the
+    # optimizer has none), where the products and the optimizer use them; the
+    # batch's dZ, for the dW product; for units after the first W^T, for the
+    # product into the previous unit's dA
+    float* Wp
+    float* dWp
+    float* mp
+    float* vp
+    float* dZp
+    float* Wtp
 
 
 cdef void _rows_bias_act(floating* Z, const floating* b, floating* A, Py_ssize_t n, Py_ssize_t k,
@@ -1729,18 +1860,37 @@ cdef void _opt_span(int opt_kind, const double[::1] opt_f, double step, floating
     c_rmsprop_update or c_adam_update, on one thread); s1, s2 point at the
     same span of the optimizer's state (s1 NULL for SGD without momentum).
     l2 != 0 (Adam only): g holds the data term, and g + l2 * p is the gradient."""
+    cdef double c[7]
+    _opt_consts(opt_kind, opt_f, step, c)
+    _opt_apply(opt_kind, c, p, g, s1, s2, n, l2)
+
+
+cdef inline void _opt_consts(int opt_kind, const double[::1] opt_f, double step, double* c) noexcept nogil:
+    # the constants of one step of the optimizer, as _opt_apply takes them
+    memset(c, 0, 7 * sizeof(double))
+    if opt_kind == 0:
+        c[0], c[1], c[2] = opt_f[0], opt_f[1], opt_f[2]
+    elif opt_kind == 1:
+        c[0], c[1], c[2], c[3] = opt_f[0], opt_f[1], 1.0 - opt_f[1], opt_f[2]
+    elif opt_kind == 2:
+        c[0], c[1], c[2], c[3] = opt_f[1], 1.0 - opt_f[1], opt_f[2], 1.0 - opt_f[2]
+        c[4] = opt_f[0] / (1.0 - pow(opt_f[1], step))
+        c[5] = sqrt(1.0 - pow(opt_f[2], step))
+        c[6] = opt_f[3]
+
+
+cdef inline void _opt_apply(int opt_kind, const double* c, floating* p, floating* g, floating* s1,
+                            floating* s2, Py_ssize_t n, double l2) noexcept nogil:
+    # _opt_span with its constants worked out (_opt_consts)
     if n == 0:
         return
     if opt_kind == 0:
-        _sgd_span(p, g, s1, n, <floating>opt_f[0], <floating>opt_f[1], opt_f[2] != 0.0)
+        _sgd_span(p, g, s1, n, <floating>c[0], <floating>c[1], c[2] != 0.0)
     elif opt_kind == 1:
-        _rmsprop_span(p, g, s1, n, <floating>opt_f[0], <floating>opt_f[1],
-                      <floating>(1.0 - opt_f[1]), <floating>opt_f[2])
+        _rmsprop_span(p, g, s1, n, <floating>c[0], <floating>c[1], <floating>c[2], <floating>c[3])
     elif opt_kind == 2:
-        _adam_span(p, g, s1, s2, n, <floating>opt_f[1], <floating>(1.0 - opt_f[1]),
-                   <floating>opt_f[2], <floating>(1.0 - opt_f[2]),
-                   <floating>(opt_f[0] / (1.0 - pow(opt_f[1], step))),
-                   <floating>sqrt(1.0 - pow(opt_f[2], step)), <floating>opt_f[3], <floating>l2)
+        _adam_span(p, g, s1, s2, n, <floating>c[0], <floating>c[1], <floating>c[2], <floating>c[3],
+                   <floating>c[4], <floating>c[5], <floating>c[6], <floating>l2)
 
 
 cdef struct Share:
@@ -1772,6 +1922,100 @@ cdef inline void _update_share(UnitPtrs* u, int tid, int nt, int opt_kind, const
         _opt_span(opt_kind, opt_f, step, &params[sh.b0], &grads[sh.b0],
                   &state1[sh.b0] if state1.shape[0] else NULL,
                   &state2[sh.b0] if state2.shape[0] else NULL, sh.bn, 0.0)
+
+
+cdef void _update_share_pk(UnitPtrs* u, int tid, int nt, int opt_kind, const double[::1] opt_f,
+                           double step, floating[::1] params, floating[::1] grads,
+                           floating[::1] state1, floating[::1] state2, bint fold_l2) noexcept nogil:
+    # _update_share for a unit on packed operands: the same elementwise update
+    # on this thread's rows of the packed W, dW and state (one span per panel),
+    # then the same rows of W^T
+    cdef Share sh = _share(u, tid, nt)
+    cdef Py_ssize_t j, o, K = u.fan_in
+    cdef Py_ssize_t f0 = _part(K, tid, nt), f1 = _part(K, tid + 1, nt)
+    cdef double c[7]
+    _opt_consts(opt_kind, opt_f, step, c)
+    if floating is float:
+        for j in range(0, u.fan_out, 16):
+            o = j * K + f0 * 16
+            _opt_apply(opt_kind, c, u.Wp + o, u.dWp + o, u.mp + o if u.mp != NULL else NULL,
+                       u.vp + o if u.vp != NULL else NULL, (f1 - f0) * 16, u.l2 if fold_l2 else 0.0)
+        if u.Wtp != NULL:
+            _pk_transpose_rows(u.Wp, u.Wtp, K, u.fan_out, f0, f1)
+    if sh.bn:
+        _opt_apply(opt_kind, c, &params[sh.b0], &grads[sh.b0],
+                   &state1[sh.b0] if state1.shape[0] else NULL,
+                   &state2[sh.b0] if state2.shape[0] else NULL, sh.bn, 0.0)
+
+
+cdef void _pk_transpose_rows(const float* Wp, float* Wtp, Py_ssize_t K, Py_ssize_t n, Py_ssize_t f0,
+                             Py_ssize_t f1) noexcept nogil:
+    # rows f0..f1 of W, from its packed form Wp (K rows, n columns) into the
+    # packed form of W^T: 16 x 16 blocks, each a whole cache line per row of
+    # the result, where [f0, f1) covers a whole panel of W^T (16 rows of W);
+    # element by element at its ends (another thread writes the rest of them)
+    cdef Py_ssize_t f, q, qb, c, fb
+    cdef const float* src
+    cdef float* dst
+    f = f0
+    while f < f1:
+        if f % 16 == 0 and f + 16 <= f1:
+            for qb in range(0, n, 16):
+                src = Wp + qb * K + f * 16          # rows f..f+15, columns qb..qb+15
+                dst = Wtp + f * n + qb * 16          # panel f / 16, rows qb..
+                for q in range(min(16, n - qb)):
+                    for c in range(16):
+                        dst[q * 16 + c] = src[c * 16 + q]
+            f += 16
+        else:
+            fb = (f // 16) * 16 * n + f % 16
+            for q in range(n):
+                Wtp[fb + q * 16] = Wp[(q // 16) * 16 * K + f * 16 + q % 16]
+            f += 1
+
+
+cdef void _pk_share(UnitPtrs* u, floating* params, floating* grads, floating* state1,
+                    floating* state2, int tid, int nt, bint pack) noexcept nogil:
+    # thread tid's rows of a dense unit's W, dW and W's optimizer state (the
+    # flat vectors; state1, state2 NULL when absent) into their packed forms
+    # (pack), or back
+    cdef Py_ssize_t f0 = _part(u.fan_in, tid, nt), f1 = _part(u.fan_in, tid + 1, nt)
+    cdef Py_ssize_t n = u.fan_out, K = u.fan_in, o = u.w_off
+    if u.Wp == NULL:  # a unit the loop keeps in place
+        return
+    if floating is float:
+        if pack:
+            fm_pk_pack_rows(params + o, n, n, K, f0, f1, u.Wp)
+            fm_pk_pack_rows(grads + o, n, n, K, f0, f1, u.dWp)
+            if u.mp != NULL:
+                fm_pk_pack_rows(state1 + o, n, n, K, f0, f1, u.mp)
+            if u.vp != NULL:
+                fm_pk_pack_rows(state2 + o, n, n, K, f0, f1, u.vp)
+            if u.Wtp != NULL:
+                fm_pk_pack_trans_rows(params + o, K, n, f0, f1, u.Wtp)
+        else:
+            fm_pk_unpack_rows(u.Wp, n, K, f0, f1, params + o, n)
+            fm_pk_unpack_rows(u.dWp, n, K, f0, f1, grads + o, n)
+            if u.mp != NULL:
+                fm_pk_unpack_rows(u.mp, n, K, f0, f1, state1 + o, n)
+            if u.vp != NULL:
+                fm_pk_unpack_rows(u.vp, n, K, f0, f1, state2 + o, n)
+
+
+cdef inline double _pk_own_sumsq(const float* P, const UnitPtrs* u, int tid, int nt) noexcept nogil:
+    # the sum of squares of thread tid's rows of a unit's packed W (or dW)
+    cdef Py_ssize_t j, K = u.fan_in, f0 = _part(K, tid, nt), f1 = _part(K, tid + 1, nt)
+    cdef double total = 0.0
+    for j in range(0, u.fan_out, 16):
+        total += _sumsq_span(P + j * K + f0 * 16, (f1 - f0) * 16)
+    return total
+
+
+cdef inline void _pk_own_scale(float* P, const UnitPtrs* u, int tid, int nt, double factor) noexcept nogil:
+    # thread tid's rows of a unit's packed dW, times factor
+    cdef Py_ssize_t j, K = u.fan_in, f0 = _part(K, tid, nt), f1 = _part(K, tid + 1, nt)
+    for j in range(0, u.fan_out, 16):
+        _scale_p(P + j * K + f0 * 16, (f1 - f0) * 16, factor)
 
 
 cdef bint _fold_l2 = True
@@ -1811,7 +2055,7 @@ cdef Py_ssize_t _train_loop(
         floating[:, ::1] ZL, floating[:, ::1] AL, floating[:, ::1] dAL, floating[:, ::1] P,
         int loss_kind, int opt_kind, const double[::1] opt_f, floating[::1] state1,
         floating[::1] state2, Py_ssize_t t0, double clip_norm, uint64_t seed, double[::1] losses_out,
-        double[::1] correct_out) noexcept nogil:
+        double[::1] correct_out, bint pk) noexcept nogil:
     """Thread tid of nt runs n_steps steps; with nt == 1 the whole of each step.
 
     With nt > 1 (a plan without batch norm, whose dense units own every
@@ -1821,10 +2065,18 @@ cdef Py_ssize_t _train_loop(
     and columns [c0, c1) of each db, and updates those parameters at once
     (a span of the optimizer is elementwise). A second barrier ends the
     step. Returns the steps done (fewer when the loss was not finite), or
-    -1 when batch norm could not allocate its scratch space."""
+    -1 when batch norm could not allocate its scratch space.
+
+    pk (float32, nt > 1): the units with a packed W (UnitPtrs.Wp, see
+    _pk_unit) keep W, dW and W's optimizer state in the packed form of
+    _packgemm.h while the loop runs: each thread packs its rows of them at the
+    start, the optimizer updates them there, every product of the unit runs on
+    _packgemm.h's kernel (the forward product on W, the product into the
+    previous dA on W^T, the dW product on the packed dZ), and each thread
+    writes its rows back before it returns."""
     cdef Py_ssize_t s, i, r, t, rows = x_buf.shape[0], L = n_units - 1
     cdef Py_ssize_t r0 = _part(rows, tid, nt), r1 = _part(rows, tid + 1, nt), nr = r1 - r0
-    cdef Py_ssize_t fan_in, fan_out, f0, f1
+    cdef Py_ssize_t fan_in, fan_out, f0, f1, j
     cdef Share share
     cdef UnitPtrs* u
     cdef const floating* inp
@@ -1837,6 +2089,13 @@ cdef Py_ssize_t _train_loop(
     cdef bint fused = loss_kind == 0 or loss_kind == 1 or loss_kind == 3 or loss_kind == 5
     cdef bint fold_l2
     cdef int sense = 0
+    cdef floating* s1p = &state1[0] if state1.shape[0] else NULL
+    cdef floating* s2p = &state2[0] if state2.shape[0] else NULL
+    if pk:
+        for i in range(n_units):
+            if units[i].kind == 1:
+                _pk_share(&units[i], &params[0], &grads[0], s1p, s2p, tid, nt, True)
+        fm_barrier_wait(&sh.bar, &sense)
     for s in range(n_steps):
         idx = order[start + s * rows:start + (s + 1) * rows]
         _gather_span(X, idx, x_buf, r0, r1)
@@ -1862,8 +2121,12 @@ cdef Py_ssize_t _train_loop(
             u = &units[i]
             if u.kind == 1:
                 tm = _lap(timing, PH_FWD_ELEM, tm)
-                _gemm_p(inp, &params[u.w_off], <floating*>u.Z + r0 * u.fan_out, <int>nr,
-                        <int>u.fan_out, <int>u.fan_in, False, False, 0.0)
+                if u.Wp != NULL:
+                    _pk_gemm(nr, u.fan_out, u.fan_in, inp, u.fan_in, u.Wp,
+                             <floating*>u.Z + r0 * u.fan_out, u.fan_out)
+                else:
+                    _gemm_p(inp, &params[u.w_off], <floating*>u.Z + r0 * u.fan_out, <int>nr,
+                            <int>u.fan_out, <int>u.fan_in, False, False, 0.0)
                 tm = _lap(timing, PH_FWD_GEMM, tm)
                 _rows_bias_act(<floating*>u.Z + r0 * u.fan_out, &params[u.b_off],
                                <floating*>u.A + r0 * u.fan_out, nr, u.fan_out, u.use_bias, u.act,
@@ -1906,13 +2169,21 @@ cdef Py_ssize_t _train_loop(
             if u.kind != 1:
                 continue
             W = &params[u.w_off]
-            if u.l2 != 0.0:
+            if u.l2 != 0.0 and u.Wp != NULL:
+                l2 += 0.5 * u.l2 * _pk_own_sumsq(u.Wp, u, tid, nt)
+            elif u.l2 != 0.0:
                 share = _share(u, tid, nt)
                 l2 += 0.5 * u.l2 * _sumsq_span(&params[share.w0], share.wn)
+            if u.Wp != NULL:
+                _pk_pack(<floating*>u.dA, fan_out, rows, r0, r1, u.dZp)
             if i > 0:
                 tm = _lap(timing, PH_BWD_ELEM, tm)
-                _gemm_p(<floating*>u.dA + r0 * fan_out, W, <floating*>units[i - 1].dA + r0 * fan_in,
-                        <int>nr, <int>fan_in, <int>fan_out, False, True, 0.0)
+                if u.Wp != NULL:
+                    _pk_gemm(nr, fan_in, fan_out, <floating*>u.dA + r0 * fan_out, fan_out, u.Wtp,
+                             <floating*>units[i - 1].dA + r0 * fan_in, fan_in)
+                else:
+                    _gemm_p(<floating*>u.dA + r0 * fan_out, W, <floating*>units[i - 1].dA + r0 * fan_in,
+                            <int>nr, <int>fan_in, <int>fan_out, False, True, 0.0)
                 tm = _lap(timing, PH_BWD_GEMM, tm)
         sh.l2[tid] = l2
         tm = _lap(timing, PH_BWD_ELEM, tm)
@@ -1928,6 +2199,10 @@ cdef Py_ssize_t _train_loop(
             losses_out[s] = loss
             correct_out[s] = correct / ZL.shape[1] if loss_kind == 3 else correct
         if not isfinite(loss):
+            if pk:  # W as the last update left it
+                for i in range(n_units):
+                    if units[i].kind == 1:
+                        _pk_share(&units[i], &params[0], &grads[0], s1p, s2p, tid, nt, False)
             return s
         # dW rows f0..f1 (columns f0..f1 of the input), db columns c0..c1. (Updating
         # each share right after its dW, while in cache, measured no faster.) Adam
@@ -1942,12 +2217,20 @@ cdef Py_ssize_t _train_loop(
             W = &params[u.w_off]
             dW = &grads[u.w_off]
             inp = &x_buf[0, 0] if i == 0 else <floating*>units[i - 1].A
-            if u.l2 != 0.0 and not fold_l2:
+            if u.l2 != 0.0 and not fold_l2 and u.Wp != NULL:  # this thread's rows of W, into dW
+                for j in range(0, fan_out, 16):
+                    memcpy(u.dWp + j * fan_in + f0 * 16, u.Wp + j * fan_in + f0 * 16,
+                           (f1 - f0) * 16 * sizeof(float))
+            elif u.l2 != 0.0 and not fold_l2:
                 memcpy(dW + f0 * fan_out, W + f0 * fan_out, (f1 - f0) * fan_out * sizeof(floating))
             tm = _lap(timing, PH_BWD_ELEM, tm)
-            _gemm_ld(inp + f0, <int>fan_in, <floating*>u.dA, <int>fan_out, dW + f0 * fan_out,
-                     <int>fan_out, <int>(f1 - f0), <int>fan_out, <int>rows, True, False,
-                     0.0 if fold_l2 else u.l2)
+            if u.Wp != NULL:
+                _pk_gemm_dw(f1 - f0, fan_out, rows, inp + f0, fan_in, u.dZp, 0.0 if fold_l2 else u.l2,
+                            u.dWp + f0 * 16, 16 * fan_in)
+            else:
+                _gemm_ld(inp + f0, <int>fan_in, <floating*>u.dA, <int>fan_out, dW + f0 * fan_out,
+                         <int>fan_out, <int>(f1 - f0), <int>fan_out, <int>rows, True, False,
+                         0.0 if fold_l2 else u.l2)
             tm = _lap(timing, PH_BWD_GEMM, tm)
             if u.use_bias:
                 _col_sums_p(<floating*>u.dA, &grads[u.b_off], rows, fan_out,
@@ -1961,7 +2244,10 @@ cdef Py_ssize_t _train_loop(
                 for i in range(n_units):
                     if units[i].kind == 1:
                         share = _share(&units[i], tid, nt)
-                        norm += _sumsq_span(&grads[share.w0], share.wn)
+                        if units[i].Wp != NULL:
+                            norm += _pk_own_sumsq(units[i].dWp, &units[i], tid, nt)
+                        else:
+                            norm += _sumsq_span(&grads[share.w0], share.wn)
                         if share.bn:
                             norm += _sumsq_span(&grads[share.b0], share.bn)
                 sh.sumsq[tid] = norm
@@ -1978,7 +2264,10 @@ cdef Py_ssize_t _train_loop(
                     for i in range(n_units):
                         if units[i].kind == 1:
                             share = _share(&units[i], tid, nt)
-                            _scale_p(&grads[share.w0], share.wn, clip_norm / (norm + 1e-6))
+                            if units[i].Wp != NULL:
+                                _pk_own_scale(units[i].dWp, &units[i], tid, nt, clip_norm / (norm + 1e-6))
+                            else:
+                                _scale_p(&grads[share.w0], share.wn, clip_norm / (norm + 1e-6))
                             if share.bn:
                                 _scale_p(&grads[share.b0], share.bn, clip_norm / (norm + 1e-6))
         step = <double>(t0 + s + 1)
@@ -1989,7 +2278,10 @@ cdef Py_ssize_t _train_loop(
                           &state2[0] if state2.shape[0] else NULL, params.shape[0], 0.0)
             else:
                 for i in range(n_units):
-                    if units[i].kind == 1:
+                    if units[i].Wp != NULL:
+                        _update_share_pk(&units[i], tid, nt, opt_kind, opt_f, step, params, grads,
+                                         state1, state2, fold_l2)
+                    elif units[i].kind == 1:
                         _update_share(&units[i], tid, nt, opt_kind, opt_f, step, params, grads,
                                       state1, state2, fold_l2)
         tm = _lap(timing, PH_OPTIM, tm)
@@ -1997,6 +2289,10 @@ cdef Py_ssize_t _train_loop(
         # overwrites rows of x_buf that this step's dW products read
         fm_barrier_wait(&sh.bar, &sense)
         tm = _lap(timing, PH_SYNC, tm)
+    if pk:
+        for i in range(n_units):
+            if units[i].kind == 1:
+                _pk_share(&units[i], &params[0], &grads[0], s1p, s2p, tid, nt, False)
     return n_steps
 
 
@@ -2028,6 +2324,7 @@ def _set_loop_split_limits(Py_ssize_t min_work, Py_ssize_t min_rows):
 
 
 cdef int _last_nt = 0
+cdef bint _last_pk = False
 # While any split loop runs, the BLAS runs on one thread; the count makes loops
 # running at once in several Python threads restore the caller's setting only
 # when the last one ends. Changed with the GIL held only.
@@ -2053,6 +2350,11 @@ cdef void _unpin_blas():
 def _last_loop_threads():
     """Threads of its own the last train_steps call ran on (0 before any). For tests."""
     return _last_nt
+
+
+def _last_loop_packed():
+    """Whether the last train_steps call ran on packed operands. For tests."""
+    return _last_pk
 
 
 def _loop_threads(const int64_t[:, ::1] plan_i, Py_ssize_t n_params, Py_ssize_t rows):
@@ -2090,10 +2392,13 @@ def train_steps(const floating[:, ::1] X, const int64_t[::1] y, const floating[:
     buffers Z, A, dA (and M of the dropout units) must be C-contiguous arrays
     of the data's dtype, shaped (batch, fan_out) as the plan says (checked by
     the Python shim)."""
-    global _last_nt, _serial_loops, _omp_started
+    global _last_nt, _last_pk, _serial_loops, _omp_started
     cdef Py_ssize_t i, n_units = plan_i.shape[0], done = 0, got = 0
     cdef int nt = 1, tid = 0
-    cdef bint pinned = False, serial = False
+    cdef bint pinned = False, serial = False, pk = False
+    cdef float* pk_mem = NULL
+    cdef float* pk_at
+    cdef Py_ssize_t pk_total
     cdef LoopShared sh
     cdef LoopShared solo
     cdef LoopShared* shp = &sh
@@ -2119,7 +2424,34 @@ def train_steps(const floating[:, ::1] X, const int64_t[::1] y, const floating[:
             units[i].A = cnp.PyArray_DATA(<cnp.ndarray>A[i])
             units[i].dA = cnp.PyArray_DATA(<cnp.ndarray>dA[i])
             units[i].M = cnp.PyArray_DATA(<cnp.ndarray>M[i]) if units[i].kind == 2 or units[i].kind == 3 else NULL
+            units[i].Wp = units[i].dWp = units[i].mp = units[i].vp = units[i].dZp = units[i].Wtp = NULL
         nt = _loop_threads(plan_i, params.shape[0], x_buf.shape[0])
+        if (floating is float and nt > 1 and FM_HAVE_PACKGEMM and _packed_gemm
+                and x_buf.shape[0] <= _pk_max_rows * nt):
+            for i in range(n_units):
+                pk = pk or _pk_unit(&units[i], i)
+        _last_pk = pk
+        if pk:
+            # one zeroed block for every packed operand, each 64-byte aligned
+            pk_total = 16
+            for i in range(n_units):
+                if _pk_unit(&units[i], i):
+                    pk_total += ((2 + (state1.shape[0] != 0) + (state2.shape[0] != 0))
+                                 * _pk_floats(units[i].fan_in, units[i].fan_out)
+                                 + _pk_floats(x_buf.shape[0], units[i].fan_out)
+                                 + (_pk_floats(units[i].fan_out, units[i].fan_in) if i > 0 else 0))
+            pk_mem = <float*>calloc(pk_total, sizeof(float))
+            if pk_mem == NULL:
+                raise MemoryError()
+            pk_at = <float*>((<size_t>pk_mem + 63) & ~(<size_t>63))
+            for i in range(n_units):
+                if _pk_unit(&units[i], i):
+                    units[i].Wp = _pk_take(&pk_at, units[i].fan_in, units[i].fan_out, True)
+                    units[i].dWp = _pk_take(&pk_at, units[i].fan_in, units[i].fan_out, True)
+                    units[i].mp = _pk_take(&pk_at, units[i].fan_in, units[i].fan_out, state1.shape[0] != 0)
+                    units[i].vp = _pk_take(&pk_at, units[i].fan_in, units[i].fan_out, state2.shape[0] != 0)
+                    units[i].dZp = _pk_take(&pk_at, x_buf.shape[0], units[i].fan_out, True)
+                    units[i].Wtp = _pk_take(&pk_at, units[i].fan_out, units[i].fan_in, i > 0)
         _last_nt = nt
         if not _loop_parallel:
             _serial_loops += 1
@@ -2137,23 +2469,24 @@ def train_steps(const floating[:, ::1] X, const int64_t[::1] y, const floating[:
                     got = _train_loop(tid, nt, shp, X, y, Y, sw, order, start, n_steps, units,
                                       n_units, params, grads, x_buf, y_buf, Y_buf, sw_buf, ZL, AL,
                                       dAL, P, loss_kind, opt_kind, opt_f, state1, state2, t0,
-                                      clip_norm, seed, losses_out, correct_out)
+                                      clip_norm, seed, losses_out, correct_out, pk)
                     if tid == 0:
                         shp.done = got
                 elif tid == 0:  # a smaller team than asked for (OMP_THREAD_LIMIT): one thread
                     shp.done = _train_loop(0, 1, solop, X, y, Y, sw, order, start, n_steps, units,
                                            n_units, params, grads, x_buf, y_buf, Y_buf, sw_buf, ZL,
                                            AL, dAL, P, loss_kind, opt_kind, opt_f, state1, state2,
-                                           t0, clip_norm, seed, losses_out, correct_out)
+                                           t0, clip_norm, seed, losses_out, correct_out, False)
             done = sh.done
         else:
             with nogil:
                 done = _train_loop(0, 1, solop, X, y, Y, sw, order, start, n_steps, units, n_units,
                                    params, grads, x_buf, y_buf, Y_buf, sw_buf, ZL, AL, dAL, P,
                                    loss_kind, opt_kind, opt_f, state1, state2, t0, clip_norm, seed,
-                                   losses_out, correct_out)
+                                   losses_out, correct_out, False)
     finally:
         free(units)
+        free(pk_mem)
         if serial:
             _serial_loops -= 1
         if pinned:

@@ -1,0 +1,210 @@
+"""The split float32 loop on packed operands (``fastmlp/_packgemm.h``).
+
+With float32 data and a split loop, W, dW and W's optimizer state live in the
+packed form of _packgemm.h while the loop runs, and its products run on that
+file's kernels instead of BLAS. The tests check the kernel against NumPy on
+every edge of its tiling, then the loop against the reference backend and
+against the same split loop on BLAS (``_set_packed_gemm(False)``), on layers
+of several 16-column panels with ragged ends beside a narrow layer that stays
+in place, for every optimizer, with L2, clipping, and a stop at a non-finite
+loss.
+"""
+import numpy as np
+import pytest
+
+from fastmlp import activations as A
+from fastmlp.backends import reference as ref
+
+from conftest import assert_close
+from test_loop_threads import K, _plan, _problem, _run, cy, split_loop  # noqa: F401 (a fixture)
+
+if not K._HAVE_PACKED_GEMM:  # pragma: no cover - a CPU without AVX2 and FMA, or FASTMLP_PORTABLE=1
+    pytest.skip("this build has no packed-operand kernels", allow_module_level=True)
+
+F32 = np.dtype(np.float32)
+
+
+def _product(A_, B, trans_a, beta, C0, packed_c):
+    m = A_.shape[1] if trans_a else A_.shape[0]
+    n = B.shape[1]
+    panels = -(-n // 16)
+    if packed_c:
+        Cp = np.zeros((panels, m, 16), np.float32)
+        for p in range(panels):  # panel p: columns 16p.. of every row, 16 to a row
+            Cp[p, :, :min(16, n - 16 * p)] = C0[:, 16 * p:16 * p + 16]
+        C = Cp.reshape(panels * m, 16)
+        K._packed_product(A_, B, trans_a, beta, C, True)
+        return C.reshape(panels, m, 16).transpose(1, 0, 2).reshape(m, panels * 16)[:, :n]
+    C = C0.copy()
+    K._packed_product(A_, B, trans_a, beta, C, False)
+    return C
+
+
+@pytest.mark.parametrize("m", [1, 5, 6, 7, 13, 40])
+@pytest.mark.parametrize("n", [1, 10, 16, 17, 40])
+@pytest.mark.parametrize("k", [0, 1, 9, 300])
+@pytest.mark.parametrize("trans_a", [False, True], ids=["A", "A.T"])
+@pytest.mark.parametrize("beta", [0.0, 0.5])
+@pytest.mark.parametrize("packed_c", [False, True], ids=["C", "packed C"])
+def test_kernel_matches_numpy(m, n, k, trans_a, beta, packed_c):
+    # whole and partial 6-row tiles, whole and partial 16-column panels, k = 0
+    rng = np.random.default_rng([m, n, k])
+    A_ = rng.standard_normal((k, m) if trans_a else (m, k)).astype(np.float32)
+    B = rng.standard_normal((k, n)).astype(np.float32)
+    C0 = rng.standard_normal((m, n)).astype(np.float32)
+    want = (A_.T if trans_a else A_).astype(np.float64) @ B + beta * C0.astype(np.float64)
+    got = _product(A_, B, trans_a, beta, C0, packed_c)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * max(1.0, np.sqrt(k)))
+
+
+def test_kernel_blocks_of_rows():
+    # k large enough that a block of A's rows holds fewer rows than the matrix (FM_PK_A_BLOCK)
+    rng = np.random.default_rng(7)
+    A_ = rng.standard_normal((37, 20000)).astype(np.float32)
+    B = rng.standard_normal((20000, 21)).astype(np.float32)
+    C = np.full((37, 21), np.nan, np.float32)  # beta == 0: C is not read
+    K._packed_product(A_, B, False, 0.0, C)
+    np.testing.assert_allclose(C, A_.astype(np.float64) @ B, rtol=1e-4, atol=1e-3)
+
+
+def test_kernel_checks_shapes():
+    a = np.zeros((3, 4), np.float32)
+    with pytest.raises(ValueError, match="rows"):
+        K._packed_product(a, np.zeros((5, 2), np.float32), False, 0.0, np.zeros((3, 2), np.float32))
+    with pytest.raises(ValueError, match="wrong for an"):
+        K._packed_product(a, np.zeros((4, 2), np.float32), False, 0.0, np.zeros((3, 3), np.float32))
+
+
+# Dense(d->120, tanh), Dense(120->288, tanh, L2), Dense(288->k): the first two packed (several
+# panels; a ragged last panel in the first W and in the second's W^T; whole 16-row blocks of W^T
+# and odd rows around them in each thread's share), the narrow last one in place (_pk_unit), its
+# product into the second's dA on BLAS
+def _wide_plan(d, k, l2=0.01):
+    rows, f, off = [], [], 0
+    for fi, fo, act, pen in [(d, 120, A.TANH, 0.0), (120, 288, A.TANH, l2), (288, k, A.IDENTITY, 0.0)]:
+        rows.append((ref.KIND_DENSE, fi, fo, act, 1, off, off + fi * fo))
+        f.append((0.0, pen))
+        off += fi * fo + fo
+    return np.array(rows, np.int64), np.array(f, np.float64), off
+
+
+def _wide_problem(loss_kind=ref.LOSS_CE, n=90, d=300, k=3, seed=0):
+    X, y, Y, sw, order = _problem(F32, loss_kind, n=n, d=d, k=k, seed=seed)
+    plan_i, plan_f, n_params = _wide_plan(d, k)
+    params0 = np.random.default_rng(seed + 1).uniform(-0.3, 0.3, n_params).astype(np.float32)
+    return X, y, Y, sw, order, plan_i, plan_f, params0
+
+
+def _run_packed(packed, *args):
+    old = K._set_packed_gemm(packed)
+    try:
+        return _run(cy, *args)
+    finally:
+        K._set_packed_gemm(old)
+
+
+def _assert_params_close(got, want, dtype, rtol, err_msg):
+    # RMSprop and Adam divide the gradient by its own running size: where a first step's
+    # gradient is a few ulps from zero (5e-9 against a largest 0.2, say), float32 rounding
+    # in any order of the sums moves that weight by up to a whole step. The BLAS loop
+    # differs from the reference there as much as the packed one does. So: every weight but
+    # at most 1 in 10^4 within the tolerance, and those few within three steps (lr 0.01)
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    off = np.abs(got - want) > rtol * max(1.0, np.abs(want).max())
+    assert off.sum() <= max(1, want.size // 10000), (err_msg, np.flatnonzero(off)[:10])
+    np.testing.assert_allclose(got, want, atol=0.1, err_msg=err_msg)
+
+
+OPTS = [ref.OPT_SGD, ref.OPT_RMSPROP, ref.OPT_ADAM]
+OPT_IDS = ["sgd", "rmsprop", "adam"]
+
+
+@pytest.mark.parametrize("opt_kind", OPTS, ids=OPT_IDS)
+@pytest.mark.parametrize("nt", [2, 3])
+@pytest.mark.parametrize("clip", [0.0, 0.5], ids=["no clip", "clip"])
+def test_packed_loop_matches_reference_and_blas(split_loop, opt_kind, nt, clip):  # noqa: F811
+    # batches of 26 rows over 2 or 3 threads; clipping also moves the L2 term into dW (no fold)
+    X, y, Y, sw, order, plan_i, plan_f, params0 = _wide_problem()
+    args = (F32, ref.LOSS_CE, opt_kind, 26, 3, clip, X, y, Y, sw, order, params0, plan_i, plan_f)
+    K.set_num_threads(nt)
+    got = _run_packed(True, *args)
+    assert (K._last_loop_threads(), K._last_loop_packed()) == (nt, True)
+    blas = _run_packed(False, *args)
+    want = _run(ref, *args)
+    assert got[0] == blas[0] == want[0] == 3
+    names = ("params", "grads", "losses", "correct", "state1", "state2")
+    for name, g, b, w in zip(names, got[1:], blas[1:], want[1:]):
+        # float32 sums over 300 inputs in another order: the tolerance of test_loop_threads
+        check = _assert_params_close if name == "params" else assert_close
+        check(g, w, F32, rtol=2e-4, err_msg=f"{name} against the reference")
+        check(g, b, F32, rtol=2e-4, err_msg=f"{name} against the BLAS loop")
+    assert not np.allclose(got[1], params0, atol=1e-4)
+
+
+@pytest.mark.parametrize("fold", [True, False], ids=["l2-in-adam", "l2-in-dW"])
+def test_packed_loop_adds_the_l2_term_either_way(split_loop, fold):  # noqa: F811
+    X, y, Y, sw, order, plan_i, plan_f, params0 = _wide_problem(seed=4)
+    plan_f[1, 1] = 0.5  # a penalty strong enough to show
+    args = (F32, ref.LOSS_CE, ref.OPT_ADAM, 40, 2, 0.0, X, y, Y, sw, order, params0, plan_i, plan_f)
+    K.set_num_threads(2)
+    old = K._set_fold_l2(fold)
+    try:
+        got = _run_packed(True, *args)
+    finally:
+        K._set_fold_l2(old)
+    want = _run(ref, *args)
+    no_l2 = plan_f.copy()
+    no_l2[:, 1] = 0.0
+    without = _run(ref, *args[:-1], no_l2)
+    for name, g, w in zip(("params", "grads", "losses"), got[1:4], want[1:4]):
+        assert_close(g, w, F32, rtol=2e-4, err_msg=name)
+    assert not np.allclose(want[1], without[1], atol=1e-3)  # the term mattered
+
+
+def test_packed_loop_stops_at_nonfinite_loss(split_loop):  # noqa: F811
+    # the loop writes W back from its packed form when it stops early, too
+    X, y, Y, sw, order, plan_i, plan_f, params0 = _wide_problem(ref.LOSS_MSE, n=70)
+    order = np.arange(70, dtype=np.int64)
+    Y[3 + 20 + 5, 1] = 1e30  # a row of the second batch: its square overflows float32
+    K.set_num_threads(2)
+    with np.errstate(over="ignore", invalid="ignore"):
+        done, params, grads, losses, _, s1, s2 = _run_packed(
+            True, F32, ref.LOSS_MSE, ref.OPT_ADAM, 20, 3, 0.0, X, y, Y, sw, order, params0, plan_i, plan_f)
+        _, one_step, one_grads, first, _, w1, w2 = _run(
+            ref, F32, ref.LOSS_MSE, ref.OPT_ADAM, 20, 1, 0.0, X, y, Y, sw, order, params0, plan_i, plan_f)
+    assert K._last_loop_threads() == 2
+    assert done == 1
+    assert not np.isfinite(losses[1])
+    np.testing.assert_allclose(losses[0], first[0], rtol=1e-5)
+    for name, g, w in zip(("params", "grads", "state1", "state2"), (params, grads, s1, s2),
+                          (one_step, one_grads, w1, w2)):
+        assert_close(g, w, F32, rtol=2e-4, err_msg=name)
+
+
+def test_which_loops_run_packed(split_loop):  # noqa: F811
+    # float32 on a split loop: packed; float64, the switch off, or only narrow layers: the same
+    # split loop on BLAS
+    X, y, Y, sw, order, plan_i, plan_f, params0 = _wide_problem(seed=9)
+    K.set_num_threads(2)
+    args = (F32, ref.LOSS_CE, ref.OPT_ADAM, 26, 1, 0.0, X, y, Y, sw, order, params0, plan_i, plan_f)
+    _run_packed(True, *args)
+    assert (K._last_loop_threads(), K._last_loop_packed()) == (2, True)
+    _run_packed(False, *args)
+    assert (K._last_loop_threads(), K._last_loop_packed()) == (2, False)
+    _run(cy, np.dtype(np.float64), *args[1:6], X.astype(np.float64), y, Y, sw.astype(np.float64), order,
+         params0.astype(np.float64), plan_i, plan_f)
+    assert (K._last_loop_threads(), K._last_loop_packed()) == (2, False)
+    narrow_i, narrow_f, n_narrow = _plan(X.shape[1], 3, ref.LOSS_CE)  # outputs 7, 6, 3
+    _run_packed(True, *args[:11], np.zeros(n_narrow, np.float32), narrow_i, narrow_f)
+    assert (K._last_loop_threads(), K._last_loop_packed()) == (2, False)
+    K.set_num_threads(1)
+    _run_packed(True, *args)
+    assert (K._last_loop_threads(), K._last_loop_packed()) == (1, False)
+    # batches of up to _PACKED_MAX_ROWS_PER_THREAD rows per thread
+    K.set_num_threads(2)
+    most = 2 * K._PACKED_MAX_ROWS_PER_THREAD
+    X2, y2, Y2, sw2, order2 = _problem(F32, ref.LOSS_CE, n=2 * most + 10, d=X.shape[1])
+    for rows, packed in ((most, True), (most + 2, False)):
+        _run_packed(True, F32, ref.LOSS_CE, ref.OPT_ADAM, rows, 1, 0.0, X2, y2, Y2, sw2, order2, params0,
+                    plan_i, plan_f)
+        assert (K._last_loop_threads(), K._last_loop_packed()) == (2, packed), rows
