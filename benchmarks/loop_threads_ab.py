@@ -4,10 +4,12 @@
 
 Times epochs of one benchmark network (see _workloads.py) with the cython
 backend in turn: the loop split between threads of its own (the default for
-big steps), the loop on one thread beside OpenBLAS's own threads (switched
-with ``fastmlp._kernels._set_loop_split_limits``), and the GEMM bound; each
-timing after a 0.25 s pause (see compare.py --settle). Prints the fastest and
-the median epoch of each.
+big steps; in float32 on packed operands, fastmlp/_packgemm.h), the same
+split loop with its products in BLAS (``_set_packed_gemm(False)``), the loop
+on one thread beside OpenBLAS's own threads (switched with
+``fastmlp._kernels._set_loop_split_limits``), and the GEMM bound; each timing
+after a 0.25 s pause (see compare.py --settle). Prints the fastest and the
+median epoch of each.
 """
 from __future__ import annotations
 
@@ -34,24 +36,29 @@ def measure(workload, X, y, repeats, n_threads):
 
     runner, bound = W.cython_loop_and_bound(workload, X, y, n_threads)
     default = _kernels._set_loop_split_limits(*_kernels._set_loop_split_limits(0, 1))
-    modes = {"split loop": default, "one-thread loop": (1 << 62, default[1])}
+    packed = _kernels._set_packed_gemm(True)
+    _kernels._set_packed_gemm(packed)
+    modes = {"split loop": (default, packed), "split loop, BLAS products": (default, False),
+             "one-thread loop": ((1 << 62, default[1]), packed)}
     times = {name: [] for name in (*modes, "GEMM bound")}
     threads = {}
     try:
         for _ in range(repeats):
-            for name, limits in modes.items():
+            for name, (limits, pk) in modes.items():
                 _kernels._set_loop_split_limits(*limits)
+                _kernels._set_packed_gemm(pk)
                 time.sleep(0.25)
                 t = time.perf_counter()
                 runner.epoch()
                 times[name].append(time.perf_counter() - t)
-                threads[name] = _kernels._last_loop_threads()
+                threads[name] = f"{_kernels._last_loop_threads()}{', packed' if _kernels._last_loop_packed() else ''}"
             time.sleep(0.25)
             t = time.perf_counter()
             bound.epoch()
             times["GEMM bound"].append(time.perf_counter() - t)
     finally:
         _kernels._set_loop_split_limits(*default)
+        _kernels._set_packed_gemm(packed)
     return times, threads
 
 

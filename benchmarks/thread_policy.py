@@ -5,8 +5,9 @@
 For each net and batch size below (synthetic data, Adam, float32, cython
 backend), times one epoch of ``Sequential.fit`` in turn with: n_threads=1; the
 bound n_threads and the split loop forced on (``_set_loop_split_limits(0, 16)``);
-the bound and the split loop off (the loop on one thread beside OpenBLAS's own
-threads); the bound with the default limits. Prints the fastest epoch of each
+the same with the split loop's products in BLAS instead of on packed operands
+(``_set_packed_gemm(False)``); the bound and the split loop off (the loop on one
+thread beside OpenBLAS's own threads); the bound with the default limits. Prints the fastest epoch of each
 in ms, and how many threads of its own the loop ran on. The nets run from the
 model's own threshold for using threads at all (batch x largest product >=
 262144 multiply-adds) to the 784-256-128-10 net.
@@ -47,21 +48,27 @@ def bench(sizes, batch, rows, repeats, n_threads, rng):
         return m
 
     default = K._set_loop_split_limits(*K._set_loop_split_limits(0, 1))
-    runs = {"1 thread": (make(1), default), "split": (make(n_threads), (0, default[1])),
-            "not split": (make(n_threads), (1 << 62, default[1])), "default": (make(n_threads), default)}
+    packed = K._set_packed_gemm(True)
+    K._set_packed_gemm(packed)
+    runs = {"1 thread": (make(1), default, packed), "split": (make(n_threads), (0, default[1]), packed),
+            "split, BLAS": (make(n_threads), (0, default[1]), False),
+            "not split": (make(n_threads), (1 << 62, default[1]), packed),
+            "default": (make(n_threads), default, packed)}
     best = {k: float("inf") for k in runs}
     threads = {}
     try:
         for _ in range(repeats):
-            for name, (model, limits) in runs.items():
+            for name, (model, limits, pk) in runs.items():
                 K._set_loop_split_limits(*limits)
+                K._set_packed_gemm(pk)
                 time.sleep(0.1)
                 t = time.perf_counter()
                 model.fit(X, y, epochs=1, batch_size=batch, shuffle=True, verbose=0)
                 best[name] = min(best[name], time.perf_counter() - t)
-                threads[name] = K._last_loop_threads()
+                threads[name] = f"{K._last_loop_threads()}{'p' if K._last_loop_packed() else ''}"
     finally:
         K._set_loop_split_limits(*default)
+        K._set_packed_gemm(packed)
     return best, threads
 
 
@@ -70,10 +77,10 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     fastmlp.get_backend("cython")
     print(f"{args.rows} rows, Adam, float32, cython backend, bound {args.threads} threads; fastest of "
-          f"{args.repeats} epochs, ms (threads of the loop's own)")
+          f"{args.repeats} epochs, ms (threads of the loop's own; p: on packed operands)")
     print()
-    print("| net | batch | multiply-adds per step | 1 thread | split | not split | default |")
-    print("|---|---|---|---|---|---|---|")
+    print("| net | batch | multiply-adds per step | 1 thread | split | split, BLAS products | not split | default |")
+    print("|---|---|---|---|---|---|---|---|")
     for sizes, batch in NETS[:args.nets]:
         best, threads = bench(sizes, batch, args.rows, args.repeats, args.threads, rng)
         work = batch * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))

@@ -72,14 +72,15 @@ def test_loop_threads_ab_smoke():
     from fastmlp import _kernels
     from fastmlp.backends import cython_backend  # noqa: F401 - chooses the BLAS the kernels call
 
-    proc = _run(["benchmarks/loop_threads_ab.py", "--rows", "2000", "--repeats", "1"])
+    proc = _run(["benchmarks/loop_threads_ab.py", "--workload", "A b32", "--rows", "2000", "--repeats", "1"])
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     rows = {line.split("|")[1].strip(): line.split("|")[2].strip()
             for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line}
-    assert set(rows) >= {"split loop", "one-thread loop", "GEMM bound"}, proc.stdout
+    assert set(rows) >= {"split loop", "split loop, BLAS products", "one-thread loop", "GEMM bound"}, proc.stdout
     assert rows["one-thread loop"] == "1", proc.stdout
     if _kernels._HAVE_LOOP_THREADS and _kernels.blas_name() != "scipy":
-        assert rows["split loop"] == "2", proc.stdout
+        assert rows["split loop"] == ("2, packed" if _kernels._HAVE_PACKED_GEMM else "2"), proc.stdout
+        assert rows["split loop, BLAS products"] == "2", proc.stdout
 
 
 def test_thread_policy_smoke():
