@@ -338,9 +338,10 @@ _HAVE_PACKED_GEMM = bool(FM_HAVE_PACKGEMM)
 cdef bint _packed_gemm = True
 # ... for batches of at most this many rows per thread. 784-256-128-10 on
 # Fashion-MNIST, 2 threads, epochs in turn against the same split loop on
-# BLAS (benchmarks/loop_threads_ab.py): batch 32 (16 rows per thread) 10-12%
-# faster; batches 64 and 128 the same within the VM's noise (the forward
-# products gain 10%, packing dZ and W^T takes it back); 512 3-6% slower.
+# BLAS (benchmarks/loop_threads_ab.py; above this bound with the bound
+# lifted): batch 32 (16 rows per thread) 7-12% faster; batches 64, 128 and
+# 256 the same within the VM's noise (at 128 the forward products took 10%
+# less time, and packing dZ and W^T took it back); 512 3-6% slower.
 cdef Py_ssize_t _pk_max_rows = 32
 _PACKED_MAX_ROWS_PER_THREAD = _pk_max_rows
 
@@ -416,7 +417,7 @@ cdef inline bint _pk_unit(const UnitPtrs* u, Py_ssize_t i) noexcept nogil:
     # of W^T where the unit has a product into the previous dA). Smaller and
     # narrower layers stay in place, on BLAS or _smallgemm.h: on 16-512-2,
     # 64-64-10 and 64-128-128-10 (benchmarks/thread_policy.py) the packed
-    # loop was 5-20% slower, on 128-256-128-10 and up 7-10% faster.
+    # loop was 5-20% slower, on 128-256-128-10 and up at batch 32 4-9% faster.
     return (u.kind == 1 and u.fan_in * u.fan_out >= 32768 and _pk_slack_ok(u.fan_out)
             and (i == 0 or _pk_slack_ok(u.fan_in)))
 
@@ -2323,6 +2324,13 @@ def _set_loop_split_limits(Py_ssize_t min_work, Py_ssize_t min_rows):
     return old
 
 
+cdef void _in_place(UnitPtrs* units, Py_ssize_t n_units) noexcept nogil:
+    # no unit on packed operands
+    cdef Py_ssize_t i
+    for i in range(n_units):
+        units[i].Wp = units[i].dWp = units[i].mp = units[i].vp = units[i].dZp = units[i].Wtp = NULL
+
+
 cdef int _last_nt = 0
 cdef bint _last_pk = False
 # While any split loop runs, the BLAS runs on one thread; the count makes loops
@@ -2424,7 +2432,7 @@ def train_steps(const floating[:, ::1] X, const int64_t[::1] y, const floating[:
             units[i].A = cnp.PyArray_DATA(<cnp.ndarray>A[i])
             units[i].dA = cnp.PyArray_DATA(<cnp.ndarray>dA[i])
             units[i].M = cnp.PyArray_DATA(<cnp.ndarray>M[i]) if units[i].kind == 2 or units[i].kind == 3 else NULL
-            units[i].Wp = units[i].dWp = units[i].mp = units[i].vp = units[i].dZp = units[i].Wtp = NULL
+        _in_place(units, n_units)
         nt = _loop_threads(plan_i, params.shape[0], x_buf.shape[0])
         if (floating is float and nt > 1 and FM_HAVE_PACKGEMM and _packed_gemm
                 and x_buf.shape[0] <= _pk_max_rows * nt):
@@ -2472,7 +2480,8 @@ def train_steps(const floating[:, ::1] X, const int64_t[::1] y, const floating[:
                                       clip_norm, seed, losses_out, correct_out, pk)
                     if tid == 0:
                         shp.done = got
-                elif tid == 0:  # a smaller team than asked for (OMP_THREAD_LIMIT): one thread
+                elif tid == 0:  # a smaller team than asked for (OMP_THREAD_LIMIT): one thread,
+                    _in_place(units, n_units)  # its products on BLAS (the packed path splits the update)
                     shp.done = _train_loop(0, 1, solop, X, y, Y, sw, order, start, n_steps, units,
                                            n_units, params, grads, x_buf, y_buf, Y_buf, sw_buf, ZL,
                                            AL, dAL, P, loss_kind, opt_kind, opt_f, state1, state2,

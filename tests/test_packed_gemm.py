@@ -208,3 +208,33 @@ def test_which_loops_run_packed(split_loop):  # noqa: F811
         _run_packed(True, F32, ref.LOSS_CE, ref.OPT_ADAM, rows, 1, 0.0, X2, y2, Y2, sw2, order2, params0,
                     plan_i, plan_f)
         assert (K._last_loop_threads(), K._last_loop_packed()) == (2, packed), rows
+
+
+def test_smaller_team_runs_in_place(tmp_path):
+    # OMP_THREAD_LIMIT=1: the loop asks for 2 threads and gets a team of 1, whose one thread
+    # runs the whole step with every W in place (the packed path splits the update by thread)
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "team.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+        "import numpy as np\n"
+        "from test_packed_gemm import K, F32, _wide_problem, _run, _assert_params_close, cy, ref\n"
+        "from conftest import assert_close\n"
+        "K._set_loop_split_limits(0, 2)\n"
+        "K.set_num_threads(2)\n"
+        "X, y, Y, sw, order, plan_i, plan_f, params0 = _wide_problem(seed=3)\n"
+        "args = (F32, ref.LOSS_CE, ref.OPT_ADAM, 26, 3, 0.0, X, y, Y, sw, order, params0, plan_i, plan_f)\n"
+        "got, want = _run(cy, *args), _run(ref, *args)\n"
+        "assert (K._last_loop_threads(), K._last_loop_packed()) == (2, True)\n"
+        "_assert_params_close(got[1], want[1], F32, rtol=2e-4, err_msg='params')\n"
+        "assert_close(got[2], want[2], F32, rtol=2e-4, err_msg='grads')\n"
+        "assert not np.allclose(got[1], params0, atol=1e-4)\n"
+        "print('ok')\n")
+    env = dict(os.environ, OMP_THREAD_LIMIT="1")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env,
+                          cwd=os.path.dirname(os.path.dirname(__file__)), timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout + proc.stderr
