@@ -321,6 +321,8 @@ def _set_small_gemm_max(Py_ssize_t n):
 
 cdef extern from "_packgemm.h" nogil:
     int FM_HAVE_PACKGEMM
+    const char* FM_PACKGEMM_ISA
+    int FM_PK_ZMM
     Py_ssize_t fm_pk_size(Py_ssize_t k, Py_ssize_t n)
     void fm_pk_pack_rows(const float* B, Py_ssize_t ldb, Py_ssize_t n, Py_ssize_t k, Py_ssize_t k0,
                          Py_ssize_t k1, float* Bp)
@@ -335,15 +337,32 @@ cdef extern from "_packgemm.h" nogil:
 # Whether this build has the packed-operand kernels of _packgemm.h (x86-64 with
 # AVX2 and FMA), on which the split float32 loop runs its products.
 _HAVE_PACKED_GEMM = bool(FM_HAVE_PACKGEMM)
+# ... and its instruction set: "avx512" (one 16-float zmm per row of a tile),
+# "avx2" (two ymm), or "" without
+_PACKED_GEMM_ISA = FM_PACKGEMM_ISA.decode()
 cdef bint _packed_gemm = True
-# ... for batches of at most this many rows per thread. 784-256-128-10 on
-# Fashion-MNIST, 2 threads, epochs in turn against the same split loop on
-# BLAS (benchmarks/loop_threads_ab.py; above this bound with the bound
-# lifted): batch 32 (16 rows per thread) 7-12% faster; batches 64, 128 and
-# 256 the same within the VM's noise (at 128 the forward products took 10%
-# less time, and packing dZ and W^T took it back); 512 3-6% slower.
-cdef Py_ssize_t _pk_max_rows = 32
+# ... for batches of at most this many rows per thread, on dense units of at
+# least this many weights (see _pk_unit). 2 threads, epochs in turn against
+# the same split loop with its products in BLAS (benchmarks/loop_threads_ab.py
+# and thread_policy.py; the bounds lifted with _set_packed_max_rows and in
+# _pk_unit):
+# - avx2 (an AMD EPYC whose zmm FMAs ran at the rate of its ymm ones, ~100
+#   GFLOP/s a core): 784-256-128-10 at batch 32 (16 rows per thread) 7-12%
+#   faster; at batches 64, 128 and 256 the same within the VM's noise (at 128
+#   the forward products took 10% less time, and packing dZ and W^T took it
+#   back); at 512 3-6% slower. On 16-512-2, 64-64-10 and 64-128-128-10 5-20%
+#   slower, on 128-256-128-10 and up at batch 32 4-9% faster.
+# - avx512 (an AMD EPYC with ~270 GFLOP/s a core in zmm, ~135 in ymm, where
+#   NumPy's OpenBLAS 0.3.31 runs its Haswell, AVX2 kernels): 784-256-128-10 at
+#   batch 32 0.250 against 0.408 s per epoch, at 128 0.196 against 0.310, at
+#   512 0.184 against 0.290; every net of thread_policy.py with a layer of
+#   1024 weights or more as fast or faster, for example 64-128-128-10 at
+#   batch 128 14.7 against 18.2 ms, 100-100-10 at 64 8.2 against 9.8 ms,
+#   512-16-2 at 32 9.9 against 11.2 ms.
+cdef Py_ssize_t _pk_max_rows = (1 << 30) if FM_PK_ZMM else 32
+cdef Py_ssize_t _pk_min_weights = 1024 if FM_PK_ZMM else 32768
 _PACKED_MAX_ROWS_PER_THREAD = _pk_max_rows
+_PACKED_MIN_WEIGHTS = _pk_min_weights
 
 
 def _set_packed_gemm(bint on):
@@ -353,6 +372,17 @@ def _set_packed_gemm(bint on):
     global _packed_gemm
     old = _packed_gemm
     _packed_gemm = on
+    return old
+
+
+def _set_packed_max_rows(Py_ssize_t n):
+    """The most batch rows per thread for which the split float32 loop runs on
+    packed operands; returns the old bound. For tests and benchmarks."""
+    global _pk_max_rows
+    if n < 0:
+        raise ValueError(f"the bound must be at least 0, got {n}")
+    old = _pk_max_rows
+    _pk_max_rows = n
     return old
 
 
@@ -412,13 +442,12 @@ cdef inline void _pk_pack(const floating* B, Py_ssize_t n, Py_ssize_t k, Py_ssiz
 
 cdef inline bint _pk_unit(const UnitPtrs* u, Py_ssize_t i) noexcept nogil:
     # Whether the split float32 loop keeps unit i packed: a dense unit with a
-    # W of at least 32768 weights (128 x 256), whose products lose at most 1/8
+    # W of at least _pk_min_weights weights, whose products lose at most 1/8
     # of their work to the zero columns of the last 16-column panel (of W, and
     # of W^T where the unit has a product into the previous dA). Smaller and
-    # narrower layers stay in place, on BLAS or _smallgemm.h: on 16-512-2,
-    # 64-64-10 and 64-128-128-10 (benchmarks/thread_policy.py) the packed
-    # loop was 5-20% slower, on 128-256-128-10 and up at batch 32 4-9% faster.
-    return (u.kind == 1 and u.fan_in * u.fan_out >= 32768 and _pk_slack_ok(u.fan_out)
+    # narrower layers stay in place, on BLAS or _smallgemm.h (the measurements
+    # behind the bound are at _pk_max_rows).
+    return (u.kind == 1 and u.fan_in * u.fan_out >= _pk_min_weights and _pk_slack_ok(u.fan_out)
             and (i == 0 or _pk_slack_ok(u.fan_in)))
 
 

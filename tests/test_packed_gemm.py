@@ -40,14 +40,16 @@ def _product(A_, B, trans_a, beta, C0, packed_c):
     return C
 
 
-@pytest.mark.parametrize("m", [1, 5, 6, 7, 13, 40])
+@pytest.mark.parametrize("m", [1, 5, 6, 7, 12, 13, 23, 40])
 @pytest.mark.parametrize("n", [1, 10, 16, 17, 40])
 @pytest.mark.parametrize("k", [0, 1, 9, 300])
 @pytest.mark.parametrize("trans_a", [False, True], ids=["A", "A.T"])
 @pytest.mark.parametrize("beta", [0.0, 0.5])
 @pytest.mark.parametrize("packed_c", [False, True], ids=["C", "packed C"])
 def test_kernel_matches_numpy(m, n, k, trans_a, beta, packed_c):
-    # whole and partial 6-row tiles, whole and partial 16-column panels, k = 0
+    # whole and partial row tiles (avx2: 6 rows; avx512: 8 rows of a row-major A, 12 of a
+    # transposed one, with remainders of 8, 4, 2 and 1: 23 = 12 + 8 + 2 + 1 = 2 * 8 + 4 + 2 + 1),
+    # whole and partial 16-column panels, k = 0
     rng = np.random.default_rng([m, n, k])
     A_ = rng.standard_normal((k, m) if trans_a else (m, k)).astype(np.float32)
     B = rng.standard_normal((k, n)).astype(np.float32)
@@ -200,14 +202,30 @@ def test_which_loops_run_packed(split_loop):  # noqa: F811
     K.set_num_threads(1)
     _run_packed(True, *args)
     assert (K._last_loop_threads(), K._last_loop_packed()) == (1, False)
-    # batches of up to _PACKED_MAX_ROWS_PER_THREAD rows per thread
+    # batches of up to _set_packed_max_rows' bound of rows per thread
     K.set_num_threads(2)
-    most = 2 * K._PACKED_MAX_ROWS_PER_THREAD
-    X2, y2, Y2, sw2, order2 = _problem(F32, ref.LOSS_CE, n=2 * most + 10, d=X.shape[1])
-    for rows, packed in ((most, True), (most + 2, False)):
-        _run_packed(True, F32, ref.LOSS_CE, ref.OPT_ADAM, rows, 1, 0.0, X2, y2, Y2, sw2, order2, params0,
-                    plan_i, plan_f)
-        assert (K._last_loop_threads(), K._last_loop_packed()) == (2, packed), rows
+    old = K._set_packed_max_rows(8)
+    try:
+        X2, y2, Y2, sw2, order2 = _problem(F32, ref.LOSS_CE, n=50, d=X.shape[1])
+        for rows, packed in ((16, True), (18, False)):
+            _run_packed(True, F32, ref.LOSS_CE, ref.OPT_ADAM, rows, 1, 0.0, X2, y2, Y2, sw2, order2, params0,
+                        plan_i, plan_f)
+            assert (K._last_loop_threads(), K._last_loop_packed()) == (2, packed), rows
+    finally:
+        assert K._set_packed_max_rows(old) == 8
+    with pytest.raises(ValueError, match="at least 0"):
+        K._set_packed_max_rows(-1)
+
+
+def test_packed_policy_follows_the_kernel():
+    # with zmm tiles every batch size and every layer of 1024 weights or more runs packed (they were
+    # faster there on every net measured); with ymm ones only batches of up to 32 rows per thread,
+    # on layers of 32768 weights or more
+    assert K._PACKED_GEMM_ISA in ("avx512", "avx2")
+    if K._PACKED_GEMM_ISA == "avx512":
+        assert (K._PACKED_MAX_ROWS_PER_THREAD, K._PACKED_MIN_WEIGHTS) == (1 << 30, 1024)
+    else:
+        assert (K._PACKED_MAX_ROWS_PER_THREAD, K._PACKED_MIN_WEIGHTS) == (32, 32768)
 
 
 def test_smaller_team_runs_in_place(tmp_path):
