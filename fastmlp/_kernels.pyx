@@ -358,8 +358,11 @@ cdef bint _packed_gemm = True
 #   512 0.184 against 0.290; every net of thread_policy.py with a layer of
 #   1024 weights or more as fast or faster, for example 64-128-128-10 at
 #   batch 128 14.7 against 18.2 ms, 100-100-10 at 64 8.2 against 9.8 ms,
-#   512-16-2 at 32 9.9 against 11.2 ms.
-cdef Py_ssize_t _pk_max_rows = (1 << 30) if FM_PK_ZMM else 32
+#   512-16-2 at 32 9.9 against 11.2 ms. Up to batch 16384 (8192 rows per
+#   thread: 0.297 against 0.375 s); at 30000 the same (0.298 against 0.309 s),
+#   at 60000 slower (0.370 against 0.310 s): the dW products' k is the whole
+#   batch, and the kernel does not block k.
+cdef Py_ssize_t _pk_max_rows = 8192 if FM_PK_ZMM else 32
 cdef Py_ssize_t _pk_min_weights = 1024 if FM_PK_ZMM else 32768
 _PACKED_MAX_ROWS_PER_THREAD = _pk_max_rows
 _PACKED_MIN_WEIGHTS = _pk_min_weights

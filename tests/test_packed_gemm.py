@@ -218,12 +218,12 @@ def test_which_loops_run_packed(split_loop):  # noqa: F811
 
 
 def test_packed_policy_follows_the_kernel():
-    # with zmm tiles every batch size and every layer of 1024 weights or more runs packed (they were
-    # faster there on every net measured); with ymm ones only batches of up to 32 rows per thread,
-    # on layers of 32768 weights or more
+    # with zmm tiles batches of up to 8192 rows per thread, on every layer of 1024 weights or more,
+    # run packed (they were faster there on every net measured); with ymm ones only batches of up
+    # to 32 rows per thread, on layers of 32768 weights or more
     assert K._PACKED_GEMM_ISA in ("avx512", "avx2")
     if K._PACKED_GEMM_ISA == "avx512":
-        assert (K._PACKED_MAX_ROWS_PER_THREAD, K._PACKED_MIN_WEIGHTS) == (1 << 30, 1024)
+        assert (K._PACKED_MAX_ROWS_PER_THREAD, K._PACKED_MIN_WEIGHTS) == (8192, 1024)
     else:
         assert (K._PACKED_MAX_ROWS_PER_THREAD, K._PACKED_MIN_WEIGHTS) == (32, 32768)
 
