@@ -90,3 +90,29 @@ def test_thread_policy_smoke():
     lines = [line for line in proc.stdout.splitlines() if line.startswith("| 64-64-10 |")
              or line.startswith("| 16-512-2 |")]
     assert len(lines) == 2, proc.stdout
+
+
+def test_packgemm_kernel_harness(tmp_path):
+    # benchmarks/packgemm_kernel.c builds with the compiler that built the extension and times
+    # the kernel of this build's instruction set, with every product correct
+    import sysconfig
+
+    from fastmlp import _kernels
+
+    cc = (sysconfig.get_config_var("CC") or "cc").split()
+    exe = tmp_path / "pk"
+    build = subprocess.run([*cc, "-O2", "-march=native", "-I", str(ROOT / "fastmlp"),
+                            str(ROOT / "benchmarks" / "packgemm_kernel.c"), "-o", str(exe), "-lm"],
+                           capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr
+    proc = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
+    if not _kernels._HAVE_PACKED_GEMM:  # pragma: no cover - a CPU without AVX2 and FMA
+        assert proc.returncode == 1 and "no packed-operand kernels" in proc.stdout
+        return
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"tiles: {_kernels._PACKED_GEMM_ISA}" in proc.stdout, proc.stdout
+    rows = [line for line in proc.stdout.splitlines() if "GFLOP/s  max error" in line]
+    assert len(rows) == 7, proc.stdout
+    for line in rows:
+        assert float(line.split("GFLOP/s")[0].split()[-1]) > 0, line
+        assert float(line.rsplit("max error", 1)[1]) < 1e-3, line
