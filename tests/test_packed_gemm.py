@@ -228,6 +228,28 @@ def test_packed_policy_follows_the_kernel():
         assert (K._PACKED_MAX_ROWS_PER_THREAD, K._PACKED_MIN_WEIGHTS) == (32, 32768)
 
 
+@pytest.mark.parametrize("below", [True, False], ids=["floor-16", "floor"])
+def test_packed_weight_floor(split_loop, below):  # noqa: F811
+    # Dense(d->16, tanh), Dense(16->3): the second unit is far below the floor, the first packs
+    # exactly when its d * 16 weights reach _PACKED_MIN_WEIGHTS; packed or not, the loop matches
+    # the reference
+    d = K._PACKED_MIN_WEIGHTS // 16 - (1 if below else 0)
+    rows, f, off = [], [], 0
+    for fi, fo, act in [(d, 16, A.TANH), (16, 3, A.IDENTITY)]:
+        rows.append((ref.KIND_DENSE, fi, fo, act, 1, off, off + fi * fo))
+        f.append((0.0, 0.0))
+        off += fi * fo + fo
+    plan_i, plan_f = np.array(rows, np.int64), np.array(f, np.float64)
+    X, y, Y, sw, order = _problem(F32, ref.LOSS_CE, n=60, d=d, k=3, seed=4)
+    params0 = np.random.default_rng(5).uniform(-0.3, 0.3, off).astype(np.float32)
+    K.set_num_threads(2)
+    args = (F32, ref.LOSS_CE, ref.OPT_ADAM, 26, 2, 0.0, X, y, Y, sw, order, params0, plan_i, plan_f)
+    got = _run_packed(True, *args)
+    assert (K._last_loop_threads(), K._last_loop_packed()) == (2, not below)
+    want = _run(ref, *args)
+    _assert_params_close(got[1], want[1], F32, rtol=2e-4, err_msg="params")
+
+
 def test_smaller_team_runs_in_place(tmp_path):
     # OMP_THREAD_LIMIT=1: the loop asks for 2 threads and gets a team of 1, whose one thread
     # runs the whole step with every W in place (the packed path splits the update by thread)
