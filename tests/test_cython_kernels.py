@@ -87,7 +87,7 @@ def test_gemm(dtype, shape, trans_a, trans_b, beta, small_max, blas):
 # a full vector beside the zero-padded last columns, only those; odd k), both
 # transposes, beta 0 (C not read), 1 and another.
 SMALL_M = [1, 3, 4, 5, 9, 32]
-SMALL_N = [1, 3, 8, 16, 17, 33, 64]
+SMALL_N = [1, 3, 8, 16, 17, 33, 48, 64]  # 48: three whole vectors of 16 floats (AVX-512), six of doubles
 SMALL_K = [1, 2, 7, 63, 64]
 
 
