@@ -29,7 +29,10 @@
 #include <stddef.h>
 
 #define FM_SMALL_TBUF 4096  /* elements of a copy of B^T */
-#define FM_SMALL_TAIL 2048  /* elements of the zero-padded last columns of op(B) */
+/* elements of the zero-padded last columns of op(B): 64 vectors' worth, so
+ * that a tail is handled up to the same k (256 floats, 512 doubles) whatever
+ * the vector width (FM_VBYTES below) */
+#define FM_SMALL_TAIL (FM_VBYTES * 64)
 
 /* One vector register: with AVX-512, a zmm (16 floats, 8 doubles). On an AMD
  * EPYC whose zmm FMAs run at twice the rate of its ymm ones, the 20-64-64-2

@@ -132,11 +132,17 @@ def test_small_gemm_kernel_leaves_large_buffers_to_blas():
     C = np.full((4, 40), 7.0, np.float32)
     assert _kernels._small_gemm_kernel(A, B, C, False, True, 0.0) == _kernels._HAVE_SMALL_GEMM
     assert np.all(C == (100.0 if _kernels._HAVE_SMALL_GEMM else 7.0))
-    # zero-padded last columns go through a (k, vector) buffer of 2048 elements
+    # zero-padded last columns go through a (k, vector) buffer of 64 vectors, k <= 256 in float32
+    # whatever the vector width
     A, B = np.ones((4, 600), np.float32), np.ones((600, 9), np.float32)
     C = np.full((4, 9), 7.0, np.float32)
     assert not _kernels._small_gemm_kernel(A, B, C, False, False, 0.0)
     assert np.all(C == 7.0)
+    for k, handled in ((256, _kernels._HAVE_SMALL_GEMM), (257, False)):
+        A, B = np.ones((4, k), np.float32), np.ones((k, 9), np.float32)
+        C = np.full((4, 9), 7.0, np.float32)
+        assert _kernels._small_gemm_kernel(A, B, C, False, False, 0.0) == handled, k
+        assert np.all(C == (float(k) if handled else 7.0)), k
     with pytest.raises(ValueError, match="shapes do not match"):
         _kernels._small_gemm_kernel(A, B, C, False, True, 0.0)
 
