@@ -172,7 +172,7 @@ static void fm_pk_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, pt
                        ptrdiff_t csa, const float *Bp, float beta, float *C, ptrdiff_t ldc,
                        ptrdiff_t cps) {
     /* rows of C per block: the block's rows of A (mc x k) stay in L2 while
-     * every panel of B passes */
+     * every panel of B passes; a multiple of 24, whole tiles of 8 and of 12 */
     ptrdiff_t i, j, i0, mc = FM_PK_A_BLOCK / (k > 0 ? k : 1) / 24 * 24;
     if (mc < 24) mc = 24;
     if (rsa == 1) {

@@ -81,13 +81,18 @@ def test_kernel_checks_shapes():
 # panels; a ragged last panel in the first W and in the second's W^T; whole 16-row blocks of W^T
 # and odd rows around them in each thread's share), the narrow last one in place (_pk_unit), its
 # product into the second's dA on BLAS
-def _wide_plan(d, k, l2=0.01):
+def _dense_plan(layers):
+    # the loop's plan of dense units with biases, from (fan_in, fan_out, activation, L2) each
     rows, f, off = [], [], 0
-    for fi, fo, act, pen in [(d, 120, A.TANH, 0.0), (120, 288, A.TANH, l2), (288, k, A.IDENTITY, 0.0)]:
+    for fi, fo, act, pen in layers:
         rows.append((ref.KIND_DENSE, fi, fo, act, 1, off, off + fi * fo))
         f.append((0.0, pen))
         off += fi * fo + fo
     return np.array(rows, np.int64), np.array(f, np.float64), off
+
+
+def _wide_plan(d, k, l2=0.01):
+    return _dense_plan([(d, 120, A.TANH, 0.0), (120, 288, A.TANH, l2), (288, k, A.IDENTITY, 0.0)])
 
 
 def _wide_problem(loss_kind=ref.LOSS_CE, n=90, d=300, k=3, seed=0):
@@ -234,12 +239,7 @@ def test_packed_weight_floor(split_loop, below):  # noqa: F811
     # exactly when its d * 16 weights reach _PACKED_MIN_WEIGHTS; packed or not, the loop matches
     # the reference
     d = K._PACKED_MIN_WEIGHTS // 16 - (1 if below else 0)
-    rows, f, off = [], [], 0
-    for fi, fo, act in [(d, 16, A.TANH), (16, 3, A.IDENTITY)]:
-        rows.append((ref.KIND_DENSE, fi, fo, act, 1, off, off + fi * fo))
-        f.append((0.0, 0.0))
-        off += fi * fo + fo
-    plan_i, plan_f = np.array(rows, np.int64), np.array(f, np.float64)
+    plan_i, plan_f, off = _dense_plan([(d, 16, A.TANH, 0.0), (16, 3, A.IDENTITY, 0.0)])
     X, y, Y, sw, order = _problem(F32, ref.LOSS_CE, n=60, d=d, k=3, seed=4)
     params0 = np.random.default_rng(5).uniform(-0.3, 0.3, off).astype(np.float32)
     K.set_num_threads(2)
