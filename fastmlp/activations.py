@@ -7,29 +7,29 @@ PyTorch: ReLU'(0) = 0, LeakyReLU'(0) = alpha, ELU'(0) = alpha (PyTorch's
 ``x <= 0`` branch; equal to 1 for the default alpha), SELU'(0) =
 scale * alpha, step has no trainable derivative at all.
 
-``exp`` (code 13, appended after the row-wise codes so that the older codes
-keep their numbers) is the inverse of the log link: the output activation of
-the Poisson loss, whose output layer produces the log-rate.
+``exp`` is the inverse of the log link: the output activation of the Poisson
+loss, whose output layer produces the log-rate. The codes are the members of
+:class:`fastmlp._native.codes.Act`.
 """
 
-IDENTITY = 0
-SIGMOID = 1
-TANH = 2
-RELU = 3
-LEAKY_RELU = 4
-ELU = 5
-SELU = 6
-SOFTPLUS = 7
-SWISH = 8
-GELU = 9
-STEP = 10
-# Row-wise activations: they couple the columns of a row.
-SOFTMAX = 11
-LOG_SOFTMAX = 12
-# Element-wise again; appended at the end of the table so codes stay stable.
-EXP = 13
+from ._native.codes import ROWWISE_ACTS as ROWWISE
+from ._native.codes import Act
 
-ROWWISE = frozenset({SOFTMAX, LOG_SOFTMAX})
+# The codes, by their names in this module (the enum is their one owner).
+IDENTITY = Act.IDENTITY
+SIGMOID = Act.SIGMOID
+TANH = Act.TANH
+RELU = Act.RELU
+LEAKY_RELU = Act.LEAKY_RELU
+ELU = Act.ELU
+SELU = Act.SELU
+SOFTPLUS = Act.SOFTPLUS
+SWISH = Act.SWISH
+GELU = Act.GELU
+STEP = Act.STEP
+SOFTMAX = Act.SOFTMAX
+LOG_SOFTMAX = Act.LOG_SOFTMAX
+EXP = Act.EXP
 
 SELU_ALPHA = 1.6732632423543772848170429916717
 SELU_SCALE = 1.0507009873554804934193349852946

@@ -69,7 +69,7 @@ from . import activations as _act
 from . import initializers as _init
 from . import optim as _optim
 from .layers import Activation, BatchNorm, Dense, Dropout
-from .model import Sequential, TrainingDivergedError, _Buffers
+from .model import Sequential, TrainingDivergedError
 
 try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data as _validate_data
@@ -100,13 +100,13 @@ def _full_batch_objective(model, X, T, sample_weight):
     target, kind = model._check_targets(T, X.shape[0])
     sw = _validation.check_sample_weight(sample_weight, X.shape[0], model.dtype)
     model._loss_kind, model._weighted = kind, sw.shape[0] > 0
-    buf = _Buffers(model, X.shape[0], training=True)
-    buf.x[...] = X
+    plan = model._make_plan(model._train_acts, X.shape[0], training=True)
+    plan.x[...] = X
 
     def objective(params):
         model._params[...] = params
-        model._forward(buf, model._train_acts)
-        loss = model._loss_and_grads(buf, target, sw)
+        model._forward(plan)
+        loss = model._loss_and_grads(plan, target, sw)
         return loss, model._grads.astype(np.float64)
 
     return objective

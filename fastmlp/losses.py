@@ -15,13 +15,13 @@ Two kinds of loss:
 from dataclasses import dataclass
 
 from . import activations as _act
-from .backends import reference as _ref
+from ._native.codes import Loss
 
 
 @dataclass(frozen=True)
 class LossSpec:
     name: str
-    kind: int            # loss kind of the step loop (reference.LOSS_*) for integer labels / real targets
+    kind: int            # loss kind of the step loop (codes.Loss) for integer labels / real targets
     onehot_kind: int     # loss kind for one-hot (probability) rows, or -1 if not accepted
     fused_act: int       # activation fused into the kernel, or -1
     allowed_out: tuple   # output-layer activation codes this loss accepts (empty: any)
@@ -30,15 +30,15 @@ class LossSpec:
 
 
 LOSSES = {
-    "cross_entropy": LossSpec("cross_entropy", _ref.LOSS_CE, _ref.LOSS_CE_ONEHOT,
+    "cross_entropy": LossSpec("cross_entropy", Loss.CE, Loss.CE_ONEHOT,
                               _act.SOFTMAX, (_act.IDENTITY, _act.SOFTMAX), True, _act.SOFTMAX),
-    "nll": LossSpec("nll", _ref.LOSS_NLL, -1, -1, (_act.LOG_SOFTMAX,), True, -1),
-    "binary_cross_entropy": LossSpec("binary_cross_entropy", _ref.LOSS_BCE, -1,
+    "nll": LossSpec("nll", Loss.NLL, -1, -1, (_act.LOG_SOFTMAX,), True, -1),
+    "binary_cross_entropy": LossSpec("binary_cross_entropy", Loss.BCE, -1,
                                      _act.SIGMOID, (_act.IDENTITY, _act.SIGMOID), False, _act.SIGMOID),
-    "mse": LossSpec("mse", _ref.LOSS_MSE, -1, -1, (), False, -1),
+    "mse": LossSpec("mse", Loss.MSE, -1, -1, (), False, -1),
     # exp(z) - y*z on the log-rate z (PyTorch's PoissonNLLLoss(log_input=True));
     # predict returns the rate exp(z). Targets are counts / rates >= 0.
-    "poisson": LossSpec("poisson", _ref.LOSS_POISSON, -1, _act.EXP, (_act.IDENTITY, _act.EXP), False,
+    "poisson": LossSpec("poisson", Loss.POISSON, -1, _act.EXP, (_act.IDENTITY, _act.EXP), False,
                         _act.EXP),
 }
 ALIASES = {

@@ -13,6 +13,7 @@ size; a training step only calls backend kernels on them.
 import contextlib
 import math
 import time
+import weakref
 
 import numpy as np
 
@@ -21,6 +22,8 @@ from . import activations as _act
 from . import initializers as _init
 from . import losses as _losses
 from . import optim as _optim
+from ._native import plan as _plan
+from ._native.codes import FUSED_LOSSES, REGRESSION_LOSSES, Loss, Unit
 from .backends import get_backend
 from .backends import reference as _ref
 from .layers import Activation, BatchNorm, Dense, Dropout
@@ -87,60 +90,11 @@ def _blas_controller():
     return _CONTROLLER
 
 
-# Losses without an accuracy.
-_REGRESSION = (_ref.LOSS_MSE, _ref.LOSS_POISSON)
 # Batches up to this many rows take the per-request predict path.
 _SMALL_ROWS = 64
 # OpenBLAS runs a GEMM of m*n*k <= 65536 * 4 multiply-adds on one thread
 # (interface/gemm.c, SMP_THRESHOLD_MIN * GEMM_MULTITHREAD_THRESHOLD).
 _BLAS_SERIAL_WORK = 65536 * 4
-
-
-_EMPTY_MASK = {np.dtype(t): np.empty((0, 0), dtype=t) for t in (np.float32, np.float64)}
-
-
-class _Buffers:
-    """Per-batch-size work arrays of the forward and backward passes."""
-
-    def __init__(self, model, n, training):
-        dt, units = model.dtype, model._units
-        acts = model._train_acts if training else model._infer_acts
-        self.n = n
-        self.x = np.empty((n, model.input_dim), dtype=dt)
-        self.Z, self.A = [], []
-        # Dropout masks: a (n, fan_out) buffer per dropout unit (training only).
-        self.M = [_EMPTY_MASK[dt]] * len(units)
-        prev = self.x
-        for i, (unit, act) in enumerate(zip(units, acts)):
-            z = np.empty((n, unit.fan_out), dtype=dt) if unit.dense else prev
-            if unit.bn:  # Z holds x-hat, A the output
-                z = np.empty((n, unit.fan_out), dtype=dt)
-            # in training a dropout unit keeps its input (the layer below needs
-            # it for its backward pass) and writes the dropped copy apart
-            own = act != _act.IDENTITY or (training and unit.dropout) or unit.bn
-            a = np.empty((n, unit.fan_out), dtype=dt) if own else z
-            if training and unit.dropout:
-                self.M[i] = np.empty((n, unit.fan_out), dtype=dt)
-            if training and unit.bn:  # batch mean and 1/sqrt(var + eps)
-                self.M[i] = np.empty((2, unit.fan_out), dtype=dt)
-            self.Z.append(z)
-            self.A.append(a)
-            prev = a
-        if not training:
-            return
-        # Gradients at each unit's output; activation derivatives are applied
-        # in place, and an activation-only unit passes its buffer down.
-        L, k = len(units), units[-1].fan_out
-        self.dA = [None] * L
-        self.dA[L - 1] = np.empty((n, k), dtype=dt)
-        for i in range(L - 1, 0, -1):
-            u = units[i]
-            self.dA[i - 1] = np.empty((n, u.fan_in), dtype=dt) if (u.dense or u.bn) else self.dA[i]
-        self.P = np.empty((n, k), dtype=dt)
-        labels = model._loss_kind in (_ref.LOSS_CE, _ref.LOSS_NLL)
-        self.y = np.empty(n if labels else 0, dtype=np.int64)
-        self.Y = np.empty((0, 0) if labels else (n, k), dtype=dt)
-        self.sw = np.empty(n if model._weighted else 0, dtype=dt)
 
 
 class Sequential:
@@ -197,7 +151,7 @@ class Sequential:
             self.build(_validation.check_positive_int(input_dim, "input_dim"))
 
     # ------------------------------------------------------------------ build
-    def _plan(self, input_dim):
+    def _compile_units(self, input_dim):
         units, fan_in = [], input_dim
         for layer in self.layers:
             if isinstance(layer, Dropout):
@@ -223,7 +177,7 @@ class Sequential:
     def build(self, input_dim):
         """Create the weights for ``input_dim`` features (done by ``fit`` when omitted)."""
         self.input_dim = input_dim
-        self._units = self._plan(input_dim)
+        self._units = self._compile_units(input_dim)
         offset = 0
         for u in self._units:
             u.w_off, u.b_off = offset, offset + (u.fan_out if u.bn else u.fan_in * u.fan_out)
@@ -320,10 +274,13 @@ class Sequential:
                     "gradient flows through it and the model cannot be trained. Use 'sigmoid' or 'tanh' "
                     "for a smooth step, or use 'step' only in a model you do not train."
                 )
+        opt = _optim.get(optimizer)
+        clip_norm = None if clip_norm is None else _validation.check_positive(clip_norm, "clip_norm")
+        owner = opt._bind(self)
         self._loss, self._loss_kind = spec, spec.kind
-        self.optimizer = _optim.get(optimizer)
-        self.optimizer.state = None
-        self.clip_norm = None if clip_norm is None else _validation.check_positive(clip_norm, "clip_norm")
+        self.optimizer, opt._owner = opt, owner
+        opt.state = None
+        self.clip_norm = clip_norm
         if self.built:
             self._set_acts()
             self._infer_cache = self._predictor = None
@@ -365,49 +322,52 @@ class Sequential:
                 return _validation.check_targets(arr, n, k, self.dtype, name), spec.onehot_kind
             return _validation.check_labels(arr, n, k, name), spec.kind
         target = _validation.check_targets(y, n, k, self.dtype, name)
-        if spec.kind == _ref.LOSS_POISSON:
+        if spec.kind == Loss.POISSON:
             _validation.check_nonnegative_targets(target, name, spec.name)
         return target, spec.kind
 
     # ------------------------------------------------------------ one step
-    def _plan_arrays(self, acts, n, dropout=False):
-        """The plan the step loop walks (see reference.train_steps) for batches of n rows.
+    def _records(self, acts, n, dropout=False):
+        """The unit records (fastmlp._native.plan.UNIT_DTYPE) of batches of n rows.
 
-        With ``dropout`` (training steps) a dropout unit is a KIND_DROPOUT row
-        with its rate in the ALPHA column; otherwise (predict, evaluate, the
-        full-batch objective) it is an identity activation-only unit. A
-        batch-norm unit is always a KIND_BATCHNORM row (eps in ALPHA, momentum
-        in L2): the M argument of the loops selects batch statistics
-        (training) or the running ones (M=None: predict, evaluate).
+        With ``dropout`` (training steps) a dropout unit is a DROPOUT record;
+        otherwise (predict, evaluate, the full-batch objective) it is an
+        identity activation unit. A batch-norm unit is always a BATCHNORM
+        record; the loops' ``training`` flag selects its batch statistics or
+        its running ones. ``acts`` gives each unit's activation (training:
+        the identity at an output fused into the loss).
         """
-        plan_i = np.zeros((len(self._units), 7), dtype=np.int64)
-        plan_f = np.zeros((len(self._units), 2), dtype=np.float64)
+        rec = _plan.records(len(self._units))
         for i, u in enumerate(self._units):
+            r = rec[i:i + 1]
+            r["fan_in"], r["fan_out"] = u.fan_in, u.fan_out
             if u.bn:
-                plan_i[i] = (_ref.KIND_BATCHNORM, u.fan_in, u.fan_out, _act.IDENTITY, 1, u.w_off, u.b_off)
-                plan_f[i] = (u.eps, u.momentum)
-                continue
-            if u.dropout:
-                plan_i[i] = (_ref.KIND_DROPOUT if dropout else _ref.KIND_ACTIVATION, u.fan_in, u.fan_out,
-                             _act.IDENTITY, 0, 0, 0)
-                plan_f[i] = (u.rate if dropout else 0.0, 0.0)
-                continue
-            plan_i[i] = (_ref.KIND_DENSE if u.dense else _ref.KIND_ACTIVATION, u.fan_in, u.fan_out,
-                         acts[i], u.use_bias, u.w_off, u.b_off)
-            # Keras' l2 * sum(W**2) plus scikit-learn's alpha / (2 n) * sum(W**2)
-            plan_f[i] = (u.alpha, (2.0 * u.l2 + self._alpha_per_batch / n) if u.dense else 0.0)
-        return plan_i, plan_f
+                r["kind"], r["act"], r["use_bias"] = Unit.BATCHNORM, _act.IDENTITY, 1
+                r["w_off"], r["b_off"], r["eps"], r["momentum"] = u.w_off, u.b_off, u.eps, u.momentum
+            elif u.dropout:
+                r["kind"], r["act"] = (Unit.DROPOUT if dropout else Unit.ACTIVATION), _act.IDENTITY
+                r["rate"] = u.rate if dropout else 0.0
+            else:
+                r["kind"] = Unit.DENSE if u.dense else Unit.ACTIVATION
+                r["act"], r["alpha"], r["use_bias"] = acts[i], u.alpha, u.use_bias
+                r["w_off"], r["b_off"] = u.w_off, u.b_off
+                # Keras' l2 * sum(W**2) plus scikit-learn's alpha / (2 n) * sum(W**2)
+                r["l2"] = (2.0 * u.l2 + self._alpha_per_batch / n) if u.dense else 0.0
+        return rec
 
-    def _forward(self, buf, acts):
-        plan_i, plan_f = self._plan_arrays(acts, buf.n)
-        return _ref.forward_units(self.backend, plan_i, plan_f, self._params, buf.x, buf.Z, buf.A)
+    def _make_plan(self, acts, n, training=False, dropout=False):
+        """A :class:`fastmlp._native.plan.Plan` of this model's units for batches of n rows."""
+        return _plan.Plan(self._records(acts, n, dropout), self._params, self._grads, n,
+                          loss=self._loss_kind if self._loss_kind is not None else Loss.MSE,
+                          training=training, weighted=self._weighted)
 
-    def _loss_and_grads(self, buf, target, sw):
-        """Loss and gradients (into ``self._grads``) after ``_forward(buf, self._train_acts)``."""
-        plan_i, plan_f = self._plan_arrays(self._train_acts, buf.n)
-        y, Y = (target, buf.Y) if target.ndim == 1 else (buf.y, target)
-        return _ref.loss_and_grads(self.backend, plan_i, plan_f, self._params, self._grads, buf.x, buf.Z,
-                                   buf.A, buf.dA, buf.P, y, Y, sw, self._loss_kind)
+    def _forward(self, plan):
+        return _ref.forward_units(self.backend, plan)
+
+    def _loss_and_grads(self, plan, target, sw):
+        """Loss and gradients (into ``self._grads``) after ``_forward(plan)`` of a training plan."""
+        y, Y = (target, plan.Y) if target.ndim == 1 else (plan.y, target)
+        return _ref.loss_and_grads(self.backend, plan, y, Y, sw)
 
     # -------------------------------------------------------------------- fit
     def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, verbose=1,
@@ -450,24 +410,28 @@ class Sequential:
                 raise ValueError("validation_data must be a tuple (X_val, y_val).")
             Xv = self._check_X(validation_data[0], "X_val")
             val = (Xv, *self._check_targets(validation_data[1], Xv.shape[0], "y_val"))
-        self._loss_kind, self._weighted = kind, sw.shape[0] > 0
-
-        opt = self.optimizer
-        if getattr(opt, "state", None) is None:
-            opt.init_state(self._params.size, self.dtype, np)
-        history = History()
         batch_size = min(batch_size, n)
         if self._has_batchnorm and (batch_size < 2 or n % batch_size == 1):
             raise ValueError(
                 "Expected more than 1 value per channel when training: BatchNorm needs training batches "
                 f"of at least 2 rows, but {n} sample(s) with batch_size={batch_size} give a batch of 1 row"
                 + (" (the last, partial one); choose another batch_size." if batch_size >= 2 else "."))
+        opt = self.optimizer
+        if opt.state is not None and not opt._fits(self._params):
+            raise ValueError(
+                f"The optimizer's state ({', '.join(opt.state_names)}) was made for another model: it has "
+                f"{next(iter(opt.state.values())).size} values, this model {self._params.size} parameters of "
+                f"{self.dtype}. Compile this model with an optimizer of its own.")
+        self._loss_kind, self._weighted = kind, sw.shape[0] > 0
+        if opt.state is None:
+            opt.init_state(self._params.size, self.dtype)
+        history = History()
         with self._threads(self._fit_threads(n_threads, batch_size)):
-            bufs = {}
+            plans = {}
             for epoch in range(epochs):
                 t0 = time.perf_counter()
                 snapshot = self._params.copy()
-                logs = self._train_epoch(X, target, sw, batch_size, shuffle, bufs, epoch, snapshot)
+                logs = self._train_epoch(X, target, sw, batch_size, shuffle, plans, epoch, snapshot)
                 if val is not None:
                     v = self._evaluate_arrays(val[0], val[1], val[2], np.empty(0, self.dtype))
                     logs["val_loss"] = v["loss"]
@@ -483,32 +447,26 @@ class Sequential:
         self.history = history
         return history
 
-    def _train_epoch(self, X, target, sw, batch_size, shuffle, bufs, epoch, snapshot):
+    def _train_epoch(self, X, target, sw, batch_size, shuffle, plans, epoch, snapshot):
         n = X.shape[0]
         order = self._rng.permutation(n) if shuffle else np.arange(n, dtype=np.int64)
         # a fresh base seed of the dropout masks per epoch (drawn only when
         # there is dropout, so that models without it keep their streams)
         seed = int(self._rng.integers(0, 2**64, dtype=np.uint64)) if self._has_dropout else 0
-        y, Y = (target, self._empty2) if target.ndim == 1 else (np.empty(0, np.int64), target)
         n_full, rem = divmod(n, batch_size)
         losses = np.empty(n_full + (rem > 0), dtype=np.float64)
         correct = np.empty_like(losses)
         opt = self.optimizer
-        state1, state2 = opt.states(np)
-        hyper = np.array(opt.hyper(), dtype=np.float64)
-        clip = self.clip_norm or 0.0
         for start, nb, steps in ((0, batch_size, n_full), (n_full * batch_size, rem, 1)):
             if nb == 0 or steps == 0:
                 continue
-            buf = bufs.get(nb)
-            if buf is None:
-                buf = bufs[nb] = _Buffers(self, nb, training=True)
-            plan_i, plan_f = self._plan_arrays(self._train_acts, nb, dropout=True)
+            plan = plans.get(nb)
+            if plan is None:
+                plan = plans[nb] = self._make_plan(self._train_acts, nb, training=True, dropout=True)
             first = start // batch_size
-            done = self.backend.train_steps(
-                X, y, Y, sw, order, start, steps, plan_i, plan_f, self._params, self._grads,
-                buf.x, buf.y, buf.Y, buf.sw, buf.Z, buf.A, buf.dA, buf.M, buf.P, self._loss_kind,
-                opt.kind, hyper, state1, state2, opt.t, clip, seed, losses[first:], correct[first:])
+            loop = opt.loop_state(self.clip_norm or 0.0, seed)
+            done = self.backend.train_steps(plan, loop, X, target, sw, order, start, steps, losses[first:],
+                                            correct[first:])
             opt.t += done
             if done < steps:
                 self._diverged(epoch, first + done, losses[first + done], snapshot)
@@ -521,7 +479,7 @@ class Sequential:
             if rem:
                 weights[-1] = rem
         logs = {"loss": float(np.dot(losses, weights) / weights.sum())}
-        if self._loss_kind not in _REGRESSION:
+        if self._loss_kind not in REGRESSION_LOSSES:
             logs["accuracy"] = float(correct.sum()) / n
         return logs
 
@@ -577,9 +535,9 @@ class Sequential:
         with self._threads(n_threads):
             for start in range(0, n, batch_size):
                 chunk = X[start:start + batch_size]
-                buf = self._infer_buffers(chunk.shape[0])
-                buf.x[...] = chunk
-                out[start:start + chunk.shape[0]] = self._forward(buf, self._infer_acts)
+                plan = self._infer_plan(chunk.shape[0])
+                plan.x[...] = chunk
+                out[start:start + chunk.shape[0]] = self._forward(plan)
         return out
 
     def _predict_small(self, X, batch_size, n_threads):
@@ -601,19 +559,16 @@ class Sequential:
             if rows < 1:
                 p = self._predictor = False
             else:
-                buf = _Buffers(self, rows, training=False)
-                plan_i, plan_f = self._plan_arrays(self._infer_acts, rows)
-                p = self._predictor = self.backend.make_predictor(plan_i, plan_f, self._params, buf.x,
-                                                                  buf.Z, buf.A)
+                p = self._predictor = self.backend.make_predictor(self._make_plan(self._infer_acts, rows))
                 self._predictor_rows = rows
         if p is False or X.shape[0] > self._predictor_rows:
             return None
         out = np.empty((X.shape[0], self._units[-1].fan_out), dtype=self.dtype)
         return out if p.run(X, out) else None
 
-    def _infer_buffers(self, n):
-        if self._infer_cache is None or self._infer_cache.n != n:
-            self._infer_cache = _Buffers(self, n, training=False)
+    def _infer_plan(self, n):
+        if self._infer_cache is None or self._infer_cache.rows != n:
+            self._infer_cache = self._make_plan(self._infer_acts, n)
         return self._infer_cache
 
     def evaluate(self, X, y, sample_weight=None, batch_size=4096, n_threads=None):
@@ -634,25 +589,22 @@ class Sequential:
         self._weighted, self._loss_kind = sw.shape[0] > 0, kind
         try:
             total, wsum, correct = 0.0, 0.0, 0.0
-            plan_i, plan_f = self._plan_arrays(self._train_acts, 1)
-            plan_f[:, _ref.P_L2] = 0.0  # the penalty is added once below, not per chunk
-            fused = self._loss_kind in _ref.FUSED_LOSSES
-            L = len(self._units) - 1
+            fused = self._loss_kind in FUSED_LOSSES
             for start in range(0, n, batch_size):
                 sl = slice(start, min(start + batch_size, n))
-                buf = _Buffers(self, sl.stop - start, training=True)
-                buf.x[...] = X[sl]
-                y, Y = (target[sl], buf.Y) if target.ndim == 1 else (buf.y, target[sl])
+                plan = self._make_plan(self._train_acts, sl.stop - start, training=True)
+                plan.units["l2"] = 0.0  # the penalty is added once below, not per chunk
+                plan.x[...] = X[sl]
+                y, Y = (target[sl], plan.Y) if target.ndim == 1 else (plan.y, target[sl])
                 w = sw[sl] if self._weighted else sw
-                _ref.forward_units(self.backend, plan_i, plan_f, self._params, buf.x, buf.Z, buf.A)
-                loss = _ref.loss_and_grads(self.backend, plan_i, plan_f, self._params, self._grads,
-                                           buf.x, buf.Z, buf.A, buf.dA, buf.P, y, Y, w, self._loss_kind)
-                bw = float(w.sum()) if self._weighted else float(buf.n)
+                self._forward(plan)
+                loss = _ref.loss_and_grads(self.backend, plan, y, Y, w)
+                bw = float(w.sum()) if self._weighted else float(plan.rows)
                 total += loss * bw
                 wsum += bw
-                correct += _ref.count_correct(buf.Z[L] if fused else buf.A[L], y, Y, self._loss_kind)
+                correct += _ref.count_correct(plan.Z[-1] if fused else plan.A[-1], y, Y, self._loss_kind)
             result = {"loss": total / wsum + self._penalty(n)}
-            if self._loss_kind not in _REGRESSION:
+            if self._loss_kind not in REGRESSION_LOSSES:
                 result["accuracy"] = correct / n
             return result
         finally:
@@ -660,9 +612,9 @@ class Sequential:
 
     def _penalty(self, n):
         """The L2 penalty the training loss carries for batches of n rows."""
-        _, plan_f = self._plan_arrays(self._train_acts, n)
-        return sum(0.5 * plan_f[i, _ref.P_L2] * float(np.dot(u.W.ravel(), u.W.ravel()))
-                   for i, u in enumerate(self._units) if u.dense and plan_f[i, _ref.P_L2])
+        l2 = self._records(self._train_acts, n)["l2"]
+        return sum(0.5 * l2[i] * float(np.dot(u.W.ravel(), u.W.ravel()))
+                   for i, u in enumerate(self._units) if u.dense and l2[i])
 
     # ------------------------------------------------------------- weights
     def _weight_views(self):
@@ -725,10 +677,8 @@ class Sequential:
         self.backend = get_backend(self.backend_name)
         if self._units is not None:
             self._bind_views()
-
-    @property
-    def _empty2(self):
-        return np.empty((0, 0), dtype=self.dtype)
+        if self.optimizer is not None:  # a copy's optimizer is the copy's own
+            self.optimizer._owner = weakref.ref(self)
 
     def __repr__(self):
         return f"Sequential({self.layers!r}, input_dim={self.input_dim}, dtype={self.dtype.name!r})"

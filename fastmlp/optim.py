@@ -4,39 +4,85 @@ A model keeps all its parameters in one contiguous vector (the layers' W
 and b are views into it) and all gradients in another, so one optimizer
 step is one fused kernel call over the whole network.
 """
+import weakref
+
+import numpy as np
+
 from . import _validation
+from ._native import plan as _plan
+from ._native.codes import Opt
+
+
+def _no_owner():
+    return None
 
 
 class Optimizer:
-    """Base class: hyperparameters, per-fit state, and the step."""
+    """Base class: hyperparameters, per-fit state, and the step.
+
+    An optimizer's state (momentum buffers, moment estimates) belongs to the
+    parameters of one model: the model whose ``compile`` it was given owns it,
+    and giving the same instance to another model's ``compile`` is an error
+    while the first model lives.
+    """
 
     #: names of the state vectors, each the size of the parameter vector
     state_names = ()
+    #: the optimizer's code in the native loop (codes.Opt)
+    kind = Opt.NONE
+    state = None
+    _owner = staticmethod(_no_owner)
 
     def __init__(self, lr):
         self.lr = _validation.check_positive(lr, "lr")
         self.t = 0
 
-    def init_state(self, n_params, dtype, np):
+    def init_state(self, n_params, dtype, np=np):
         """Allocate the state vectors (zeros), once per model."""
         self.t = 0
         self.state = {name: np.zeros(n_params, dtype=dtype) for name in self.state_names}
 
+    def _fits(self, params):
+        """Whether the state was made for (a model of) this parameter vector."""
+        return self.state is not None and all(
+            v.shape == params.shape and v.dtype == params.dtype for v in self.state.values())
+
+    def _bind(self, model):
+        """Make ``model`` the owner (see the class docstring); raises ValueError if another live model owns it."""
+        owner = self._owner()
+        if owner is not None and owner is not model:
+            cls = type(self).__name__
+            raise ValueError(
+                f"This {cls} instance is already the optimizer of another model, and an optimizer's state "
+                f"({', '.join(self.state_names) or 'none yet'}) belongs to the parameters of one model. "
+                f"Give each model an optimizer of its own, e.g. fastmlp.optim.{cls}(**optimizer.get_config())."
+            )
+        return weakref.ref(model)
+
     def hyper(self):  # pragma: no cover - abstract
-        """The float64 hyperparameter vector of the native step loop (see reference.train_steps)."""
+        """The hyperparameter record of the native step loop (plan.HYPER_DTYPE)."""
         raise NotImplementedError
 
-    def states(self, np):
+    def states(self, np=np):
         """The two state vectors the native step loop updates ((0,) where unused)."""
         vecs = [self.state[name] for name in self.state_names]
         empty = np.empty(0, dtype=vecs[0].dtype)
         return (vecs + [empty, empty])[:2]
 
+    def loop_state(self, clip_norm=0.0, seed=0):
+        """The :class:`fastmlp._native.plan.LoopState` of a training call from the current state."""
+        return _plan.LoopState(self.kind, self.hyper(), *self.states(), self.t, clip_norm, seed)
+
     def step(self, backend, params, grads):  # pragma: no cover - abstract
         raise NotImplementedError
 
     def get_config(self):
-        return {k: v for k, v in vars(self).items() if k not in ("state", "t")}
+        return {k: v for k, v in vars(self).items() if k not in ("state", "t", "_owner")}
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_owner", None)  # a weak reference; the model that unpickles it binds it again
+        return state
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
@@ -50,7 +96,7 @@ class SGD(Optimizer):
     """
 
     state_names = ("buf",)
-    kind = 0  # reference.OPT_SGD
+    kind = Opt.SGD
 
     def __init__(self, lr=0.01, momentum=0.0, nesterov=False):
         super().__init__(lr)
@@ -60,7 +106,7 @@ class SGD(Optimizer):
         self.nesterov = bool(nesterov)
 
     def hyper(self):
-        return (self.lr, self.momentum, float(self.nesterov), 0.0)
+        return _plan.hyper(lr=self.lr, momentum=self.momentum, nesterov=float(self.nesterov))
 
     def step(self, backend, params, grads):
         self.t += 1
@@ -71,7 +117,7 @@ class RMSprop(Optimizer):
     """RMSprop as ``torch.optim.RMSprop`` (alpha=rho, not centered)."""
 
     state_names = ("sq",)
-    kind = 1  # reference.OPT_RMSPROP
+    kind = Opt.RMSPROP
 
     def __init__(self, lr=0.01, rho=0.99, eps=1e-8):
         super().__init__(lr)
@@ -79,7 +125,7 @@ class RMSprop(Optimizer):
         self.eps = _validation.check_positive(eps, "eps")
 
     def hyper(self):
-        return (self.lr, self.rho, self.eps, 0.0)
+        return _plan.hyper(lr=self.lr, rho=self.rho, eps=self.eps)
 
     def step(self, backend, params, grads):
         self.t += 1
@@ -90,7 +136,7 @@ class Adam(Optimizer):
     """Adam as ``torch.optim.Adam`` (bias-corrected, no AMSGrad)."""
 
     state_names = ("m", "v")
-    kind = 2  # reference.OPT_ADAM
+    kind = Opt.ADAM
 
     def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
         super().__init__(lr)
@@ -99,7 +145,7 @@ class Adam(Optimizer):
         self.eps = _validation.check_positive(eps, "eps")
 
     def hyper(self):
-        return (self.lr, self.beta1, self.beta2, self.eps)
+        return _plan.hyper(lr=self.lr, beta1=self.beta1, beta2=self.beta2, eps=self.eps)
 
     def step(self, backend, params, grads):
         self.t += 1

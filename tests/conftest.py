@@ -76,3 +76,56 @@ def central_diff(f, x, eps=1e-6):
         flat[i] = old
         g.reshape(-1)[i] = (up - down) / (2 * eps)
     return g
+
+
+# ------------------------------------------------------------- plans by hand
+# The tests of train_steps / make_predictor build small plans unit by unit.
+from fastmlp._native import plan as _plan  # noqa: E402
+from fastmlp._native.codes import LABEL_LOSSES, Act, Loss, Opt, Unit  # noqa: E402
+
+OPT_HYPER = {  # the hyperparameters the loop tests train with
+    Opt.SGD: dict(lr=0.1, momentum=0.9, nesterov=1.0),
+    Opt.RMSPROP: dict(lr=0.01, rho=0.9, eps=1e-8),
+    Opt.ADAM: dict(lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8),
+}
+
+
+def unit(kind, fan_in, fan_out, act=Act.IDENTITY, use_bias=0, w_off=0, b_off=0, **named):
+    """One unit record's values, as a dict (alpha, l2, rate, eps, momentum by name)."""
+    return dict(kind=kind, fan_in=fan_in, fan_out=fan_out, act=act, use_bias=use_bias, w_off=w_off,
+                b_off=b_off, **named)
+
+
+def records(units):
+    rec = _plan.records(len(units))
+    for i, u in enumerate(units):
+        for name, value in u.items():
+            rec[name][i] = value
+    return rec
+
+
+def make_plan(units, rows, dt, loss=Loss.MSE, params=None, n_params=None, weighted=False, training=True,
+              fill=np.nan):
+    """A Plan of the given unit dicts for batches of ``rows`` rows; its buffers start at ``fill``."""
+    dt = np.dtype(dt)
+    if params is None:
+        params = np.zeros(n_params, dt)
+    plan = _plan.Plan(records(units) if isinstance(units, list) else units, params, np.zeros_like(params),
+                      rows, loss=loss, training=training, weighted=weighted)
+    for buf in [plan.x, *plan.Z, *plan.A, *plan.dA, *plan.M, plan.P, plan.Y, plan.sw]:
+        if buf.size:
+            buf.fill(fill)
+    return plan
+
+
+def loop_state(opt, n_params, dt, t=0, clip_norm=0.0, seed=0, **hyper):
+    """A LoopState with zeroed state vectors of the sizes the optimizer needs."""
+    hyper = dict(OPT_HYPER.get(opt, {}), **hyper)
+    n1 = n_params if (opt in (Opt.RMSPROP, Opt.ADAM) or (opt == Opt.SGD and hyper.get("momentum", 0.0))) else 0
+    n2 = n_params if opt == Opt.ADAM else 0
+    return _plan.LoopState(opt, _plan.hyper(**hyper), np.zeros(n1, dt), np.zeros(n2, dt), t, clip_norm, seed)
+
+
+def targets_of(loss, y, Y):
+    """The targets argument of train_steps: the labels, or the real targets."""
+    return y if loss in LABEL_LOSSES else Y

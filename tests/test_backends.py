@@ -20,7 +20,7 @@ from fastmlp import backends
 from fastmlp.backends import BackendUnavailableWarning
 from fastmlp.backends import reference as ref
 
-from conftest import BACKENDS, DTYPES, assert_close
+from conftest import BACKENDS, DTYPES, Act, Loss, Opt, Unit, assert_close, loop_state, make_plan, targets_of, unit
 
 # The kernels every backend implements, with reference's signatures.
 KERNELS = [
@@ -512,88 +512,49 @@ def test_sum_squares_and_scale(backend_name, dt, size):
 
 
 # ------------------------------------------------------------- the step loop
-def _model_plan(dt, loss_kind, k):
-    """A 2-unit plan: Dense(4->5, tanh), Dense(5->k, identity) or + log-softmax unit."""
-    rows = [(ref.KIND_DENSE, 4, 5, A.TANH, 1, 0, 20), (ref.KIND_DENSE, 5, k, A.IDENTITY, 1, 25, 25 + 5 * k)]
-    n_params = 25 + 6 * k
-    if loss_kind == ref.LOSS_NLL:
-        rows.append((ref.KIND_ACTIVATION, k, k, A.LOG_SOFTMAX, 0, 0, 0))
-    plan_i = np.array(rows, dtype=np.int64)
-    plan_f = np.zeros((len(rows), 2))
-    plan_f[0, ref.P_L2] = 0.01
-    return plan_i, plan_f, n_params
+def _model_units(loss_kind, k):
+    """A 2-unit plan: Dense(4->5, tanh, L2), Dense(5->k, identity) or + log-softmax unit."""
+    units = [unit(Unit.DENSE, 4, 5, Act.TANH, 1, 0, 20, l2=0.01),
+             unit(Unit.DENSE, 5, k, Act.IDENTITY, 1, 25, 25 + 5 * k)]
+    if loss_kind == Loss.NLL:
+        units.append(unit(Unit.ACTIVATION, k, k, Act.LOG_SOFTMAX))
+    return units, 25 + 6 * k
 
 
-def _buffers(plan_i, bs, dt, d):
-    Z, Aa, dA = [], [], []
-    prev = np.empty((bs, d), dt)
-    for kind, fan_in, fan_out, act, *_ in plan_i:
-        z = np.empty((bs, fan_out), dt) if kind == ref.KIND_DENSE else prev
-        # a dropout unit keeps its input and writes the masked copy apart
-        a = z if act == A.IDENTITY and kind != ref.KIND_DROPOUT else np.empty((bs, fan_out), dt)
-        Z.append(z)
-        Aa.append(a)
-        prev = a
-    L = len(plan_i)
-    dA = [None] * L
-    dA[L - 1] = np.empty((bs, plan_i[-1][2]), dt)
-    for i in range(L - 1, 0, -1):
-        dA[i - 1] = np.empty((bs, plan_i[i][1]), dt) if plan_i[i][0] == ref.KIND_DENSE else dA[i]
-    return Z, Aa, dA
-
-
-def _masks(plan_i, bs, dt):
-    """Dropout mask buffers: (bs, fan_out) for dropout units, (0, 0) for the others."""
-    return [np.full((bs, row[2]), np.nan, dt) if row[0] == ref.KIND_DROPOUT else np.empty((0, 0), dt)
-            for row in plan_i]
-
-
-@pytest.mark.parametrize("loss_kind", [ref.LOSS_CE, ref.LOSS_CE_ONEHOT, ref.LOSS_NLL, ref.LOSS_BCE, ref.LOSS_MSE,
-                                       ref.LOSS_POISSON],
+@pytest.mark.parametrize("loss_kind", [Loss.CE, Loss.CE_ONEHOT, Loss.NLL, Loss.BCE, Loss.MSE, Loss.POISSON],
                          ids=["ce", "ce_onehot", "nll", "bce", "mse", "poisson"])
-@pytest.mark.parametrize("opt_kind", [ref.OPT_SGD, ref.OPT_RMSPROP, ref.OPT_ADAM], ids=["sgd", "rmsprop", "adam"])
+@pytest.mark.parametrize("opt_kind", [Opt.SGD, Opt.RMSPROP, Opt.ADAM], ids=["sgd", "rmsprop", "adam"])
 def test_train_steps(native_name, dt, loss_kind, opt_kind):
     be = backend(native_name)
     if not hasattr(be, "train_steps"):
         pytest.fail(f"backend {native_name!r} has no train_steps")
-    rng = _rng("train_steps", loss_kind, opt_kind)
+    rng = _rng("train_steps", int(loss_kind), int(opt_kind))
     n, d, k, bs = 23, 4, 3, 5
     X = rand(rng, (n, d), dt, 1.0)
-    labels = loss_kind in (ref.LOSS_CE, ref.LOSS_NLL)
+    labels = loss_kind in (Loss.CE, Loss.NLL)
     y = rng.integers(0, k, n).astype(np.int64) if labels else np.empty(0, np.int64)
-    if loss_kind == ref.LOSS_CE_ONEHOT:
+    if loss_kind == Loss.CE_ONEHOT:
         Y = np.eye(k, dtype=dt)[rng.integers(0, k, n)]
-    elif loss_kind == ref.LOSS_BCE:
+    elif loss_kind == Loss.BCE:
         Y = (rng.random((n, k)) < 0.5).astype(dt)
-    elif loss_kind == ref.LOSS_MSE:
+    elif loss_kind == Loss.MSE:
         Y = rand(rng, (n, k), dt, 1.0)
-    elif loss_kind == ref.LOSS_POISSON:
+    elif loss_kind == Loss.POISSON:
         Y = rng.poisson(2.0, (n, k)).astype(dt)
     else:
         Y = np.empty((0, 0), dt)
     sw = rng.uniform(0.5, 2.0, n).astype(dt)
     order = rng.permutation(n).astype(np.int64)
-    plan_i, plan_f, n_params = _model_plan(dt, loss_kind, k)
+    units, n_params = _model_units(loss_kind, k)
     params0 = rand(rng, n_params, dt, 0.5)
-    opt_f = {ref.OPT_SGD: (0.1, 0.9, 1.0, 0.0), ref.OPT_RMSPROP: (0.01, 0.9, 1e-8, 0.0),
-             ref.OPT_ADAM: (0.01, 0.9, 0.999, 1e-8)}[opt_kind]
-    opt_f = np.array(opt_f, dtype=np.float64)
     n_steps = n // bs
 
     def run(mod):
-        params, grads = params0.copy(), np.zeros(n_params, dt)
-        s1, s2 = np.zeros(n_params, dt), np.zeros(n_params if opt_kind == ref.OPT_ADAM else 0, dt)
-        Z, Aa, dA = _buffers(plan_i, bs, dt, d)
-        x_buf = np.empty((bs, d), dt)
-        y_buf = np.empty(bs if labels else 0, np.int64)
-        Y_buf = np.empty((bs, k) if not labels else (0, 0), dt)
-        sw_buf = np.empty(bs, dt)
-        P = np.empty((bs, k), dt)
+        plan = make_plan(units, bs, dt, loss_kind, params=params0.copy(), weighted=True)
+        loop = loop_state(opt_kind, n_params, dt, t=2, clip_norm=0.5, seed=12345)
         losses, correct = np.full(n_steps, np.nan), np.full(n_steps, np.nan)
-        done = mod.train_steps(X, y, Y, sw, order, 1, n_steps, plan_i, plan_f, params, grads,
-                               x_buf, y_buf, Y_buf, sw_buf, Z, Aa, dA, _masks(plan_i, bs, dt), P, loss_kind,
-                               opt_kind, opt_f, s1, s2, 2, 0.5, 12345, losses, correct)
-        return done, params, losses, correct, s1
+        done = mod.train_steps(plan, loop, X, targets_of(loss_kind, y, Y), sw, order, 1, n_steps, losses, correct)
+        return done, plan.params, losses, correct, loop.state1
 
     dw, pw, lw, cw, sw1 = run(ref)
     dg, pg, lg, cg, sg1 = run(be)
@@ -603,7 +564,7 @@ def test_train_steps(native_name, dt, loss_kind, opt_kind):
     assert_close(pg, pw, dt, rtol=1e-4 if dt == np.float32 else 1e-10)
     assert_close(sg1, sw1, dt, rtol=1e-4 if dt == np.float32 else 1e-10)
     assert not np.array_equal(pw, params0)  # the steps did train
-    if loss_kind == ref.LOSS_POISSON:
+    if loss_kind == Loss.POISSON:
         assert (cw == 0).all()  # no accuracy for a regression loss
         # the first step's loss is the Poisson loss at the initial weights
         rows = order[1:1 + bs]
@@ -620,17 +581,13 @@ def test_train_steps_poisson_negative_targets_raise(backend_name):
     be = backend(backend_name)
     dt = np.dtype(np.float64)
     n, d, k, bs = 6, 4, 2, 3
-    plan_i, plan_f, n_params = _model_plan(dt, ref.LOSS_POISSON, k)
-    Z, Aa, dA = _buffers(plan_i, bs, dt, d)
+    units, n_params = _model_units(Loss.POISSON, k)
     Y = np.ones((n, k))
     Y[4, 0] = -2.0
-    params = np.full(n_params, 0.1)
+    plan = make_plan(units, bs, dt, Loss.POISSON, params=np.full(n_params, 0.1))
+    loop = loop_state(Opt.SGD, n_params, dt, momentum=0.0, nesterov=0.0)
     with pytest.raises(ValueError, match=r"targets must be >= 0"):
-        be.train_steps(np.zeros((n, d)), np.empty(0, np.int64), Y, np.empty(0), np.arange(n), 0, 2,
-                       plan_i, plan_f, params, np.zeros(n_params), np.empty((bs, d)), np.empty(0, np.int64),
-                       np.empty((bs, k)), np.empty(0), Z, Aa, dA, _masks(plan_i, bs, dt), np.empty((bs, k)),
-                       ref.LOSS_POISSON, ref.OPT_SGD, np.array([0.1, 0.0, 0.0, 0.0]), np.zeros(n_params),
-                       np.empty(0), 0, 0.0, 0, np.zeros(2), np.zeros(2))
+        be.train_steps(plan, loop, np.zeros((n, d)), Y, np.empty(0), np.arange(n), 0, 2, np.zeros(2), np.zeros(2))
 
 
 # ------------------------------------------------------------- properties
@@ -835,21 +792,16 @@ def test_train_steps_stops_at_nonfinite_loss(backend_name):
     X = rand(rng, (n, d), dt, 1.0)
     Y = rand(rng, (n, k), dt, 1.0)
     Y[6, 1] = 1e200  # second batch: its square overflows
-    plan_i, plan_f, n_params = _model_plan(dt, ref.LOSS_MSE, k)
+    units, n_params = _model_units(Loss.MSE, k)
     params0 = rand(rng, n_params, dt, 0.5)
     order = np.arange(n, dtype=np.int64)
 
     def run(mod, steps):
-        params, grads = params0.copy(), np.zeros(n_params, dt)
-        s1, s2 = np.zeros(n_params, dt), np.empty(0, dt)
-        Z, Aa, dA = _buffers(plan_i, bs, dt, d)
+        plan = make_plan(units, bs, dt, Loss.MSE, params=params0.copy())
+        loop = loop_state(Opt.SGD, n_params, dt, momentum=0.0, nesterov=0.0)
         losses, correct = np.full(steps, np.nan), np.full(steps, np.nan)
-        done = mod.train_steps(X, np.empty(0, np.int64), Y, np.empty(0, dt), order, 0, steps, plan_i, plan_f,
-                               params, grads, np.empty((bs, d), dt), np.empty(0, np.int64),
-                               np.empty((bs, k), dt), np.empty(0, dt), Z, Aa, dA, _masks(plan_i, bs, dt),
-                               np.empty((bs, k), dt), ref.LOSS_MSE, ref.OPT_SGD,
-                               np.array([0.1, 0.0, 0.0, 0.0]), s1, s2, 0, 0.0, 0, losses, correct)
-        return done, params, losses
+        done = mod.train_steps(plan, loop, X, Y, np.empty(0, dt), order, 0, steps, losses, correct)
+        return done, plan.params, losses
 
     with np.errstate(over="ignore", invalid="ignore"):
         done, params, losses = run(be, 3)

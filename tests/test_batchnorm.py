@@ -1,5 +1,5 @@
 """Batch normalization: the batchnorm kernels of every backend against an
-independent NumPy formula and the reference, the KIND_BATCHNORM unit of the
+independent NumPy formula and the reference, the batch-norm unit of the
 native training loops against the reference, finite differences through a
 unit in training mode, PyTorch's BatchNorm1d, the BatchNorm layer of
 Sequential and MLPClassifier / MLPRegressor(batch_norm=True)."""
@@ -11,9 +11,9 @@ import pytest
 import fastmlp
 from fastmlp import Activation, BatchNorm, Dense, Dropout
 from fastmlp.backends import reference as ref
-from fastmlp.model import _Buffers
 
-from conftest import BACKENDS, DTYPES, NATIVE_BACKENDS, assert_close, central_diff
+from conftest import (BACKENDS, DTYPES, NATIVE_BACKENDS, Loss, Opt, Unit, assert_close, central_diff, loop_state,
+                      make_plan)
 from test_backends import _rng, rand
 
 
@@ -173,13 +173,12 @@ def _bn_model(backend_name, dt="float64", d=5, seed=0, extra=False):
 
 def test_plan_layout_and_weights_order():
     model = _bn_model("reference")
-    plan_i, plan_f = model._plan_arrays(model._train_acts, 4, dropout=True)
-    kinds = list(plan_i[:, ref.P_KIND])
-    assert kinds == [ref.KIND_DENSE, ref.KIND_BATCHNORM, ref.KIND_ACTIVATION, ref.KIND_DENSE,
-                     ref.KIND_BATCHNORM, ref.KIND_DENSE]
-    bn = plan_i[4]
-    assert bn[ref.P_FAN_IN] == bn[ref.P_FAN_OUT] == 6 and bn[ref.P_B_OFF] == bn[ref.P_W_OFF] + 6
-    np.testing.assert_array_equal(plan_f[4], [1e-3, 0.3])  # eps, momentum (no L2)
+    rec = model._records(model._train_acts, 4, dropout=True)
+    kinds = list(rec["kind"])
+    assert kinds == [Unit.DENSE, Unit.BATCHNORM, Unit.ACTIVATION, Unit.DENSE, Unit.BATCHNORM, Unit.DENSE]
+    bn = rec[4]
+    assert bn["fan_in"] == bn["fan_out"] == 6 and bn["b_off"] == bn["w_off"] + 6
+    assert (bn["eps"], bn["momentum"], bn["l2"], bn["alpha"], bn["rate"]) == (1e-3, 0.3, 0.0, 0.0, 0.0)
     assert model.count_params() == 5 * 7 + 4 * 7 + 7 * 6 + 6 + 4 * 6 + 6 * 3 + 3
     shapes = [w.shape for w in model.get_weights()]
     assert shapes == [(5, 7), (7,), (7,), (7,), (7,), (7, 6), (6,), (6,), (6,), (6,), (6,), (6, 3), (3,)]
@@ -189,23 +188,17 @@ def test_plan_layout_and_weights_order():
         np.testing.assert_array_equal(got, np.full(4, want, np.float32))
 
 
-def _train_steps_run(be, model, X, y, order, bs, n_steps, opt_kind, opt_f, params0):
-    params = params0.copy()
-    grads = np.zeros_like(params)
-    buf = _Buffers(model, bs, training=True)
-    plan_i, plan_f = model._plan_arrays(model._train_acts, bs, dropout=True)
-    s1 = np.zeros_like(params)
-    s2 = np.zeros_like(params) if opt_kind == ref.OPT_ADAM else np.empty(0, params.dtype)
+def _train_steps_run(be, model, X, y, order, bs, n_steps, opt_kind, hyper, params0):
+    plan = make_plan(model._records(model._train_acts, bs, dropout=True), bs, params0.dtype, Loss.CE,
+                     params=params0.copy())
+    loop = loop_state(opt_kind, params0.size, params0.dtype, t=2, seed=2**63 + 5, **hyper)
     losses, correct = np.full(n_steps, np.nan), np.full(n_steps, np.nan)
-    done = be.train_steps(X, y, np.empty((0, 0), X.dtype), np.empty(0, X.dtype), order, 0, n_steps, plan_i,
-                          plan_f, params, grads, buf.x, buf.y, buf.Y, buf.sw, buf.Z, buf.A, buf.dA, buf.M,
-                          buf.P, ref.LOSS_CE, opt_kind, np.array(opt_f, np.float64), s1, s2, 2, 0.0,
-                          2**63 + 5, losses, correct)
+    done = be.train_steps(plan, loop, X, y, np.empty(0, X.dtype), order, 0, n_steps, losses, correct)
     assert done == n_steps
-    return params, grads, losses, correct
+    return plan.params, plan.grads, losses, correct
 
 
-@pytest.mark.parametrize("opt_kind", [ref.OPT_SGD, ref.OPT_ADAM], ids=["sgd", "adam"])
+@pytest.mark.parametrize("opt_kind", [Opt.SGD, Opt.ADAM], ids=["sgd", "adam"])
 @pytest.mark.parametrize("extra", [False, True], ids=["bn", "bn_dropout"])
 def test_train_steps_batchnorm_matches_reference(native_name, dt, opt_kind, extra):
     """Several shuffled steps with two batch-norm units (and dropout): same weights,
@@ -217,7 +210,7 @@ def test_train_steps_batchnorm_matches_reference(native_name, dt, opt_kind, extr
     X = rand(rng, (23, 5), dt, 1.5)
     y = rng.integers(0, 3, 23).astype(np.int64)
     order = rng.permutation(23).astype(np.int64)
-    opt_f = (0.1, 0.9, 0.0, 0.0) if opt_kind == ref.OPT_SGD else (0.01, 0.9, 0.999, 1e-8)
+    opt_f = dict(lr=0.1, momentum=0.9, nesterov=0.0) if opt_kind == Opt.SGD else {}
     p0 = model._params.copy()
     pw, gw, lw, cw = _train_steps_run(ref, model, X, y, order, 5, 4, opt_kind, opt_f, p0)
     pg, gg, lg, cg = _train_steps_run(be, model, X, y, order, 5, 4, opt_kind, opt_f, p0)
@@ -255,13 +248,12 @@ def test_optimizer_does_not_move_running_stats(backend_name):
 def _train_loss_and_grads(model, X, y):
     """Training-mode (batch statistics) loss and gradients at the model's current parameters."""
     n = X.shape[0]
-    buf = _Buffers(model, n, training=True)
+    model._loss_kind = Loss.CE
+    buf = model._make_plan(model._train_acts, n, training=True, dropout=True)
     buf.x[...] = X
-    plan_i, plan_f = model._plan_arrays(model._train_acts, n, dropout=True)
     G = model._params.copy()  # the forward pass moves the running statistics: restore them
-    ref.forward_units(model.backend, plan_i, plan_f, model._params, buf.x, buf.Z, buf.A, buf.M)
-    loss = ref.loss_and_grads(model.backend, plan_i, plan_f, model._params, model._grads, buf.x, buf.Z, buf.A,
-                              buf.dA, buf.P, y, buf.Y, np.empty(0), ref.LOSS_CE, buf.M)
+    ref.forward_units(model.backend, buf, training=True)
+    loss = ref.loss_and_grads(model.backend, buf, y, buf.Y, np.empty(0), training=True)
     model._params[...] = G
     return loss, model._grads.copy(), buf
 
@@ -406,7 +398,8 @@ def test_train_steps_refuses_one_row(backend_name):
     model.compile("cross_entropy", "sgd")
     X, y = np.ones((4, 5)), np.zeros(4, np.int64)
     with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
-        _train_steps_run(be, model, X, y, np.arange(4), 1, 1, ref.OPT_SGD, (0.1, 0, 0, 0), model._params)
+        _train_steps_run(be, model, X, y, np.arange(4), 1, 1, Opt.SGD, dict(momentum=0.0, nesterov=0.0),
+                         model._params)
 
 
 # ------------------------------------------------------------- PyTorch

@@ -1,4 +1,4 @@
-"""Dropout: the counter-based masks, the mask kernels, the KIND_DROPOUT unit of
+"""Dropout: the counter-based masks, the mask kernels, the dropout unit of
 the native training loops against the reference, and the Dropout layer."""
 import numpy as np
 import pytest
@@ -8,8 +8,9 @@ from fastmlp import Activation, Dense, Dropout
 from fastmlp import activations as A
 from fastmlp.backends import reference as ref
 
-from conftest import BACKENDS, DTYPES, NATIVE_BACKENDS, assert_close, central_diff
-from test_backends import _buffers, _masks, _rng, rand
+from conftest import (BACKENDS, DTYPES, NATIVE_BACKENDS, Act, Loss, Opt, Unit, assert_close, central_diff,
+                      loop_state, make_plan, records, targets_of, unit)
+from test_backends import _rng, rand
 
 U64 = (1 << 64) - 1
 
@@ -122,68 +123,48 @@ def test_dropout_kernels_match_torch():
 
 # ------------------------------------------------------------- the step loop
 def _drop_plan(k, rate, first=True):
-    """[Dropout(4) on the inputs], Dense(4->5, tanh), Dropout(5), Dense(5->k)."""
-    rows, rates = [], []
-    if first:
-        rows.append((ref.KIND_DROPOUT, 4, 4, A.IDENTITY, 0, 0, 0))
-        rates.append(rate)
-    rows += [(ref.KIND_DENSE, 4, 5, A.TANH, 1, 0, 20), (ref.KIND_DROPOUT, 5, 5, A.IDENTITY, 0, 0, 0),
-             (ref.KIND_DENSE, 5, k, A.IDENTITY, 1, 25, 25 + 5 * k)]
-    rates += [0.0, rate, 0.0]
-    plan_i = np.array(rows, dtype=np.int64)
-    plan_f = np.zeros((len(rows), 2))
-    plan_f[:, ref.P_ALPHA] = rates
-    plan_f[int(first), ref.P_L2] = 0.01
-    return plan_i, plan_f, 25 + 6 * k
+    """The records of [Dropout(4) on the inputs], Dense(4->5, tanh), Dropout(5), Dense(5->k)."""
+    units = [unit(Unit.DROPOUT, 4, 4, rate=rate)] if first else []
+    units += [unit(Unit.DENSE, 4, 5, Act.TANH, 1, 0, 20, l2=0.01), unit(Unit.DROPOUT, 5, 5, rate=rate),
+              unit(Unit.DENSE, 5, k, Act.IDENTITY, 1, 25, 25 + 5 * k)]
+    return records(units), 25 + 6 * k
 
 
 def _problem(dt, loss_kind, n=23, d=4, k=3, key="drop"):
-    rng = _rng(key, loss_kind)
+    rng = _rng(key, int(loss_kind))
     X = rand(rng, (n, d), dt, 1.0)
-    if loss_kind == ref.LOSS_CE:
+    if loss_kind == Loss.CE:
         y, Y = rng.integers(0, k, n).astype(np.int64), np.empty((0, 0), dt)
     else:
         y, Y = np.empty(0, np.int64), rand(rng, (n, k), dt, 1.0)
     return rng, X, y, Y
 
 
-def _run_train_steps(mod, dt, plan_i, plan_f, n_params, params0, X, y, Y, order, bs, n_steps, opt_kind,
-                     seed, t0=0):
-    n, d = X.shape
-    k = plan_i[-1, 2]
-    labels = y.shape[0] > 0
-    loss_kind = ref.LOSS_CE if labels else ref.LOSS_MSE
-    params, grads = params0.copy(), np.zeros(n_params, dt)
-    s1, s2 = np.zeros(n_params, dt), np.zeros(n_params if opt_kind == ref.OPT_ADAM else 0, dt)
-    Z, Aa, dA = _buffers(plan_i, bs, dt, d)
-    M = _masks(plan_i, bs, dt)
-    opt_f = {ref.OPT_NONE: (0.0, 0.0, 0.0, 0.0), ref.OPT_SGD: (0.1, 0.9, 0.0, 0.0),
-             ref.OPT_ADAM: (0.01, 0.9, 0.999, 1e-8)}[opt_kind]
+def _run_train_steps(mod, dt, rec, n_params, params0, X, y, Y, order, bs, n_steps, opt_kind, seed, t0=0):
+    loss_kind = Loss.CE if y.shape[0] > 0 else Loss.MSE
+    plan = make_plan(rec, bs, dt, loss_kind, params=params0.copy())
+    hyper = {Opt.NONE: {}, Opt.SGD: dict(lr=0.1, momentum=0.9, nesterov=0.0), Opt.ADAM: {}}[opt_kind]
+    loop = loop_state(opt_kind, n_params, dt, t=t0, seed=seed, **hyper)
     losses, correct = np.full(n_steps, np.nan), np.full(n_steps, np.nan)
-    # a first non-dense unit reads the batch from x_buf itself (Z[0] is x_buf)
-    x_buf = Z[0] if plan_i[0, 0] != ref.KIND_DENSE else np.empty((bs, d), dt)
-    done = mod.train_steps(X, y, Y, np.empty(0, dt), order, 0, n_steps, plan_i, plan_f, params, grads,
-                           x_buf, np.empty(bs if labels else 0, np.int64),
-                           np.empty((0, 0) if labels else (bs, k), dt), np.empty(0, dt), Z, Aa, dA, M,
-                           np.empty((bs, k), dt), loss_kind, opt_kind, np.array(opt_f, np.float64), s1, s2,
-                           t0, 0.0, seed, losses, correct)
+    done = mod.train_steps(plan, loop, X, targets_of(loss_kind, y, Y), np.empty(0, dt), order, 0, n_steps,
+                           losses, correct)
     assert done == n_steps
-    return params, grads, losses, correct, M
+    return plan.params, plan.grads, losses, correct, plan.M
 
 
-@pytest.mark.parametrize("loss_kind", [ref.LOSS_CE, ref.LOSS_MSE], ids=["ce", "mse"])
-@pytest.mark.parametrize("opt_kind", [ref.OPT_SGD, ref.OPT_ADAM], ids=["sgd", "adam"])
+@pytest.mark.parametrize("loss_kind", [Loss.CE, Loss.MSE], ids=["ce", "mse"])
+@pytest.mark.parametrize("opt_kind", [Opt.SGD, Opt.ADAM], ids=["sgd", "adam"])
 def test_train_steps_dropout_matches_reference(native_name, dt, loss_kind, opt_kind):
     """An epoch of shuffled steps with two dropout units: same masks, same weights as the reference."""
     be = fastmlp.get_backend(native_name)
     rng, X, y, Y = _problem(dt, loss_kind)
-    plan_i, plan_f, n_params = _drop_plan(3, 0.4)
+    rec, n_params = _drop_plan(3, 0.4)
     params0 = rand(rng, n_params, dt, 0.5)
     order = rng.permutation(X.shape[0]).astype(np.int64)
     bs, steps = 5, 4
-    pw, _, lw, cw, Mw = _run_train_steps(ref, dt, plan_i, plan_f, n_params, params0, X, y, Y, order, bs,
+    pw, _, lw, cw, Mw = _run_train_steps(ref, dt, rec, n_params, params0, X, y, Y, order, bs,
                                          steps, opt_kind, 2**63 + 11, t0=3)
-    pg, _, lg, cg, Mg = _run_train_steps(be, dt, plan_i, plan_f, n_params, params0, X, y, Y, order, bs,
+    pg, _, lg, cg, Mg = _run_train_steps(be, dt, rec, n_params, params0, X, y, Y, order, bs,
                                          steps, opt_kind, 2**63 + 11, t0=3)
     for i in (0, 2):  # the last step's masks, bit for bit
         np.testing.assert_array_equal(Mg[i], Mw[i])
@@ -193,9 +174,9 @@ def test_train_steps_dropout_matches_reference(native_name, dt, loss_kind, opt_k
     assert_close(lg, lw, dt, rtol=tol)
     assert_close(pg, pw, dt, rtol=tol)
     # and dropout did something: the run without it ends elsewhere
-    no_drop = plan_f.copy()
-    no_drop[[0, 2], ref.P_ALPHA] = 0.0
-    p0, *_ = _run_train_steps(ref, dt, plan_i, no_drop, n_params, params0, X, y, Y, order, bs, steps,
+    no_drop = rec.copy()
+    no_drop["rate"][[0, 2]] = 0.0
+    p0, *_ = _run_train_steps(ref, dt, no_drop, n_params, params0, X, y, Y, order, bs, steps,
                               opt_kind, 2**63 + 11, t0=3)
     assert np.abs(p0 - pw).max() > 1e-3
 
@@ -203,15 +184,13 @@ def test_train_steps_dropout_matches_reference(native_name, dt, loss_kind, opt_k
 def test_train_steps_dropout_rate_zero_is_no_dropout(backend_name, dt):
     """Dropout units of rate 0 give exactly the training of the plan without them."""
     be = fastmlp.get_backend(backend_name)
-    rng, X, y, Y = _problem(dt, ref.LOSS_CE, key="rate0")
-    plan_i, plan_f, n_params = _drop_plan(3, 0.0)
-    keep = plan_i[:, 0] != ref.KIND_DROPOUT
+    rng, X, y, Y = _problem(dt, Loss.CE, key="rate0")
+    rec, n_params = _drop_plan(3, 0.0)
+    keep = rec["kind"] != Unit.DROPOUT
     params0 = rand(rng, n_params, dt, 0.5)
     order = rng.permutation(X.shape[0]).astype(np.int64)
-    with_d = _run_train_steps(be, dt, plan_i, plan_f, n_params, params0, X, y, Y, order, 5, 4,
-                              ref.OPT_ADAM, 77)
-    without = _run_train_steps(be, dt, plan_i[keep], plan_f[keep], n_params, params0, X, y, Y, order, 5, 4,
-                               ref.OPT_ADAM, 77)
+    with_d = _run_train_steps(be, dt, rec, n_params, params0, X, y, Y, order, 5, 4, Opt.ADAM, 77)
+    without = _run_train_steps(be, dt, rec[keep], n_params, params0, X, y, Y, order, 5, 4, Opt.ADAM, 77)
     np.testing.assert_array_equal(with_d[0], without[0])
     np.testing.assert_array_equal(with_d[2], without[2])
 
@@ -220,15 +199,14 @@ def test_train_steps_dropout_gradient_finite_differences(backend_name):
     """The gradient through fixed masks (same seed and step) is the loss's derivative."""
     be = fastmlp.get_backend(backend_name)
     dt = np.dtype(np.float64)
-    rng, X, y, Y = _problem(dt, ref.LOSS_MSE, n=6, key="fd")
-    plan_i, plan_f, n_params = _drop_plan(3, 0.5, first=False)
-    plan_f[:, ref.P_L2] = 0.0
+    rng, X, y, Y = _problem(dt, Loss.MSE, n=6, key="fd")
+    rec, n_params = _drop_plan(3, 0.5, first=False)
+    rec["l2"] = 0.0
     params0 = rand(rng, n_params, dt, 0.5)
     order = np.arange(6, dtype=np.int64)
 
     def loss_grad(p):
-        _, g, losses, _, M = _run_train_steps(be, dt, plan_i, plan_f, n_params, p, X, y, Y, order, 6, 1,
-                                              ref.OPT_NONE, 4242, t0=9)
+        _, g, losses, _, M = _run_train_steps(be, dt, rec, n_params, p, X, y, Y, order, 6, 1, Opt.NONE, 4242, t0=9)
         return losses[0], g, M
 
     _, grad, M = loss_grad(params0)
@@ -237,10 +215,9 @@ def test_train_steps_dropout_gradient_finite_differences(backend_name):
     fd = central_diff(lambda: loss_grad(p)[0], p, eps=1e-6)
     np.testing.assert_allclose(grad, fd, rtol=1e-6, atol=1e-8)
     # the mask matters: without it the gradient is another one
-    no_drop = plan_f.copy()
-    no_drop[1, ref.P_ALPHA] = 0.0
-    _, g0, *_ = _run_train_steps(be, dt, plan_i, no_drop, n_params, params0, X, y, Y, order, 6, 1,
-                                 ref.OPT_NONE, 4242, t0=9)
+    no_drop = rec.copy()
+    no_drop["rate"][1] = 0.0
+    _, g0, *_ = _run_train_steps(be, dt, no_drop, n_params, params0, X, y, Y, order, 6, 1, Opt.NONE, 4242, t0=9)
     assert np.abs(g0 - grad).max() > 1e-3
 
 
@@ -249,17 +226,17 @@ def test_loss_and_grads_with_mask_matches_torch(backend_name):
     torch = pytest.importorskip("torch")
     be = fastmlp.get_backend(backend_name)
     dt = np.dtype(np.float64)
-    rng, X, y, _ = _problem(dt, ref.LOSS_CE, n=8, key="torch_net")
-    plan_i, plan_f, n_params = _drop_plan(3, 0.3, first=False)
-    plan_f[:, ref.P_L2] = 0.0
+    rng, X, y, _ = _problem(dt, Loss.CE, n=8, key="torch_net")
+    rec, n_params = _drop_plan(3, 0.3, first=False)
+    rec["l2"] = 0.0
     params = rand(rng, n_params, dt, 0.5)
-    Z, Aa, dA = _buffers(plan_i, 8, dt, 4)
-    M = _masks(plan_i, 8, dt)
+    plan = make_plan(rec, 8, dt, Loss.CE, params=params)
+    plan.x[...] = X
+    M = plan.M
     be.dropout_mask(5, 0, 1, 0.3, M[1])
-    grads = np.zeros(n_params)
-    ref.forward_units(be, plan_i, plan_f, params, X, Z, Aa, M)
-    loss = ref.loss_and_grads(be, plan_i, plan_f, params, grads, X, Z, Aa, dA, np.empty((8, 3)), y,
-                              np.empty((0, 0)), np.empty(0), ref.LOSS_CE, M)
+    ref.forward_units(be, plan, training=True)
+    loss = ref.loss_and_grads(be, plan, y, plan.Y, np.empty(0), training=True)
+    grads = plan.grads
     W0 = torch.tensor(params[:20].reshape(4, 5), requires_grad=True)
     b0 = torch.tensor(params[20:25], requires_grad=True)
     W1 = torch.tensor(params[25:40].reshape(5, 3), requires_grad=True)
@@ -276,20 +253,17 @@ def test_loss_and_grads_with_mask_matches_torch(backend_name):
 def test_train_steps_rejects_bad_dropout_plans(backend_name):
     be = fastmlp.get_backend(backend_name)
     dt = np.dtype(np.float64)
-    rng, X, y, Y = _problem(dt, ref.LOSS_CE, key="bad")
-    plan_i, plan_f, n_params = _drop_plan(3, 1.0)
+    rng, X, y, Y = _problem(dt, Loss.CE, key="bad")
+    rec, n_params = _drop_plan(3, 1.0)
     params0 = rand(rng, n_params, dt, 0.5)
     order = np.arange(X.shape[0], dtype=np.int64)
     with pytest.raises(ValueError, match=r"dropout rate of unit 0 must be in \[0, 1\)"):
-        _run_train_steps(be, dt, plan_i, plan_f, n_params, params0, X, y, Y, order, 5, 1, ref.OPT_SGD, 1)
-    plan_f[:, ref.P_ALPHA] = np.where(plan_i[:, 0] == ref.KIND_DROPOUT, 0.5, 0.0)
-    params, grads = params0.copy(), np.zeros(n_params)
-    Z, Aa, dA = _buffers(plan_i, 5, dt, 4)
-    with pytest.raises(ValueError, match=r"M\[0\] must be"):
-        be.train_steps(X, y, Y, np.empty(0), order, 0, 1, plan_i, plan_f, params, grads, np.empty((5, 4)),
-                       np.empty(5, np.int64), np.empty((0, 0)), np.empty(0), Z, Aa, dA,
-                       [np.empty((0, 0))] * len(plan_i), np.empty((5, 3)), ref.LOSS_CE, ref.OPT_SGD,
-                       np.array([0.1, 0, 0, 0.0]), np.zeros(n_params), np.empty(0), 0, 0.0, 1,
+        _run_train_steps(be, dt, rec, n_params, params0, X, y, Y, order, 5, 1, Opt.SGD, 1)
+    rec["rate"] = np.where(rec["kind"] == Unit.DROPOUT, 0.5, 0.0)
+    plan = make_plan(rec, 5, dt, Loss.CE, params=params0.copy())
+    plan.M = [np.empty((0, 0))] * len(rec)
+    with pytest.raises(ValueError, match=r"M\[0\] \(the dropout mask\) must be"):
+        be.train_steps(plan, loop_state(Opt.SGD, n_params, dt, momentum=0.0), X, y, np.empty(0), order, 0, 1,
                        np.empty(1), np.empty(1))
 
 

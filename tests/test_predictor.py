@@ -9,34 +9,25 @@ import fastmlp as fm
 from fastmlp import activations as A
 from fastmlp.backends import reference as ref
 
-from conftest import BACKENDS, DTYPES, NATIVE_BACKENDS, assert_close
+from conftest import BACKENDS, DTYPES, NATIVE_BACKENDS, Unit, assert_close, make_plan, records, unit
 
 ALL_CODES = sorted(code for code, _, _ in A.ACTIVATIONS.values())
 
 
-def _plan(rng, d, hidden_act, out_act, extra_activation):
-    """Dense(d->6, hidden_act, no bias) [+ Activation(tanh)] -> Dense(6->3, out_act)."""
-    rows = [(ref.KIND_DENSE, d, 6, hidden_act, 0, 0, 0)]
+def _plan(d, hidden_act, out_act, extra_activation):
+    """The records of Dense(d->6, hidden_act, no bias) [+ Activation(tanh)] -> Dense(6->3, out_act)."""
+    units = [unit(Unit.DENSE, d, 6, hidden_act, 0, 0, 0, alpha=0.3)]
     if extra_activation:
-        rows.append((ref.KIND_ACTIVATION, 6, 6, A.TANH, 0, 0, 0))
+        units.append(unit(Unit.ACTIVATION, 6, 6, A.TANH, alpha=0.3))
     w1 = d * 6
-    rows.append((ref.KIND_DENSE, 6, 3, out_act, 1, w1, w1 + 18))
-    plan_i = np.array(rows, dtype=np.int64)
-    plan_f = np.zeros((len(rows), 2))
-    plan_f[:, ref.P_ALPHA] = 0.3
-    return plan_i, plan_f, w1 + 21
+    units.append(unit(Unit.DENSE, 6, 3, out_act, 1, w1, w1 + 18, alpha=0.3))
+    return records(units), w1 + 21
 
 
-def _buffers(plan_i, rows, dt, d):
-    x = np.empty((rows, d), dt)
-    Z, Aa, prev = [], [], x
-    for kind, _, fan_out, act, *_ in plan_i:
-        z = np.empty((rows, fan_out), dt) if kind == ref.KIND_DENSE else prev
-        a = z if act == A.IDENTITY else np.empty((rows, fan_out), dt)
-        Z.append(z)
-        Aa.append(a)
-        prev = a
-    return x, Z, Aa
+def _reference_forward(rec, params, X):
+    plan = make_plan(rec, X.shape[0], X.dtype, params=params, training=False)
+    plan.x[...] = X
+    return ref.forward_units(ref, plan)
 
 
 @pytest.mark.parametrize("dt", DTYPES, ids=["float32", "float64"])
@@ -46,20 +37,19 @@ def test_predictor_matches_reference(backend_name, dt, act, extra_activation):
     be = fm.get_backend(backend_name)
     rng = np.random.default_rng(act)
     d, cap = 5, 9
-    plan_i, plan_f, n_params = _plan(rng, d, act, A.SOFTMAX if act % 2 else act, extra_activation)
+    rec, n_params = _plan(d, act, A.SOFTMAX if act % 2 else act, extra_activation)
     params = (rng.standard_normal(n_params) * 0.7).astype(dt)
-    x_buf, Z, Aa = _buffers(plan_i, cap, dt, d)
-    pred = be.make_predictor(plan_i, plan_f, params, x_buf, Z, Aa)
+    pred = be.make_predictor(make_plan(rec, cap, dt, params=params, training=False))
     for n in (1, 4, cap):
         X = (rng.standard_normal((n, d)) * 2).astype(dt)
-        want = ref.forward_units(ref, plan_i, plan_f, params, X.copy(), *_buffers(plan_i, n, dt, d)[1:])
+        want = _reference_forward(rec, params, X)
         out = np.full((n, 3), -7.0, dt)
         assert pred.run(X, out) is True
         assert_close(out, want, dt, rtol=1e-5 if dt == np.float32 else 1e-12)
     # the parameters are held by reference: an in-place update is seen
     params *= 0.5
     X = rng.standard_normal((2, d)).astype(dt)
-    want = ref.forward_units(ref, plan_i, plan_f, params, X.copy(), *_buffers(plan_i, 2, dt, d)[1:])
+    want = _reference_forward(rec, params, X)
     out = np.empty((2, 3), dt)
     assert pred.run(X, out)
     assert_close(out, want, dt, rtol=1e-5 if dt == np.float32 else 1e-12)
@@ -67,9 +57,8 @@ def test_predictor_matches_reference(backend_name, dt, act, extra_activation):
 
 def test_predictor_refuses_bad_input(backend_name):
     be, dt = fm.get_backend(backend_name), np.float32
-    plan_i, plan_f, n_params = _plan(None, 4, A.RELU, A.IDENTITY, False)
-    x_buf, Z, Aa = _buffers(plan_i, 3, dt, 4)
-    pred = be.make_predictor(plan_i, plan_f, np.ones(n_params, dt), x_buf, Z, Aa)
+    rec, n_params = _plan(4, A.RELU, A.IDENTITY, False)
+    pred = be.make_predictor(make_plan(rec, 3, dt, params=np.ones(n_params, dt), training=False))
     out = np.full((1, 3), 5.0, dt)
     X = np.ones((1, 4), dt)
     X[0, 2] = np.nan

@@ -12,7 +12,7 @@ import numpy as _np
 
 from .. import _config, _kernels
 from .. import activations as _activations
-from .reference import _check_batchnorm_plan, _check_dropout_plan
+from .._native import plan as _plan
 
 NAME = "cython"
 
@@ -218,80 +218,32 @@ def _copy_docs():
 _copy_docs()
 
 
-def _check_unit_buffers(where, plan_i, x_buf, **bufs):
-    # The compiled code walks these buffers through raw pointers: a wrong
-    # dtype, layout or shape would be read out of bounds, so refuse it here.
-    rows, dt = x_buf.shape[0], x_buf.dtype
-    for i, fan_out in enumerate(plan_i[:, 2]):
-        for name, seq in bufs.items():
-            b = seq[i]
-            if not (isinstance(b, _np.ndarray) and b.dtype == dt and b.flags.c_contiguous
-                    and b.shape == (rows, fan_out)):
-                raise ValueError(f"{where}: {name}[{i}] must be a C-contiguous {dt} array of shape "
-                                 f"({rows}, {fan_out})")
+def _legacy(plan):
+    u = plan.units
+    plan_i = _np.ascontiguousarray(_np.stack([u["kind"], u["fan_in"], u["fan_out"], u["act"], u["use_bias"],
+                                              u["w_off"], u["b_off"]], axis=1).astype(_INT64))
+    kinds = u["kind"]
+    alpha = _np.where(kinds == 2, u["rate"], _np.where(kinds == 3, u["eps"], u["alpha"]))
+    l2 = _np.where(kinds == 3, u["momentum"], u["l2"])
+    return plan_i, _np.ascontiguousarray(_np.stack([alpha, l2], axis=1))
 
 
-def train_steps(X, y, Y, sw, order, start, n_steps, plan_i, plan_f, params, grads,
-                x_buf, y_buf, Y_buf, sw_buf, Z, A, dA, M, P, loss_kind,
-                opt_kind, opt_f, state1, state2, t0, clip_norm, seed, losses_out, correct_out):
+def train_steps(plan, loop, X, targets, sw, order, start, n_steps, losses_out, correct_out):
     """Run ``n_steps`` training steps in one compiled, GIL-free call (see reference.train_steps)."""
-    plan_i = _np.ascontiguousarray(plan_i, dtype=_INT64)
-    if (plan_i[:, 3] == _activations.STEP).any():
-        raise ValueError("step has a zero derivative everywhere; it cannot be trained through")
-    if ((plan_i[:, 3] < 0) | (plan_i[:, 3] >= len(_activations.ACTIVATIONS))).any():
-        raise ValueError(f"unknown activation code in plan: {plan_i[:, 3]}")
-    if ((plan_i[:, 0] < 0) | (plan_i[:, 0] > 3)).any():
-        raise ValueError(f"train_steps: unknown unit kind in plan: {plan_i[:, 0]}")
-    _check_unit_buffers("train_steps", plan_i, x_buf, Z=Z, A=A, dA=dA)
-    _check_dropout_plan(plan_i, plan_f, x_buf, M)
-    _check_batchnorm_plan(plan_i, plan_f, params, x_buf, M)
-    if not 0 <= int(seed) < 2**64:
-        raise ValueError(f"train_steps: seed must be in [0, 2**64), got {seed}")
-    if t0 < 0:
-        raise ValueError("train_steps: t0 must be >= 0")
-    n = X.shape[0]
-    rows = x_buf.shape[0]
-    if start < 0 or start + n_steps * rows > order.shape[0] or (order.size and (order.min() < 0 or order.max() >= n)):
-        raise IndexError("train_steps: the batches reach outside order or X")
-    if y.shape[0] and (y.min() < 0 or y.max() >= plan_i[-1, 2]):
-        raise ValueError("train_steps: labels must lie in [0, n_outputs)")
-    if int(loss_kind) == 5 and Y.size:  # poisson: the compiled loop does not check targets
-        _kernels._check_nonnegative_targets(_as(Y, X.dtype))
-    dense = plan_i[plan_i[:, 0] == 1]
-    if params.shape[0] < (dense[:, 5] + dense[:, 1] * dense[:, 2]).max():
-        raise ValueError("train_steps: the plan's offsets reach outside params")
-    dt = X.dtype
+    y, Y = _plan.check_train(plan, loop, X, targets, sw, order, start, n_steps, losses_out, correct_out)
+    plan_i, plan_f = _legacy(plan)
+    h = loop.hyper[0]
+    opt_f = {0: (h["lr"], h["momentum"], h["nesterov"], 0.0), 1: (h["lr"], h["rho"], h["eps"], 0.0),
+             2: (h["lr"], h["beta1"], h["beta2"], h["eps"]), -1: (0.0, 0.0, 0.0, 0.0)}[int(loop.opt)]
     return int(_kernels.train_steps(
-        X, _labels(y), _as(Y, dt), _as(sw, dt), _labels(order), int(start), int(n_steps), plan_i,
-        _np.ascontiguousarray(plan_f, dtype=_np.float64), params, grads, x_buf, _labels(y_buf),
-        _as(Y_buf, dt), _as(sw_buf, dt), list(Z), list(A), list(dA), list(M), P, int(loss_kind),
-        int(opt_kind), _np.ascontiguousarray(opt_f, dtype=_np.float64), _as(state1, dt), _as(state2, dt),
-        int(t0), float(clip_norm), int(seed), losses_out, correct_out))
+        X, y, Y, sw, order, int(start), int(n_steps), plan_i, plan_f, plan.params, plan.grads, plan.x,
+        plan.y, plan.Y, plan.sw, list(plan.Z), list(plan.A), list(plan.dA), list(plan.M), plan.P,
+        int(plan.loss), int(loop.opt), _np.array(opt_f, dtype=_np.float64), loop.state1, loop.state2,
+        int(loop.t), float(loop.clip_norm), int(loop.seed), losses_out, correct_out))
 
 
-def _check_predictor_buffers(plan_i, params, x_buf, Z, A):
-    dt = x_buf.dtype
-    if dt not in (_np.float32, _np.float64) or params.dtype != dt or not (
-            x_buf.flags.c_contiguous and params.flags.c_contiguous) or x_buf.ndim != 2:
-        raise ValueError("make_predictor: params and x_buf must be C-contiguous float32 or float64 "
-                         "arrays of one dtype")
-    if x_buf.shape[1] != plan_i[0, 1]:
-        raise ValueError(f"make_predictor: x_buf has {x_buf.shape[1]} columns, the plan {plan_i[0, 1]}")
-    _check_unit_buffers("make_predictor", plan_i, x_buf, Z=Z, A=A)
-    dense = plan_i[plan_i[:, 0] == 1]
-    if dense.size and params.shape[0] < max((dense[:, 5] + dense[:, 1] * dense[:, 2]).max(),
-                                            (dense[:, 6] + dense[:, 2] * dense[:, 4]).max()):
-        raise ValueError("make_predictor: the plan's offsets reach outside params")
-
-
-def make_predictor(plan_i, plan_f, params, x_buf, Z, A):
+def make_predictor(plan):
     """A compiled inference object (see reference.make_predictor)."""
-    plan_i = _np.ascontiguousarray(plan_i, dtype=_INT64)
-    if ((plan_i[:, 3] < 0) | (plan_i[:, 3] >= len(_activations.ACTIVATIONS))).any():
-        raise ValueError(f"unknown activation code in plan: {plan_i[:, 3]}")
-    if ((plan_i[:, 0] < 0) | (plan_i[:, 0] > 3)).any():
-        raise ValueError(f"make_predictor: unknown unit kind in plan: {plan_i[:, 0]}")
-    _check_predictor_buffers(plan_i, params, x_buf, Z, A)
-    _check_batchnorm_plan(plan_i, plan_f, params, x_buf, None, "make_predictor")
-    return _kernels.Predictor(plan_i, _np.ascontiguousarray(plan_f, dtype=_np.float64), params, x_buf,
-                              list(Z), list(A))
+    _plan.check_predict(plan)
+    plan_i, plan_f = _legacy(plan)
+    return _kernels.Predictor(plan_i, plan_f, plan.params, plan.x, list(plan.Z), list(plan.A))

@@ -27,7 +27,8 @@ from numba import njit
 from numba.extending import overload
 
 from .. import _config
-from .reference import _check_batchnorm_plan, _check_dropout_plan
+from .._native import plan as _plan
+from .._native.codes import Act, Loss, Opt, Unit
 from ..activations import (
     ELU,
     EXP,
@@ -50,7 +51,7 @@ from ..activations import (
 NAME = "numba"
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-_N_CODES = 14
+_N_CODES = len(Act)
 # error_model="numpy": x / 0 gives inf or nan as in NumPy instead of raising
 # ZeroDivisionError, and the check it drops is what kept divisions and
 # square roots from vectorising (Adam: 8x faster with it).
@@ -872,14 +873,14 @@ def _sum_squares_2d(W):
 def _count_correct(out, y, Y, loss_kind):
     # Correct predictions of a batch from logits (or log-probabilities).
     n, k = out.shape
-    if loss_kind == 3:  # binary cross-entropy: mean over the columns of each row
+    if loss_kind == Loss.BCE:  # mean over the columns of each row
         c = 0
         for i in range(n):
             for j in range(k):
                 if (out[i, j] > 0) == (Y[i, j] > 0.5):
                     c += 1
         return c / k
-    if loss_kind == 4 or loss_kind == 5:  # mse, poisson: no accuracy
+    if loss_kind == Loss.MSE or loss_kind == Loss.POISSON:  # no accuracy
         return 0.0
     c = 0
     for i in range(n):
@@ -887,7 +888,7 @@ def _count_correct(out, y, Y, loss_kind):
         for j in range(1, k):
             if out[i, j] > out[i, best]:
                 best = j
-        if loss_kind == 1:
+        if loss_kind == Loss.CE_ONEHOT:
             truth = 0
             for j in range(1, k):
                 if Y[i, j] > Y[i, truth]:
@@ -900,12 +901,14 @@ def _count_correct(out, y, Y, loss_kind):
 
 
 @_jit
-def _train_steps(X, y, Y, sw, order, start, n_steps, kinds, acts, alphas, l2s, Ws, bs, dWs, dbs,
-                 params, grads, x_buf, y_buf, Y_buf, sw_buf, Z, A, dA, M, P, empty2, loss_kind,
-                 opt_kind, opt_f, state1, state2, t0, clip_norm, seed, losses_out, correct_out):
+def _train_steps(X, y, Y, sw, order, start, n_steps, units, Ws, bs, dWs, dbs, params, grads, x_buf, y_buf,
+                 Y_buf, sw_buf, Z, A, dA, M, P, empty2, loss_kind, opt_kind, hyper, state1, state2, t0,
+                 clip_norm, seed, losses_out, correct_out):
     rows = x_buf.shape[0]
     L = len(Z) - 1
-    fused = loss_kind == 0 or loss_kind == 1 or loss_kind == 3 or loss_kind == 5
+    fused = (loss_kind == Loss.CE or loss_kind == Loss.CE_ONEHOT or loss_kind == Loss.BCE
+             or loss_kind == Loss.POISSON)
+    h = hyper[0]
     for s in range(n_steps):
         idx = order[start + s * rows:start + (s + 1) * rows]
         _gather_rows(X, idx, x_buf)
@@ -919,44 +922,45 @@ def _train_steps(X, y, Y, sw, order, start, n_steps, kinds, acts, alphas, l2s, W
                 sw_buf[i] = sw[idx[i]]
         # forward
         for i in range(L + 1):
-            if kinds[i] == 1:
-                _dense_forward(x_buf if i == 0 else A[i - 1], Ws[i], bs[i], acts[i], alphas[i], Z[i], A[i])
-            elif kinds[i] == 2:
-                _dropout_mask(seed, t0 + s, i, alphas[i], M[i])
+            u = units[i]
+            if u.kind == Unit.DENSE:
+                _dense_forward(x_buf if i == 0 else A[i - 1], Ws[i], bs[i], u.act, u.alpha, Z[i], A[i])
+            elif u.kind == Unit.DROPOUT:
+                _dropout_mask(seed, t0 + s, i, u.rate, M[i])
                 _mul_mask(Z[i], M[i], A[i])
-            elif kinds[i] == 3:
-                _batchnorm_forward(x_buf if i == 0 else A[i - 1], Ws[i], alphas[i], l2s[i], M[i], Z[i], A[i])
+            elif u.kind == Unit.BATCHNORM:
+                _batchnorm_forward(x_buf if i == 0 else A[i - 1], Ws[i], u.eps, u.momentum, M[i], Z[i], A[i])
             else:
-                _act_forward(Z[i], acts[i], alphas[i], A[i])
+                _act_forward(Z[i], u.act, u.alpha, A[i])
         # fused loss: the gradient at the output lands in dA[L]
-        if loss_kind == 0:
+        if loss_kind == Loss.CE:
             loss = _softmax_cross_entropy(Z[L], y_buf, sw_buf, P, dA[L])
-        elif loss_kind == 1:
+        elif loss_kind == Loss.CE_ONEHOT:
             loss = _softmax_cross_entropy_onehot(Z[L], Y_buf, sw_buf, P, dA[L])
-        elif loss_kind == 3:
+        elif loss_kind == Loss.BCE:
             loss = _sigmoid_binary_cross_entropy(Z[L], Y_buf, sw_buf, P, dA[L])
-        elif loss_kind == 5:
+        elif loss_kind == Loss.POISSON:
             loss = _poisson_loss(Z[L], Y_buf, sw_buf, P, dA[L])
-        elif loss_kind == 2:
+        elif loss_kind == Loss.NLL:
             loss = _nll_loss(A[L], y_buf, sw_buf, dA[L])
         else:
             loss = _mse_loss(A[L], Y_buf, sw_buf, dA[L])
         # backward
         for i in range(L, -1, -1):
-            if acts[i] != 0 and (kinds[i] == 1 or i > 0):
-                _act_backward(Z[i], A[i], dA[i], acts[i], alphas[i], dA[i])
-            if kinds[i] == 2 and i > 0:
+            u = units[i]
+            if u.act != IDENTITY and (u.kind == Unit.DENSE or i > 0):
+                _act_backward(Z[i], A[i], dA[i], u.act, u.alpha, dA[i])
+            if u.kind == Unit.DROPOUT and i > 0:
                 _mul_mask(dA[i], M[i], dA[i])
-            if kinds[i] == 3:
-                _batchnorm_backward(dA[i], Z[i], Ws[i], alphas[i], M[i], dWs[i],
-                                    dA[i - 1] if i > 0 else empty2)
-            if kinds[i] == 1:
-                if l2s[i] != 0.0:
-                    loss += 0.5 * l2s[i] * _sum_squares_2d(Ws[i])
+            if u.kind == Unit.BATCHNORM:
+                _batchnorm_backward(dA[i], Z[i], Ws[i], u.eps, M[i], dWs[i], dA[i - 1] if i > 0 else empty2)
+            if u.kind == Unit.DENSE:
+                if u.l2 != 0.0:
+                    loss += 0.5 * u.l2 * _sum_squares_2d(Ws[i])
                 if i > 0:
-                    _dense_backward(A[i - 1], Ws[i], dA[i], l2s[i], dWs[i], dbs[i], dA[i - 1])
+                    _dense_backward(A[i - 1], Ws[i], dA[i], u.l2, dWs[i], dbs[i], dA[i - 1])
                 else:
-                    _dense_backward(x_buf, Ws[i], dA[i], l2s[i], dWs[i], dbs[i], empty2)
+                    _dense_backward(x_buf, Ws[i], dA[i], u.l2, dWs[i], dbs[i], empty2)
         losses_out[s] = loss
         correct_out[s] = _count_correct(Z[L] if fused else A[L], y_buf, Y_buf, loss_kind)
         if not math.isfinite(loss):
@@ -965,28 +969,30 @@ def _train_steps(X, y, Y, sw, order, start, n_steps, kinds, acts, alphas, l2s, W
             norm = math.sqrt(_sum_squares(grads))
             if norm > clip_norm:
                 _scale_inplace(grads, clip_norm / (norm + 1e-6))
-        if opt_kind == 0:
-            _sgd_update(params, grads, state1, opt_f[0], opt_f[1], opt_f[2] != 0.0)
-        elif opt_kind == 1:
-            _rmsprop_update(params, grads, state1, opt_f[0], opt_f[1], opt_f[2])
-        elif opt_kind == 2:
-            _adam_update(params, grads, state1, state2, opt_f[0], opt_f[1], opt_f[2], opt_f[3], t0 + s + 1)
+        if opt_kind == Opt.SGD:
+            _sgd_update(params, grads, state1, h.lr, h.momentum, h.nesterov != 0.0)
+        elif opt_kind == Opt.RMSPROP:
+            _rmsprop_update(params, grads, state1, h.lr, h.rho, h.eps)
+        elif opt_kind == Opt.ADAM:
+            _adam_update(params, grads, state1, state2, h.lr, h.beta1, h.beta2, h.eps, t0 + s + 1)
     return n_steps
 
 
-def _unit_views(plan_i, params, grads):
-    """Typed lists of each unit's W, b, dW, db (empty placeholders for activation-only units)."""
+def _unit_views(plan):
+    """Typed lists of each unit's W, b, dW, db (empty placeholders for units without them)."""
+    params, grads = plan.params, plan.grads
     dt = params.dtype
     e2, e1 = np.empty((0, 0), dtype=dt), np.empty(0, dtype=dt)
     Ws, bs, dWs, dbs = (numba.typed.List() for _ in range(4))
-    for kind, fan_in, fan_out, _, use_bias, w_off, b_off in plan_i:
-        if kind == 1:
-            nw = fan_in * fan_out
+    for u in plan.units:
+        kind, fan_in, fan_out, w_off = int(u["kind"]), int(u["fan_in"]), int(u["fan_out"]), int(u["w_off"])
+        if kind == Unit.DENSE:
+            nw, b_off = fan_in * fan_out, int(u["b_off"])
             Ws.append(params[w_off:w_off + nw].reshape(fan_in, fan_out))
             dWs.append(grads[w_off:w_off + nw].reshape(fan_in, fan_out))
-            bs.append(params[b_off:b_off + fan_out] if use_bias else e1)
-            dbs.append(grads[b_off:b_off + fan_out] if use_bias else e1)
-        elif kind == 3:  # batch norm: the (4, k) blocks [gamma, beta, running mean, running var]
+            bs.append(params[b_off:b_off + fan_out] if u["use_bias"] else e1)
+            dbs.append(grads[b_off:b_off + fan_out] if u["use_bias"] else e1)
+        elif kind == Unit.BATCHNORM:  # the (4, k) blocks [gamma, beta, running mean, running var]
             Ws.append(params[w_off:w_off + 4 * fan_out].reshape(4, fan_out))
             dWs.append(grads[w_off:w_off + 4 * fan_out].reshape(4, fan_out))
             bs.append(e1)
@@ -999,32 +1005,21 @@ def _unit_views(plan_i, params, grads):
     return Ws, bs, dWs, dbs
 
 
-def train_steps(X, y, Y, sw, order, start, n_steps, plan_i, plan_f, params, grads,
-                x_buf, y_buf, Y_buf, sw_buf, Z, A, dA, M, P, loss_kind,
-                opt_kind, opt_f, state1, state2, t0, clip_norm, seed, losses_out, correct_out):
+def train_steps(plan, loop, X, targets, sw, order, start, n_steps, losses_out, correct_out):
     """Run ``n_steps`` training steps in one compiled call (see reference.train_steps)."""
-    for act in plan_i[:, 3]:
-        _check_act(act)
-        if act == STEP:
-            raise ValueError("step has a zero derivative everywhere; it cannot be trained through")
-    if int(loss_kind) == 5:  # poisson: the compiled loop does not check targets
-        _check_nonnegative_targets(Y)
-    _check_dropout_plan(plan_i, plan_f, x_buf, M)
-    _check_batchnorm_plan(plan_i, plan_f, params, x_buf, M)
-    Ws, bs, dWs, dbs = _unit_views(plan_i, params, grads)
-    empty2 = np.empty((0, 0), dtype=params.dtype)
-    masks = [M[i] if plan_i[i, 0] in (2, 3) else empty2 for i in range(plan_i.shape[0])]
-    lists = [numba.typed.List(bufs) for bufs in (Z, A, dA, masks)]
+    y, Y = _plan.check_train(plan, loop, X, targets, sw, order, start, n_steps, losses_out, correct_out)
+    Ws, bs, dWs, dbs = _unit_views(plan)
+    empty2 = np.empty((0, 0), dtype=plan.params.dtype)
+    lists = [numba.typed.List(bufs) for bufs in (plan.Z, plan.A, plan.dA, plan.M)]
     return int(_train_steps(
-        X, y, Y, sw, order, int(start), int(n_steps), np.ascontiguousarray(plan_i[:, 0]),
-        np.ascontiguousarray(plan_i[:, 3]), np.ascontiguousarray(plan_f[:, 0]),
-        np.ascontiguousarray(plan_f[:, 1]), Ws, bs, dWs, dbs, params, grads, x_buf, y_buf, Y_buf,
-        sw_buf, *lists, P, empty2, int(loss_kind), int(opt_kind), np.asarray(opt_f, dtype=np.float64),
-        state1, state2, int(t0), float(clip_norm), np.uint64(seed), losses_out, correct_out))
+        X, y, Y, sw, order, int(start), int(n_steps), plan.units, Ws, bs, dWs, dbs, plan.params, plan.grads,
+        plan.x, plan.y, plan.Y, plan.sw, *lists, plan.P, empty2, int(plan.loss), int(loop.opt), loop.hyper,
+        loop.state1, loop.state2, int(loop.t), float(loop.clip_norm), np.uint64(loop.seed), losses_out,
+        correct_out))
 
 
 @_jit
-def _predict_rows(X, kinds, acts, alphas, Ws, bs, x_buf, Z, A, empty2, out):
+def _predict_rows(X, units, Ws, bs, x_buf, Z, A, empty2, out):
     # One forward pass over buffers of exactly X's rows; False on NaN/inf in X.
     # The calls and their argument types are the training loop's, so their
     # compiled code is shared instead of compiled again for sliced arrays.
@@ -1037,12 +1032,13 @@ def _predict_rows(X, kinds, acts, alphas, Ws, bs, x_buf, Z, A, empty2, out):
             x_buf[r, j] = v
     L = len(Z) - 1
     for i in range(L + 1):
-        if kinds[i] == 1:
-            _dense_forward(x_buf if i == 0 else A[i - 1], Ws[i], bs[i], acts[i], alphas[i], Z[i], A[i])
-        elif kinds[i] == 3:
-            _batchnorm_forward(x_buf if i == 0 else A[i - 1], Ws[i], alphas[i], 0.0, empty2, Z[i], A[i])
+        u = units[i]
+        if u.kind == Unit.DENSE:
+            _dense_forward(x_buf if i == 0 else A[i - 1], Ws[i], bs[i], u.act, u.alpha, Z[i], A[i])
+        elif u.kind == Unit.BATCHNORM:
+            _batchnorm_forward(x_buf if i == 0 else A[i - 1], Ws[i], u.eps, 0.0, empty2, Z[i], A[i])
         else:
-            _act_forward(Z[i], acts[i], alphas[i], A[i])
+            _act_forward(Z[i], u.act, u.alpha, A[i])
     out[...] = A[L]
     return True
 
@@ -1053,15 +1049,13 @@ class _Predictor:
 
     _KEEP = 8  # row counts with buffers of their own
 
-    def __init__(self, plan_i, plan_f, params, x_buf, Z, A):
-        self.dtype, self.capacity, self.d_in = x_buf.dtype, x_buf.shape[0], x_buf.shape[1]
-        self.d_out = int(plan_i[-1, 2])
-        self.Ws, self.bs, _, _ = _unit_views(plan_i, params, params)
-        self.kinds = np.ascontiguousarray(plan_i[:, 0])
-        self.acts = np.ascontiguousarray(plan_i[:, 3])
-        self.alphas = np.ascontiguousarray(plan_f[:, 0], dtype=np.float64)
-        self.x_buf, self.Z, self.A = x_buf, list(Z), list(A)
-        self.empty2 = np.empty((0, 0), dtype=x_buf.dtype)
+    def __init__(self, plan):
+        self.dtype, self.capacity, self.d_in = plan.x.dtype, plan.rows, plan.x.shape[1]
+        self.d_out = int(plan.units[-1]["fan_out"])
+        self.Ws, self.bs, _, _ = _unit_views(plan)
+        self.units = plan.units.copy()
+        self.x_buf, self.Z, self.A = plan.x, list(plan.Z), list(plan.A)
+        self.empty2 = np.empty((0, 0), dtype=plan.x.dtype)
         self._by_rows = {}
 
     def _buffers(self, n):
@@ -1092,18 +1086,10 @@ class _Predictor:
             raise ValueError(f"predictor: out must be a writeable C-contiguous ({X.shape[0]}, {self.d_out}) "
                              "array of the model's dtype")
         x_buf, Z, A = self._buffers(X.shape[0])
-        return _predict_rows(X, self.kinds, self.acts, self.alphas, self.Ws, self.bs, x_buf, Z, A,
-                             self.empty2, out)
+        return _predict_rows(X, self.units, self.Ws, self.bs, x_buf, Z, A, self.empty2, out)
 
 
-def make_predictor(plan_i, plan_f, params, x_buf, Z, A):
+def make_predictor(plan):
     """A compiled inference object (see reference.make_predictor)."""
-    plan_i = np.ascontiguousarray(plan_i, dtype=np.int64)
-    for act in plan_i[:, 3]:
-        _check_act(act)
-    _check_batchnorm_plan(plan_i, plan_f, params, x_buf, None, "make_predictor")
-    for i, fan_out in enumerate(plan_i[:, 2]):
-        for bufs in (Z, A):
-            if bufs[i].shape != (x_buf.shape[0], fan_out) or bufs[i].dtype != x_buf.dtype:
-                raise ValueError(f"make_predictor: Z[{i}] and A[{i}] must be ({x_buf.shape[0]}, {fan_out})")
-    return _Predictor(plan_i, plan_f, params, x_buf, Z, A)
+    _plan.check_predict(plan)
+    return _Predictor(plan)

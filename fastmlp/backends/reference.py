@@ -23,6 +23,8 @@ import sys
 import numpy as np
 from scipy.special import erf as _erf
 
+from .._native import plan as _plan
+from .._native.codes import FUSED_LOSSES, Loss, Opt, Unit
 from ..activations import (
     ELU,
     EXP,
@@ -535,109 +537,84 @@ def batchnorm_backward(dA, Z, G, eps, S, dG, dX):
 
 
 # ------------------------------------------------------------ the step loop
-# Columns of the integer plan: one row per unit (an optional dense product,
-# then an activation). New layer kinds (batch norm, residual, ...) are new
-# KIND values handled by new branches of the same loop.
-P_KIND, P_FAN_IN, P_FAN_OUT, P_ACT, P_USE_BIAS, P_W_OFF, P_B_OFF = range(7)
-# A dropout unit (fan_in == fan_out, activation identity, no parameters)
-# multiplies its input by a fresh mask per training step (dropout_mask with
-# unit = its row in the plan) and the gradient by the same mask; without
-# masks (inference, forward_units(M=None)) it is the identity.
-# A batch-norm unit (fan_in == fan_out, activation identity) has W_OFF at
-# its (4, k) parameter block [gamma, beta, running_mean, running_var] and
-# B_OFF = W_OFF + k (beta), USE_BIAS 1; Z[i] holds x-hat and A[i] the output
-# (both buffers of their own), dA[i-1] a buffer of its own. With M given
-# (training) M[i] is its (2, k) statistics buffer [batch mean, batch
-# 1/sqrt(var + eps)] and the batch statistics are used (and the running ones
-# updated); with M=None it uses the running statistics (inference).
-KIND_ACTIVATION, KIND_DENSE, KIND_DROPOUT, KIND_BATCHNORM = 0, 1, 2, 3
-# Columns of the float plan. P_ALPHA is the activation's parameter; for a
-# KIND_DROPOUT unit it holds the drop rate, in [0, 1); for a KIND_BATCHNORM
-# unit P_ALPHA holds eps and P_L2 the momentum of the running statistics.
-P_ALPHA, P_L2 = 0, 1
-# Loss kinds.
-LOSS_CE, LOSS_CE_ONEHOT, LOSS_NLL, LOSS_BCE, LOSS_MSE, LOSS_POISSON = range(6)
-# Losses fused with the output activation: they read the output unit's Z.
-FUSED_LOSSES = (LOSS_CE, LOSS_CE_ONEHOT, LOSS_BCE, LOSS_POISSON)
-# Optimizer kinds; OPT_NONE computes loss and gradients without an update.
-OPT_NONE, OPT_SGD, OPT_RMSPROP, OPT_ADAM = -1, 0, 1, 2
+# See fastmlp._native.plan for the plan (the units' records and the buffers
+# of a batch) and the loop state every backend's loop takes.
+def forward_units(kernels, plan, training=False):
+    """Forward pass of ``plan.x`` through the plan's units with a backend's kernels.
 
-
-def forward_units(kernels, plan_i, plan_f, params, x, Z, A, M=None):
-    """Forward pass of a plan with a backend's kernels; returns the output buffer.
-
-    x : (n, d) input (IN); Z, A : per-unit pre-activation / activation
-    buffers (OUT; A[i] is Z[i] for the identity, Z[i] is A[i-1] for an
-    activation-only or dropout unit; a dropout unit trained with a mask has
-    an A[i] of its own). M : per-unit dropout masks (IN, filled by
-    :func:`dropout_mask`; entries of other units are ignored), or None: the
-    dropout units are then the identity (inference).
+    With ``training``, dropout units multiply by their masks in ``plan.M``
+    (filled by :func:`dropout_mask`) and batch-norm units normalize with the
+    batch statistics (into ``plan.M``) and update their running statistics;
+    otherwise dropout is the identity and batch norm uses the running
+    statistics (inference). Returns the output buffer.
     """
-    a = x
-    for i in range(plan_i.shape[0]):
-        kind, fan_in, fan_out, act, use_bias, w_off, b_off = plan_i[i]
-        if kind == KIND_DENSE:
+    a, params, empty2 = plan.x, plan.params, plan.x[:0, :0]
+    for i, u in enumerate(plan.units):
+        kind, fan_in, fan_out, act = int(u["kind"]), int(u["fan_in"]), int(u["fan_out"]), int(u["act"])
+        Z, A = plan.Z[i], plan.A[i]
+        if kind == Unit.DENSE:
+            w_off, b_off = int(u["w_off"]), int(u["b_off"])
             W = params[w_off:w_off + fan_in * fan_out].reshape(fan_in, fan_out)
-            b = params[b_off:b_off + fan_out] if use_bias else params[:0]
-            kernels.dense_forward(a, W, b, act, plan_f[i, P_ALPHA], Z[i], A[i])
-        elif kind == KIND_BATCHNORM:
-            G = params[w_off:w_off + 4 * fan_out].reshape(4, fan_out)
-            kernels.batchnorm_forward(a, G, plan_f[i, P_ALPHA], plan_f[i, P_L2],
-                                      M[i] if M is not None else x[:0, :0], Z[i], A[i])
-        elif kind == KIND_DROPOUT:
-            if M is not None:
-                kernels.dropout_forward(Z[i], M[i], A[i])
-            elif A[i] is not Z[i]:
-                A[i][...] = Z[i]
+            b = params[b_off:b_off + fan_out] if u["use_bias"] else params[:0]
+            kernels.dense_forward(a, W, b, act, u["alpha"], Z, A)
+        elif kind == Unit.BATCHNORM:
+            G = params[u["w_off"]:u["w_off"] + 4 * fan_out].reshape(4, fan_out)
+            kernels.batchnorm_forward(a, G, u["eps"], u["momentum"], plan.M[i] if training else empty2, Z, A)
+        elif kind == Unit.DROPOUT:
+            if training:
+                kernels.dropout_forward(Z, plan.M[i], A)
+            elif A is not Z:
+                A[...] = Z
         else:
-            kernels.act_forward(Z[i], act, plan_f[i, P_ALPHA], A[i])
-        a = A[i]
+            kernels.act_forward(Z, act, u["alpha"], A)
+        a = A
     return a
 
 
-def loss_and_grads(kernels, plan_i, plan_f, params, grads, x, Z, A, dA, P, y, Y, sw, loss_kind, M=None):
-    """Loss at the output (plus L2 penalties) and all gradients into ``grads``.
+def loss_and_grads(kernels, plan, y, Y, sw, training=False):
+    """Loss at the output (plus L2 penalties) and all gradients into ``plan.grads``.
 
-    Expects :func:`forward_units` to have filled Z and A (with the same M).
-    dA : per-unit gradient buffers (OUT; dA[i-1] is dA[i] below an
-    activation-only or dropout unit). M : the dropout masks of the forward
-    pass, or None (dropout units are the identity). Returns the loss (float).
+    Expects :func:`forward_units` to have filled Z and A (with the same
+    ``training``). y, Y, sw: the batch's labels, real targets and weights
+    (each possibly empty, as the loss kind needs). Returns the loss (float).
     """
-    L = plan_i.shape[0] - 1
-    if loss_kind == LOSS_CE:
+    L, params, grads, Z, A, dA = plan.n_units - 1, plan.params, plan.grads, plan.Z, plan.A, plan.dA
+    loss_kind, P = plan.loss, plan.P
+    if loss_kind == Loss.CE:
         loss = kernels.softmax_cross_entropy(Z[L], y, sw, P, dA[L])
-    elif loss_kind == LOSS_CE_ONEHOT:
+    elif loss_kind == Loss.CE_ONEHOT:
         loss = kernels.softmax_cross_entropy_onehot(Z[L], Y, sw, P, dA[L])
-    elif loss_kind == LOSS_BCE:
+    elif loss_kind == Loss.BCE:
         loss = kernels.sigmoid_binary_cross_entropy(Z[L], Y, sw, P, dA[L])
-    elif loss_kind == LOSS_POISSON:
+    elif loss_kind == Loss.POISSON:
         loss = kernels.poisson_loss(Z[L], Y, sw, P, dA[L])
-    elif loss_kind == LOSS_NLL:
+    elif loss_kind == Loss.NLL:
         loss = kernels.nll_loss(A[L], y, sw, dA[L])
     else:
         loss = kernels.mse_loss(A[L], Y, sw, dA[L])
-    empty2 = x[:0, :0]
+    empty2 = plan.x[:0, :0]
     for i in range(L, -1, -1):
-        kind, fan_in, fan_out, act, use_bias, w_off, b_off = plan_i[i]
-        if act != IDENTITY and (kind == KIND_DENSE or i > 0):
-            kernels.act_backward(Z[i], A[i], dA[i], act, plan_f[i, P_ALPHA], dA[i])
-        if kind == KIND_DROPOUT and M is not None and i > 0:
-            kernels.dropout_backward(dA[i], M[i], dA[i])
-        if kind == KIND_BATCHNORM:
+        u = plan.units[i]
+        kind, fan_in, fan_out, act = int(u["kind"]), int(u["fan_in"]), int(u["fan_out"]), int(u["act"])
+        if act != IDENTITY and (kind == Unit.DENSE or i > 0):
+            kernels.act_backward(Z[i], A[i], dA[i], act, u["alpha"], dA[i])
+        if kind == Unit.DROPOUT and training and i > 0:
+            kernels.dropout_backward(dA[i], plan.M[i], dA[i])
+        if kind == Unit.BATCHNORM:
+            w_off = int(u["w_off"])
             G = params[w_off:w_off + 4 * fan_out].reshape(4, fan_out)
             dG = grads[w_off:w_off + 4 * fan_out].reshape(4, fan_out)
-            kernels.batchnorm_backward(dA[i], Z[i], G, plan_f[i, P_ALPHA],
-                                       M[i] if M is not None else empty2, dG,
+            kernels.batchnorm_backward(dA[i], Z[i], G, u["eps"], plan.M[i] if training else empty2, dG,
                                        dA[i - 1] if i > 0 else empty2)
-        if kind == KIND_DENSE:
-            nw = fan_in * fan_out
+        if kind == Unit.DENSE:
+            nw, w_off, b_off = fan_in * fan_out, int(u["w_off"]), int(u["b_off"])
             W = params[w_off:w_off + nw].reshape(fan_in, fan_out)
             dW = grads[w_off:w_off + nw].reshape(fan_in, fan_out)
-            db = grads[b_off:b_off + fan_out] if use_bias else grads[:0]
-            l2 = plan_f[i, P_L2]
+            db = grads[b_off:b_off + fan_out] if u["use_bias"] else grads[:0]
+            l2 = u["l2"]  # a float64 scalar, as NumPy applies it to float32 dW
             if l2 != 0.0:
                 loss += 0.5 * l2 * kernels.sum_squares(W.reshape(-1))
-            kernels.dense_backward(A[i - 1] if i > 0 else x, W, dA[i], l2, dW, db,
+            kernels.dense_backward(A[i - 1] if i > 0 else plan.x, W, dA[i], l2, dW, db,
                                    dA[i - 1] if i > 0 else empty2)
     return loss
 
@@ -646,196 +623,132 @@ def count_correct(out, y, Y, loss_kind):
     """Correct predictions of a batch from the training-time output (logits,
     or log-probabilities for nll); for binary cross-entropy the mean over
     columns of each row; 0 for the regression losses (mse, poisson). Returns a float."""
-    if loss_kind in (LOSS_CE, LOSS_NLL):
+    if loss_kind in (Loss.CE, Loss.NLL):
         return float(np.count_nonzero(np.argmax(out, axis=1) == y))
-    if loss_kind == LOSS_CE_ONEHOT:
+    if loss_kind == Loss.CE_ONEHOT:
         return float(np.count_nonzero(np.argmax(out, axis=1) == np.argmax(Y, axis=1)))
-    if loss_kind == LOSS_BCE:
+    if loss_kind == Loss.BCE:
         return float(np.count_nonzero((out > 0) == (Y > 0.5))) / out.shape[1]
     return 0.0
 
 
-def optimizer_step(kernels, params, grads, opt_kind, opt_f, state1, state2, t, clip_norm):
-    """Clip the global gradient norm (``clip_norm`` > 0) and apply one update."""
-    if clip_norm > 0.0:
+def optimizer_step(kernels, params, grads, loop, t):
+    """Clip the global gradient norm (``loop.clip_norm`` > 0) and apply update number ``t`` (from 1)."""
+    if loop.clip_norm > 0.0:
         norm = math.sqrt(kernels.sum_squares(grads))
-        if norm > clip_norm:
-            kernels.scale_inplace(grads, clip_norm / (norm + 1e-6))
-    if opt_kind == OPT_SGD:
-        kernels.sgd_update(params, grads, state1, opt_f[0], opt_f[1], opt_f[2] != 0.0)
-    elif opt_kind == OPT_RMSPROP:
-        kernels.rmsprop_update(params, grads, state1, opt_f[0], opt_f[1], opt_f[2])
-    elif opt_kind == OPT_ADAM:
-        kernels.adam_update(params, grads, state1, state2, opt_f[0], opt_f[1], opt_f[2], opt_f[3], t)
+        if norm > loop.clip_norm:
+            kernels.scale_inplace(grads, loop.clip_norm / (norm + 1e-6))
+    h = loop.hyper[0]
+    if loop.opt == Opt.SGD:
+        kernels.sgd_update(params, grads, loop.state1, h["lr"], h["momentum"], h["nesterov"] != 0.0)
+    elif loop.opt == Opt.RMSPROP:
+        kernels.rmsprop_update(params, grads, loop.state1, h["lr"], h["rho"], h["eps"])
+    elif loop.opt == Opt.ADAM:
+        kernels.adam_update(params, grads, loop.state1, loop.state2, h["lr"], h["beta1"], h["beta2"], h["eps"], t)
 
 
-def _check_dropout_plan(plan_i, plan_f, x_buf, M, who="train_steps"):
-    """Raise ValueError unless every dropout unit of the plan has a rate in
-    [0, 1) and a C-contiguous (rows, fan_out) mask buffer of x_buf's dtype."""
-    rows, dt = x_buf.shape[0], x_buf.dtype
-    if len(M) != plan_i.shape[0]:
-        raise ValueError(f"{who}: M has {len(M)} entries, the plan {plan_i.shape[0]} units")
-    for i in range(plan_i.shape[0]):
-        if plan_i[i, P_KIND] != KIND_DROPOUT:
-            continue
-        rate = float(plan_f[i, P_ALPHA])
-        if not 0.0 <= rate < 1.0:
-            raise ValueError(f"{who}: the dropout rate of unit {i} must be in [0, 1), got {rate}")
-        if plan_i[i, P_FAN_IN] != plan_i[i, P_FAN_OUT] or plan_i[i, P_ACT] != IDENTITY:
-            raise ValueError(f"{who}: dropout unit {i} must have fan_in == fan_out and the identity activation")
-        m = M[i]
-        if not (isinstance(m, np.ndarray) and m.dtype == dt and m.flags.c_contiguous
-                and m.shape == (rows, plan_i[i, P_FAN_OUT])):
-            raise ValueError(f"{who}: M[{i}] must be a C-contiguous {dt} array of shape "
-                             f"({rows}, {plan_i[i, P_FAN_OUT]})")
-
-
-def _check_batchnorm_plan(plan_i, plan_f, params, x_buf, M, who="train_steps"):
-    """Raise ValueError unless every batch-norm unit of the plan is well formed
-    (fan_in == fan_out, identity, B_OFF = W_OFF + k, its (4, k) block inside
-    params, eps > 0, momentum in [0, 1]) and, when M is given (training), has a
-    C-contiguous (2, fan_out) statistics buffer of x_buf's dtype and the batch
-    has more than one row (torch's error)."""
-    rows, dt = x_buf.shape[0], x_buf.dtype
-    for i in range(plan_i.shape[0]):
-        if plan_i[i, P_KIND] != KIND_BATCHNORM:
-            continue
-        k = int(plan_i[i, P_FAN_OUT])
-        if plan_i[i, P_FAN_IN] != k or plan_i[i, P_ACT] != IDENTITY:
-            raise ValueError(f"{who}: batch-norm unit {i} must have fan_in == fan_out and the identity activation")
-        w_off = int(plan_i[i, P_W_OFF])
-        if int(plan_i[i, P_B_OFF]) != w_off + k or w_off < 0 or w_off + 4 * k > params.shape[0]:
-            raise ValueError(f"{who}: batch-norm unit {i} needs B_OFF = W_OFF + {k} and its (4, {k}) "
-                             "block inside params")
-        eps, mom = float(plan_f[i, P_ALPHA]), float(plan_f[i, P_L2])
-        if not (eps > 0.0 and 0.0 <= mom <= 1.0):
-            raise ValueError(f"{who}: batch-norm unit {i} needs eps > 0 and momentum in [0, 1], got {eps}, {mom}")
-        if M is None:
-            continue
-        m = M[i]
-        if not (isinstance(m, np.ndarray) and m.dtype == dt and m.flags.c_contiguous and m.shape == (2, k)):
-            raise ValueError(f"{who}: M[{i}] (batch-norm statistics) must be a C-contiguous {dt} array "
-                             f"of shape (2, {k})")
-        if rows < 2:
-            raise ValueError(f"Expected more than 1 value per channel when training, got input size "
-                             f"({rows}, {k}) (batch normalization needs batches of at least 2 rows)")
-
-
-def train_steps(X, y, Y, sw, order, start, n_steps, plan_i, plan_f, params, grads,
-                x_buf, y_buf, Y_buf, sw_buf, Z, A, dA, M, P, loss_kind,
-                opt_kind, opt_f, state1, state2, t0, clip_norm, seed, losses_out, correct_out):
+def train_steps(plan, loop, X, targets, sw, order, start, n_steps, losses_out, correct_out):
     """Run ``n_steps`` training steps with no Python between them (in native backends).
 
-    Step s trains on the rows ``order[start + s*bs : start + (s+1)*bs]`` with
-    ``bs = x_buf.shape[0]``: every batch of one call has exactly ``bs`` rows
-    (the caller makes a second call, with buffers of that size, for a last
-    partial batch). A step gathers the batch, runs the forward pass, the
+    Step s trains on the rows ``order[start + s*rows : start + (s+1)*rows]``
+    with ``rows = plan.rows``: every batch of one call has exactly that many
+    rows (the caller makes a second call, with a plan of that size, for a
+    last partial batch). A step gathers the batch, runs the forward pass, the
     fused loss, the backward pass, gradient clipping and the optimizer
-    update. A dropout unit i draws its mask into M[i] with
-    ``dropout_mask(seed, t0 + s, i, rate, M[i])`` at step s, so the masks of
-    a training run never repeat and are the same in every backend. A
-    batch-norm unit normalizes with the batch statistics and updates its
+    update. A dropout unit i draws its mask into ``plan.M[i]`` with
+    ``dropout_mask(loop.seed, loop.t + s, i, rate, M[i])`` at step s, so the
+    masks of a training run never repeat and are the same in every backend.
+    A batch-norm unit normalizes with the batch statistics and updates its
     running statistics (in params, untouched by the optimizer) every step.
 
     Parameters
     ----------
+    plan : fastmlp._native.plan.Plan
+        A training plan (IN/OUT: its params, grads and buffers).
+    loop : fastmlp._native.plan.LoopState
+        The optimizer, its state (IN/OUT) and step counter, clipping, seed.
     X : (n, d) training inputs (IN)
-    y : (n,) int64 labels, or (0,) (IN)
-    Y : (n, k) real targets / one-hot rows, or (0, 0) (IN)
+    targets : (n,) int64 labels for the label losses (cross-entropy, nll),
+        else (n, k) real targets / one-hot rows (IN)
     sw : (n,) sample weights, or (0,) (IN)
     order : int64 row order, e.g. a permutation (IN)
     start, n_steps : int
-    plan_i : int64 (n_units, 7); plan_f : float64 (n_units, 2) -- see P_* (IN);
-        the activation column holds the training activation (identity for
-        an output layer fused into the loss)
-    params, grads : flat parameter and gradient vectors (IN/OUT)
-    x_buf, y_buf, Y_buf, sw_buf : batch buffers shaped like X, y, Y, sw
-        with ``bs`` rows (or empty like their source) (OUT)
-    Z, A, dA : sequences of per-unit (bs, fan_out) buffers with the
-        aliasing of :func:`forward_units` / :func:`loss_and_grads` (OUT)
-    M : sequence of per-unit dropout masks: a (bs, fan_out) buffer for each
-        KIND_DROPOUT unit, the (2, fan_out) statistics buffer of each
-        KIND_BATCHNORM unit, anything (e.g. an empty (0, 0) array) for the
-        others (OUT: the masks / statistics of the last step)
-    P : (bs, k) probabilities (rates for poisson) of the fused losses (OUT)
-    loss_kind : LOSS_*; opt_kind : OPT_*
-    opt_f : float64 (4,): SGD (lr, momentum, nesterov, 0); RMSprop (lr, rho,
-        eps, 0); Adam (lr, beta1, beta2, eps)
-    state1, state2 : optimizer state vectors (SGD buf / RMSprop sq / Adam m,
-        v), or (0,) (IN/OUT)
-    t0 : int, optimizer steps done before this call (Adam's t = t0 + s + 1)
-    clip_norm : float, 0.0 for no clipping
-    seed : int in [0, 2**64), the dropout base seed (unused without dropout)
-    losses_out, correct_out : float64 (n_steps,) per-step loss and correct
-        count (OUT)
+    losses_out, correct_out : float64 (>= n_steps,) per-step loss and
+        correct count (OUT)
 
     Returns
     -------
     int : steps completed; fewer than ``n_steps`` when a loss was not finite
         (that step's loss is in losses_out and no update was applied).
+
+    Raises ValueError (IndexError for indices) before any work when a buffer,
+    record or argument does not fit (``fastmlp._native.plan.check_train``).
     """
+    y, Y = _plan.check_train(plan, loop, X, targets, sw, order, start, n_steps, losses_out, correct_out)
     kernels = sys.modules[__name__]
-    _check_dropout_plan(plan_i, plan_f, x_buf, M)
-    _check_batchnorm_plan(plan_i, plan_f, params, x_buf, M)
-    bs = x_buf.shape[0]
-    L = plan_i.shape[0] - 1
-    drop = [i for i in range(L + 1) if plan_i[i, P_KIND] == KIND_DROPOUT]
-    fused = loss_kind in FUSED_LOSSES
+    bs, units, L = plan.rows, plan.units, plan.n_units - 1
+    drop = [i for i in range(L + 1) if units[i]["kind"] == Unit.DROPOUT]
+    fused = plan.loss in FUSED_LOSSES
     for s in range(n_steps):
         idx = order[start + s * bs:start + (s + 1) * bs]
-        kernels.gather_rows(X, idx, x_buf)
+        kernels.gather_rows(X, idx, plan.x)
         if y.shape[0]:
-            np.take(y, idx, out=y_buf)
+            np.take(y, idx, out=plan.y)
         if Y.shape[0]:
-            kernels.gather_rows(Y, idx, Y_buf)
+            kernels.gather_rows(Y, idx, plan.Y)
         if sw.shape[0]:
-            np.take(sw, idx, out=sw_buf)
+            np.take(sw, idx, out=plan.sw)
         for i in drop:
-            kernels.dropout_mask(seed, t0 + s, i, plan_f[i, P_ALPHA], M[i])
-        forward_units(kernels, plan_i, plan_f, params, x_buf, Z, A, M)
-        loss = loss_and_grads(kernels, plan_i, plan_f, params, grads, x_buf, Z, A, dA, P,
-                              y_buf, Y_buf, sw_buf, loss_kind, M)
+            kernels.dropout_mask(loop.seed, loop.t + s, i, units[i]["rate"], plan.M[i])
+        forward_units(kernels, plan, training=True)
+        loss = loss_and_grads(kernels, plan, plan.y, plan.Y, plan.sw, training=True)
         losses_out[s] = loss
-        correct_out[s] = count_correct(Z[L] if fused else A[L], y_buf, Y_buf, loss_kind)
+        correct_out[s] = count_correct(plan.Z[L] if fused else plan.A[L], plan.y, plan.Y, plan.loss)
         if not math.isfinite(loss):
             return s
-        optimizer_step(kernels, params, grads, opt_kind, opt_f, state1, state2, t0 + s + 1, clip_norm)
+        optimizer_step(kernels, plan.params, plan.grads, loop, loop.t + s + 1)
     return n_steps
 
 
 class _Predictor:
     """See :func:`make_predictor`."""
 
-    def __init__(self, plan_i, plan_f, params, x_buf, Z, A):
-        self.plan_i, self.plan_f, self.params = plan_i, plan_f, params
-        self.x_buf, self.Z, self.A = x_buf, list(Z), list(A)
+    def __init__(self, plan):
+        self.plan = plan
 
     def run(self, X, out):
-        n = X.shape[0]
-        if not (X.dtype == self.x_buf.dtype and X.ndim == 2 and X.flags.c_contiguous
-                and X.shape[1] == self.x_buf.shape[1]
-                and 1 <= n <= self.x_buf.shape[0] and out.shape == (n, self.plan_i[-1, 2])
-                and out.dtype == X.dtype):
-            raise ValueError("predictor: X or out has the wrong dtype or shape")
+        plan, n = self.plan, X.shape[0]
+        if not (type(X) is np.ndarray and X.dtype == plan.x.dtype and X.ndim == 2 and X.flags.c_contiguous
+                and X.shape[1] == plan.x.shape[1] and 1 <= n <= plan.rows):
+            raise ValueError(f"predictor: X must be a C-contiguous array of the model's dtype, "
+                             f"(1..{plan.rows}, {plan.x.shape[1]})")
+        if not (type(out) is np.ndarray and out.dtype == X.dtype and out.flags.c_contiguous
+                and out.flags.writeable and out.shape == (n, int(plan.units[-1]["fan_out"]))):
+            raise ValueError(f"predictor: out must be a writeable C-contiguous ({n}, {int(plan.units[-1]['fan_out'])}) "
+                             "array of the model's dtype")
         if not np.isfinite(X).all():
             return False
-        x = self.x_buf[:n]
-        x[...] = X
-        out[...] = forward_units(sys.modules[__name__], self.plan_i, self.plan_f, self.params, x,
-                                 [z[:n] for z in self.Z], [a[:n] for a in self.A])
+        view = _plan.Plan.__new__(_plan.Plan)  # the same plan on the first n rows of its buffers
+        view.__dict__.update(plan.__dict__)
+        view.rows, view.x = n, plan.x[:n]
+        view.Z, view.A = [z[:n] for z in plan.Z], [a[:n] for a in plan.A]
+        view.x[...] = X
+        out[...] = forward_units(sys.modules[__name__], view)
         return True
 
 
-def make_predictor(plan_i, plan_f, params, x_buf, Z, A):
-    """An inference object for up to ``x_buf.shape[0]`` rows at a time.
+def make_predictor(plan):
+    """An inference object for up to ``plan.rows`` rows at a time.
 
-    The object keeps the plan, the parameters (by reference: later updates to
-    ``params`` are seen) and the buffers (x_buf, per-unit Z and A, shaped as
-    for :func:`forward_units`). ``run(X, out)`` checks X (C-contiguous, the
-    buffers' dtype, ``1 <= len(X) <= len(x_buf)`` rows) and out
-    (``(len(X), n_outputs)``), returns False without touching out when X holds
-    a NaN or an infinity, else writes the forward pass of X into out and
-    returns True. Native backends run it in one call with no allocation: the
-    per-request path of an application that embeds a model.
+    The object keeps the plan (an inference plan: its parameters by
+    reference, so later updates to them are seen, and its x, Z and A
+    buffers). ``run(X, out)`` checks X (C-contiguous, the plan's dtype,
+    ``1 <= len(X) <= plan.rows`` rows) and out (``(len(X), n_outputs)``),
+    returns False without touching out when X holds a NaN or an infinity,
+    else writes the forward pass of X into out and returns True. Native
+    backends run it in one call with no allocation: the per-request path of
+    an application that embeds a model. Raises ValueError when the plan's
+    records or buffers do not fit (``fastmlp._native.plan.check_predict``).
     """
-    return _Predictor(plan_i, plan_f, params, x_buf, Z, A)
+    _plan.check_predict(plan)
+    return _Predictor(plan)

@@ -1,0 +1,378 @@
+"""The plan: a model compiled for batches of a given size, which every backend's loop walks.
+
+A :class:`Plan` holds one record per unit (``UNIT_DTYPE``: kind, shapes,
+offsets into the flat parameter vector, and each parameter by name), the
+flat parameter and gradient vectors, and the work buffers of a batch. A
+:class:`LoopState` holds what the optimizer brings: its kind, its
+hyperparameters by name (``HYPER_DTYPE``), its state vectors and step
+counter, the clipping bound and the dropout seed. ``train_steps(plan, loop,
+X, targets, sw, order, start, n_steps, losses_out, correct_out)`` and
+``make_predictor(plan)`` take them in every backend.
+
+The compiled loops walk the buffers through raw pointers, so every native
+entry point first calls :func:`check_train` or :func:`check_predict`: they
+compare every buffer's dtype, layout and shape with the records (and the
+records with the parameter vector) in time linear in the number of buffers,
+and raise ``ValueError`` (``IndexError`` for indices) before any work.
+
+Buffers, per unit i (rows = the batch size):
+
+* ``Z[i]``: the pre-activations of a dense unit, x-hat of a batch-norm unit,
+  or the input of an activation or dropout unit, which is then ``A[i-1]``
+  itself (``x`` for the first unit).
+* ``A[i]``: the unit's output; ``Z[i]`` itself when the unit's activation is
+  the identity (a dense or activation unit), a buffer of its own otherwise
+  (always for dropout in training and for batch norm).
+* ``dA[i]`` (training): the gradient at ``A[i]``; an activation or dropout
+  unit passes its buffer down (``dA[i-1]`` is ``dA[i]``), dense and batch-norm
+  units write a ``(rows, fan_in)`` buffer of their own.
+* ``M[i]`` (training): a dropout unit's ``(rows, fan_out)`` mask, a batch-norm
+  unit's ``(2, fan_out)`` batch statistics; an empty ``(0, 0)`` array otherwise.
+* ``P``: the probabilities (rates for poisson) of the fused losses, ``(rows, k)``.
+* ``y``, ``Y``, ``sw``: the batch's labels ``(rows,)`` int64 (or ``(0,)``), real
+  or one-hot targets ``(rows, k)`` (or ``(0, 0)``), sample weights ``(rows,)``
+  (or ``(0,)``).
+"""
+import math
+
+import numpy as np
+
+from .codes import (
+    FUSED_LOSSES,
+    HYPER_FIELDS,
+    LABEL_LOSSES,
+    UNIT_FIELDS,
+    Act,
+    Loss,
+    Opt,
+    Unit,
+)
+
+UNIT_DTYPE = np.dtype(list(UNIT_FIELDS))
+HYPER_DTYPE = np.dtype(list(HYPER_FIELDS))
+_INT64 = np.dtype(np.int64)
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_N_ACTS = len(Act)
+_EMPTY2 = {dt: np.empty((0, 0), dtype=dt) for dt in _FLOATS}
+
+
+def records(n_units):
+    """A zeroed array of ``n_units`` unit records (``UNIT_DTYPE``)."""
+    return np.zeros(n_units, dtype=UNIT_DTYPE)
+
+
+def hyper(**values):
+    """One ``HYPER_DTYPE`` record: the named hyperparameters given, 0 for the others."""
+    rec = np.zeros(1, dtype=HYPER_DTYPE)
+    for name, value in values.items():
+        rec[name] = value
+    return rec
+
+
+class Plan:
+    """The units of a model and the buffers of batches of ``rows`` rows.
+
+    Parameters
+    ----------
+    units : ndarray of UNIT_DTYPE, shape (n_units,)
+        The records, in the order of the forward pass; ``act`` is the
+        activation the loop applies (the identity for an output layer fused
+        into the loss in training).
+    params, grads : 1-D float32 or float64 arrays
+        The model's flat parameters and gradients (by reference).
+    rows : int
+        The batch size the buffers are made for.
+    loss : Loss
+        The loss kind (it selects the target buffers).
+    training : bool
+        Make the buffers a training step needs (dA, masks, P, targets).
+    weighted : bool
+        Make a sample-weight buffer.
+    """
+
+    def __init__(self, units, params, grads, rows, loss=Loss.MSE, training=False, weighted=False):
+        self.units, self.params, self.grads = units, params, grads
+        self.rows, self.loss, self.training = int(rows), Loss(loss), bool(training)
+        self._alloc(weighted)
+
+    @property
+    def dtype(self):
+        return self.params.dtype
+
+    @property
+    def n_units(self):
+        return self.units.shape[0]
+
+    def _alloc(self, weighted):
+        n, dt, units = self.rows, self.params.dtype, self.units
+        self.x = np.empty((n, int(units[0]["fan_in"])), dtype=dt)
+        self.Z, self.A = [], []
+        self.M = [_EMPTY2[dt]] * len(units)
+        prev = self.x
+        for i, u in enumerate(units):
+            kind, k = Unit(u["kind"]), int(u["fan_out"])
+            z = np.empty((n, k), dtype=dt) if kind in (Unit.DENSE, Unit.BATCHNORM) else prev
+            own = (u["act"] != Act.IDENTITY or kind == Unit.BATCHNORM
+                   or (self.training and kind == Unit.DROPOUT))
+            a = np.empty((n, k), dtype=dt) if own else z
+            if self.training and kind == Unit.DROPOUT:
+                self.M[i] = np.empty((n, k), dtype=dt)
+            elif self.training and kind == Unit.BATCHNORM:
+                self.M[i] = np.empty((2, k), dtype=dt)
+            self.Z.append(z)
+            self.A.append(a)
+            prev = a
+        k = int(units[-1]["fan_out"])
+        if not self.training:
+            self.dA, self.P = [], _EMPTY2[dt]
+            self.y, self.Y, self.sw = np.empty(0, _INT64), _EMPTY2[dt], np.empty(0, dt)
+            return
+        L = len(units) - 1
+        self.dA = [None] * (L + 1)
+        self.dA[L] = np.empty((n, k), dtype=dt)
+        for i in range(L, 0, -1):
+            own = units[i]["kind"] in (Unit.DENSE, Unit.BATCHNORM)
+            self.dA[i - 1] = np.empty((n, int(units[i]["fan_in"])), dtype=dt) if own else self.dA[i]
+        self.P = np.empty((n, k), dtype=dt)
+        labels = self.loss in LABEL_LOSSES
+        self.y = np.empty(n if labels else 0, dtype=_INT64)
+        self.Y = _EMPTY2[dt] if labels else np.empty((n, k), dtype=dt)
+        self.sw = np.empty(n if weighted else 0, dtype=dt)
+
+    def output(self):
+        """The buffer holding the last unit's output."""
+        return self.A[-1]
+
+
+class LoopState:
+    """The optimizer's side of a training call.
+
+    Parameters
+    ----------
+    opt : Opt
+    hyper : ndarray of HYPER_DTYPE, shape (1,)
+    state1, state2 : 1-D arrays of the parameters' dtype
+        SGD's momentum buffer, RMSprop's square average, Adam's m and v, in
+        that order; (0,) where the optimizer has none.
+    t : int
+        Optimizer steps done before this call (Adam's t = t + s + 1 at step s).
+    clip_norm : float
+        The bound of the global gradient norm; 0.0 for no clipping.
+    seed : int in [0, 2**64)
+        The base seed of the dropout masks.
+    """
+
+    __slots__ = ("opt", "hyper", "state1", "state2", "t", "clip_norm", "seed")
+
+    def __init__(self, opt, hyper, state1, state2, t=0, clip_norm=0.0, seed=0):
+        self.opt, self.hyper = Opt(opt), hyper
+        self.state1, self.state2 = state1, state2
+        self.t, self.clip_norm, self.seed = int(t), float(clip_norm), int(seed)
+
+
+# ---------------------------------------------------------------- checks
+def _buf(who, name, b, dt, shape):
+    if not (isinstance(b, np.ndarray) and b.dtype == dt and b.flags.c_contiguous and b.shape == shape):
+        got = (f"{b.dtype} array of shape {b.shape}{'' if b.flags.c_contiguous else ', not C-contiguous'}"
+               if isinstance(b, np.ndarray) else type(b).__name__)
+        raise ValueError(f"{who}: {name} must be a C-contiguous {dt} array of shape {shape}, got {got}")
+
+
+def _writeable(who, name, b):
+    if not b.flags.writeable:
+        raise ValueError(f"{who}: {name} must be writeable")
+
+
+def _check_records(who, plan, training):
+    """The records against each other and against the parameter vector (writeable in training)."""
+    units, params, grads = plan.units, plan.params, plan.grads
+    if not (isinstance(units, np.ndarray) and units.dtype == UNIT_DTYPE and units.ndim == 1
+            and units.flags.c_contiguous and units.shape[0] >= 1):
+        raise ValueError(f"{who}: plan.units must be a C-contiguous 1-D array of plan.UNIT_DTYPE records")
+    if not (isinstance(params, np.ndarray) and params.dtype in _FLOATS and params.ndim == 1
+            and params.flags.c_contiguous):
+        raise ValueError(f"{who}: params must be a C-contiguous 1-D float32 or float64 array")
+    _buf(who, "grads", grads, params.dtype, params.shape)
+    if training:
+        _writeable(who, "params", params)
+        _writeable(who, "grads", grads)
+    n_params = params.shape[0]
+    fan_in = int(units[0]["fan_in"])
+    for i, u in enumerate(units):
+        kind, act, k = int(u["kind"]), int(u["act"]), int(u["fan_out"])
+        if kind not in Unit.__members__.values():
+            raise ValueError(f"{who}: unit {i} has an unknown kind {kind}")
+        if not 0 <= act < _N_ACTS:
+            raise ValueError(f"{who}: unit {i} has an unknown activation code {act}")
+        if int(u["fan_in"]) != fan_in or k < 1 or fan_in < 1:
+            raise ValueError(f"{who}: unit {i} takes {int(u['fan_in'])} inputs and gives {k} outputs, but the "
+                             f"unit before gives {fan_in} (every width must be >= 1)")
+        if kind != Unit.DENSE and (k != fan_in or (kind != Unit.ACTIVATION and act != Act.IDENTITY)):
+            raise ValueError(f"{who}: unit {i} ({Unit(kind).name.lower()}) must have fan_in == fan_out"
+                             + ("" if kind == Unit.ACTIVATION else " and the identity activation"))
+        if kind == Unit.DENSE:
+            w_off, b_off = int(u["w_off"]), int(u["b_off"])
+            if w_off < 0 or w_off + fan_in * k > n_params or (
+                    u["use_bias"] and (b_off < 0 or b_off + k > n_params)):
+                raise ValueError(f"{who}: dense unit {i}'s W or b reaches outside params ({n_params} values)")
+            if not math.isfinite(u["l2"]) or u["l2"] < 0:
+                raise ValueError(f"{who}: dense unit {i} needs l2 >= 0, got {u['l2']}")
+        elif kind == Unit.DROPOUT:
+            if not 0.0 <= u["rate"] < 1.0:
+                raise ValueError(f"{who}: the dropout rate of unit {i} must be in [0, 1), got {u['rate']}")
+        elif kind == Unit.BATCHNORM:
+            w_off = int(u["w_off"])
+            if w_off < 0 or w_off + 4 * k > n_params:
+                raise ValueError(f"{who}: batch-norm unit {i} needs its (4, {k}) block inside params")
+            if not (u["eps"] > 0.0 and 0.0 <= u["momentum"] <= 1.0):
+                raise ValueError(f"{who}: batch-norm unit {i} needs eps > 0 and momentum in [0, 1], "
+                                 f"got {u['eps']}, {u['momentum']}")
+        fan_in = k
+
+
+def _check_unit_buffers(who, plan, training):
+    units, dt, n = plan.units, plan.params.dtype, plan.rows
+    if n < 1:
+        raise ValueError(f"{who}: the plan's batches need at least 1 row, got {n}")
+    _buf(who, "x", plan.x, dt, (n, int(units[0]["fan_in"])))
+    L = units.shape[0] - 1
+    for name in ("Z", "A") + (("dA", "M") if training else ()):
+        seq = getattr(plan, name)
+        if not isinstance(seq, (list, tuple)) or len(seq) != L + 1:
+            raise ValueError(f"{who}: plan.{name} must be a list of {L + 1} arrays")
+    prev = plan.x
+    for i, u in enumerate(units):
+        kind, k = int(u["kind"]), int(u["fan_out"])
+        _buf(who, f"Z[{i}]", plan.Z[i], dt, (n, k))
+        _buf(who, f"A[{i}]", plan.A[i], dt, (n, k))
+        if kind in (Unit.ACTIVATION, Unit.DROPOUT) and plan.Z[i] is not prev:
+            raise ValueError(f"{who}: Z[{i}] of an activation or dropout unit must be the buffer before it")
+        if kind == Unit.BATCHNORM and plan.A[i] is plan.Z[i]:
+            raise ValueError(f"{who}: a batch-norm unit's A[{i}] must be a buffer of its own")
+        prev = plan.A[i]
+        if not training:
+            continue
+        if kind == Unit.DROPOUT and plan.A[i] is plan.Z[i]:
+            raise ValueError(f"{who}: a dropout unit's A[{i}] must be a buffer of its own in training")
+        _buf(who, f"dA[{i}]", plan.dA[i], dt, (n, k))
+        if i > 0 and kind in (Unit.ACTIVATION, Unit.DROPOUT) and plan.dA[i - 1] is not plan.dA[i]:
+            raise ValueError(f"{who}: dA[{i - 1}] below an activation or dropout unit must be dA[{i}]")
+        if kind == Unit.DROPOUT:
+            _buf(who, f"M[{i}] (the dropout mask)", plan.M[i], dt, (n, k))
+        elif kind == Unit.BATCHNORM:
+            _buf(who, f"M[{i}] (the batch-norm statistics)", plan.M[i], dt, (2, k))
+
+
+def check_predict(plan, who="make_predictor"):
+    """Raise unless ``plan`` is fit for a forward pass (records, parameters, Z and A buffers)."""
+    _check_records(who, plan, training=False)
+    _check_unit_buffers(who, plan, training=False)
+
+
+def check_loop(plan, loop, who="train_steps"):
+    """Raise unless the loop state fits the plan: optimizer kind, hyperparameters, state vectors."""
+    opt = int(loop.opt) if isinstance(loop, LoopState) else None
+    if opt not in Opt.__members__.values():
+        raise ValueError(f"{who}: loop must be a LoopState with a known optimizer kind")
+    h = loop.hyper
+    if not (isinstance(h, np.ndarray) and h.dtype == HYPER_DTYPE and h.shape == (1,)):
+        raise ValueError(f"{who}: loop.hyper must be one plan.HYPER_DTYPE record")
+    h = h[0]
+    for name, _ in HYPER_FIELDS:
+        if not math.isfinite(h[name]):
+            raise ValueError(f"{who}: the optimizer's {name} must be finite, got {h[name]}")
+    if opt != Opt.NONE and not h["lr"] > 0:
+        raise ValueError(f"{who}: the learning rate must be > 0, got {h['lr']}")
+    if opt == Opt.SGD and not 0.0 <= h["momentum"] <= 1.0:
+        raise ValueError(f"{who}: SGD's momentum must be in [0, 1], got {h['momentum']}")
+    if opt == Opt.RMSPROP and not (0.0 <= h["rho"] < 1.0 and h["eps"] > 0):
+        raise ValueError(f"{who}: RMSprop needs rho in [0, 1) and eps > 0, got {h['rho']}, {h['eps']}")
+    if opt == Opt.ADAM and not (0.0 <= h["beta1"] < 1.0 and 0.0 <= h["beta2"] < 1.0 and h["eps"] > 0):
+        raise ValueError(f"{who}: Adam needs beta1, beta2 in [0, 1) and eps > 0, got "
+                         f"{h['beta1']}, {h['beta2']}, {h['eps']}")
+    n, dt = plan.params.shape[0], plan.params.dtype
+    needs = {Opt.NONE: 0, Opt.SGD: 1 if h["momentum"] != 0.0 else 0, Opt.RMSPROP: 1, Opt.ADAM: 2}[opt]
+    for j, name in enumerate(("state1", "state2")):
+        vec = getattr(loop, name)
+        if j < needs:
+            if not (isinstance(vec, np.ndarray) and vec.dtype == dt and vec.ndim == 1
+                    and vec.flags.c_contiguous and vec.shape[0] == n):
+                got = f"{vec.dtype} array of shape {vec.shape}" if isinstance(vec, np.ndarray) else type(vec).__name__
+                raise ValueError(f"{who}: the optimizer's {name} must be a C-contiguous {dt} vector of the "
+                                 f"model's {n} parameters, got {got} (an optimizer's state belongs to the "
+                                 "model it was made for)")
+            _writeable(who, name, vec)
+        elif not (isinstance(vec, np.ndarray) and vec.dtype == dt and vec.ndim == 1 and vec.flags.c_contiguous
+                  and vec.shape[0] in (0, n)):
+            raise ValueError(f"{who}: the optimizer's {name} must be a C-contiguous {dt} vector of length 0 "
+                             f"or {n}")
+    if loop.t < 0:
+        raise ValueError(f"{who}: loop.t must be >= 0, got {loop.t}")
+    if not (math.isfinite(loop.clip_norm) and loop.clip_norm >= 0.0):
+        raise ValueError(f"{who}: clip_norm must be finite and >= 0 (0 for none), got {loop.clip_norm}")
+    if not 0 <= loop.seed < 2**64:
+        raise ValueError(f"{who}: the dropout seed must be in [0, 2**64), got {loop.seed}")
+
+
+def check_train(plan, loop, X, targets, sw, order, start, n_steps, losses_out, correct_out,
+                who="train_steps"):
+    """Raise unless a training call may run: the plan, its training buffers, the loop
+    state, the data and the index ranges (the labels and ``order`` are scanned once).
+
+    Returns ``(y, Y)``: the labels (int64, or (0,)) and the real targets (or (0, 0)).
+    """
+    if not isinstance(plan, Plan) or not plan.training:
+        raise ValueError(f"{who}: plan must be a training Plan")
+    _check_records(who, plan, training=True)
+    _check_unit_buffers(who, plan, training=True)
+    if any(int(u["act"]) == Act.STEP for u in plan.units):
+        raise ValueError("step has a zero derivative everywhere; it cannot be trained through")
+    check_loop(plan, loop, who)
+    units, dt, rows = plan.units, plan.params.dtype, plan.rows
+    k = int(units[-1]["fan_out"])
+    loss = plan.loss
+    if not (type(X) is np.ndarray and X.dtype == dt and X.ndim == 2 and X.flags.c_contiguous
+            and X.shape[1] == plan.x.shape[1]):
+        raise ValueError(f"{who}: X must be a C-contiguous {dt} array with {plan.x.shape[1]} columns")
+    n = X.shape[0]
+    labels = loss in LABEL_LOSSES
+    if labels:
+        _buf(who, "the targets (labels)", targets, _INT64, (n,))
+        y, Y = targets, _EMPTY2[dt]
+        _buf(who, "the label buffer y", plan.y, _INT64, (rows,))
+        if n and (int(targets.min()) < 0 or int(targets.max()) >= k):
+            raise ValueError(f"{who}: labels must lie in [0, {k})")
+    else:
+        _buf(who, "the targets", targets, dt, (n, k))
+        y, Y = np.empty(0, _INT64), targets
+        _buf(who, "the target buffer Y", plan.Y, dt, (rows, k))
+        if loss == Loss.POISSON and targets.size and not (targets >= 0).all():
+            r, c = np.unravel_index(int(np.argmax(~(targets >= 0))), targets.shape)
+            raise ValueError(f"poisson_loss: targets must be >= 0 (counts or rates), got "
+                             f"Y[{r}, {c}] = {targets[r, c]}.")
+    if not (isinstance(sw, np.ndarray) and sw.dtype == dt and sw.ndim == 1 and sw.flags.c_contiguous
+            and sw.shape[0] in (0, n)):
+        raise ValueError(f"{who}: sw must be a C-contiguous {dt} vector of length 0 or {n}")
+    _buf(who, "the weight buffer sw", plan.sw, dt, (rows if sw.shape[0] else 0,))
+    _buf(who, "P", plan.P, dt, (rows, k))
+    if loss not in FUSED_LOSSES and loss not in (Loss.NLL, Loss.MSE):  # pragma: no cover - Loss is closed
+        raise ValueError(f"{who}: unknown loss kind {loss}")
+    if units[-1]["kind"] == Unit.DROPOUT or units[-1]["kind"] == Unit.BATCHNORM:
+        raise ValueError(f"{who}: the last unit must be dense or an activation")
+    if any(u["kind"] == Unit.BATCHNORM for u in units) and rows < 2:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size "
+                         f"({rows}, {k}) (batch normalization needs batches of at least 2 rows)")
+    if not (isinstance(order, np.ndarray) and order.dtype == _INT64 and order.ndim == 1 and order.flags.c_contiguous):
+        raise ValueError(f"{who}: order must be a C-contiguous 1-D int64 array")
+    start, n_steps = int(start), int(n_steps)
+    if start < 0 or n_steps < 0 or start + n_steps * rows > order.shape[0]:
+        raise IndexError(f"{who}: the batches reach outside order")
+    if n_steps and (int(order[start:start + n_steps * rows].min()) < 0
+                    or int(order[start:start + n_steps * rows].max()) >= n):
+        raise IndexError(f"{who}: the batches reach outside X")
+    for name, out in (("losses_out", losses_out), ("correct_out", correct_out)):
+        if not (isinstance(out, np.ndarray) and out.dtype == np.float64 and out.ndim == 1
+                and out.flags.c_contiguous and out.shape[0] >= n_steps):
+            raise ValueError(f"{who}: {name} must be a C-contiguous float64 vector of at least {n_steps} entries")
+        _writeable(who, name, out)
+    return y, Y
