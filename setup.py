@@ -1,10 +1,39 @@
-"""Build of the compiled kernels (fastmlp/_kernels.pyx) with OpenMP."""
+"""Build of the compiled native layer (fastmlp/_native/*.pyx) with OpenMP.
+
+The ``*.tp`` files are Tempita templates (Tempita ships with Cython): this
+script renders them first (``common.pxd`` from the codes of
+``fastmlp/_native/codes.py``, ``kernels.pyx`` with its loss and twin-loop
+tables), then cythonizes every module.
+"""
 import os
+import runpy
 import sys
+from pathlib import Path
 
 import numpy as np
+from Cython import Tempita
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+
+NATIVE = Path(__file__).resolve().parent / "fastmlp" / "_native"
+MODULES = ("runtime", "gemm", "units", "kernels", "loop", "predictor")
+HEADERS = ("barrier.h", "fastmath.h", "smallgemm.h", "packgemm.h")
+
+
+def _render_templates():
+    """Render every fastmlp/_native/*.tp next to it (only when the output would change)."""
+    codes = runpy.run_path(str(NATIVE / "codes.py"))
+    names = dict(
+        enums=codes["ENUMS"], Act=codes["Act"], Phase=codes["Phase"],
+        prefix={"Unit": "UNIT", "Act": "ACT", "Loss": "LOSS", "Opt": "OPT", "Phase": "PH"},
+        unit_fields=codes["UNIT_FIELDS"], hyper_fields=codes["HYPER_FIELDS"],
+        ctype={"int64": "int64_t", "float64": "double"},
+    )
+    for tp in sorted(NATIVE.glob("*.tp")):
+        text = Tempita.sub(tp.read_text(), **names)
+        out = tp.with_suffix("")
+        if not out.exists() or out.read_text() != text:
+            out.write_text(text)
 
 
 def _openmp_flags():
@@ -44,31 +73,36 @@ def _opt_flags():
     flags = ["-O3", "-fno-math-errno"]
     # fastmlp builds from source on the machine that runs it, like Numba,
     # which compiles for the host CPU: -march=native gives the element-wise
-    # kernels AVX2/AVX-512 instead of SSE2 (measured on AMD EPYC, per step of
-    # the 784-256-128-10 net: Adam 295 -> see the commit message). For a
-    # binary that must run on other CPUs set FASTMLP_PORTABLE=1.
+    # kernels AVX2/AVX-512 instead of SSE2. For a binary that must run on
+    # other CPUs set FASTMLP_PORTABLE=1.
     if os.environ.get("FASTMLP_PORTABLE") != "1" and _march_native_ok():
         flags.append("-march=native")
     return flags
 
 
+_render_templates()
 compile_args, link_args = _openmp_flags()
 extensions = [
     Extension(
-        "fastmlp._kernels",
-        ["fastmlp/_kernels.pyx"],
-        depends=["fastmlp/_fastmath.h", "fastmlp/_smallgemm.h", "fastmlp/_barrier.h", "fastmlp/_packgemm.h"],
-        include_dirs=[np.get_include()],
+        f"fastmlp._native.{name}",
+        [f"fastmlp/_native/{name}.pyx"],
+        depends=[f"fastmlp/_native/{h}" for h in HEADERS] + ["fastmlp/_native/codes.py"],
+        include_dirs=[np.get_include(), "fastmlp/_native"],
         extra_compile_args=[*_opt_flags(), *compile_args],
         extra_link_args=link_args,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )
+    for name in MODULES
 ]
 
 setup(
+    # the modules compile independently: one compiler per core
+    options={"build_ext": {"parallel": max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                              else (os.cpu_count() or 1))}},
     ext_modules=cythonize(
         extensions,
         language_level=3,
+        include_path=["."],
         compiler_directives={
             "boundscheck": False,
             "wraparound": False,

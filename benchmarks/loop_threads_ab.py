@@ -7,7 +7,7 @@ backend in turn: the loop split between threads of its own (the default for
 big steps; in float32 on packed operands, fastmlp/_packgemm.h), the same
 split loop with its products in BLAS (``_set_packed_gemm(False)``), the loop
 on one thread beside OpenBLAS's own threads (switched with
-``fastmlp._kernels._set_loop_split_limits``), and the GEMM bound; each timing
+``fastmlp._native.loop._set_loop_split_limits``), and the GEMM bound; each timing
 after a 0.25 s pause (see compare.py --settle). Prints the fastest and the
 median epoch of each.
 """
@@ -32,7 +32,7 @@ def parse_args(argv=None):
 
 
 def measure(workload, X, y, repeats, n_threads):
-    from fastmlp import _kernels
+    from fastmlp._native import loop as _kernels
 
     runner, bound = W.cython_loop_and_bound(workload, X, y, n_threads)
     default = _kernels._set_loop_split_limits(*_kernels._set_loop_split_limits(0, 1))

@@ -1,8 +1,8 @@
-/* The packed-operand kernel of fastmlp/_packgemm.h alone, on the split loop's
+/* The packed-operand kernel of fastmlp/_native/packgemm.h alone, on the split loop's
  * per-thread shapes of the A net (784-256-128-10, 2 threads), one core.
  *
- *   gcc -O3 -march=native -Ifastmlp benchmarks/packgemm_kernel.c -o /tmp/pk && /tmp/pk
- *   gcc -O3 -march=native -mno-avx512f -Ifastmlp benchmarks/packgemm_kernel.c -o /tmp/pk2 && /tmp/pk2
+ *   gcc -O3 -march=native -Ifastmlp/_native benchmarks/packgemm_kernel.c -o /tmp/pk && /tmp/pk
+ *   gcc -O3 -march=native -mno-avx512f -Ifastmlp/_native benchmarks/packgemm_kernel.c -o /tmp/pk2 && /tmp/pk2
  *
  * (the second build times the AVX2 tiles on a CPU that has AVX-512). Prints,
  * for each shape, the fastest of 5 runs of a loop of calls in microseconds and
@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <time.h>
 
-#include "_packgemm.h"
+#include "packgemm.h"
 
 static double now(void) {
     struct timespec t;
@@ -87,7 +87,7 @@ static void peak(void) {
 
 int main(void) {
 #if FM_HAVE_PACKGEMM
-    printf("fastmlp/_packgemm.h tiles: %s\n", FM_PACKGEMM_ISA);
+    printf("fastmlp/_native/packgemm.h tiles: %s\n", FM_PACKGEMM_ISA);
     peak();
     run("forward, layer 1", 64, 256, 784, 0, 0);
     run("forward, layer 2", 64, 128, 256, 0, 0);

@@ -3,14 +3,15 @@
     python benchmarks/profile_loop.py [--workload "A b128"] [--epochs 3] [--threads 2] [--rows N]
 
 Trains one benchmark network (see _workloads.py) with the cython backend and
-the loop's phase timing on (``fastmlp._kernels.loop_phase_times``), and times
+the loop's phase timing on (``fastmlp._native.runtime.loop_phase_times``), and times
 the GEMM bound (the same epoch's matrix products alone with NumPy's BLAS) in
 the same run, epoch by epoch in turn, each after a 0.25 s pause (see
 compare.py --settle). Prints, per epoch (medians), the seconds in each phase,
 the matrix products in the loop against the bound, and what the rest costs
 against the 25% that a target of 1.25x the bound leaves. When the loop runs
-on threads of its own, the phases are its first thread's: "thread sync" is
-its wait at the barriers for the others.
+on threads of its own, the phases are its first thread's: "sync" is its
+wait at the barriers for the others. Each phase's matrix products are timed
+apart ("forward products", "backward products", "param grads products").
 """
 from __future__ import annotations
 
@@ -34,39 +35,39 @@ def parse_args(argv=None):
 
 def profile(workload, X, y, epochs, n_threads):
     """Per-epoch phase seconds (lists), wall seconds and GEMM-bound seconds, in turn."""
-    from fastmlp import _kernels
+    from fastmlp._native import runtime
 
     runner, bound = W.cython_loop_and_bound(workload, X, y, n_threads)
-    phases = {name: [] for name in _kernels.PHASES}
+    phases = {name: [] for name in runtime.loop_phase_times(reset=False)}
     wall, gemm = [], []
-    _kernels.loop_phase_times(enable=True)
+    runtime.loop_phase_times(enable=True, reset=True)
     try:
         for _ in range(epochs):
             time.sleep(0.25)
             t = time.perf_counter()
             runner.epoch()
             wall.append(time.perf_counter() - t)
-            for name, sec in _kernels.loop_phase_times().items():
+            for name, sec in runtime.loop_phase_times().items():
                 phases[name].append(sec)
             time.sleep(0.25)
             t = time.perf_counter()
             bound.epoch()
             gemm.append(time.perf_counter() - t)
     finally:
-        _kernels.loop_phase_times(enable=False)
+        runtime.loop_phase_times(enable=False)
     return phases, wall, gemm
 
 
 def report(workload, phases, wall, gemm, n_threads, rows):
-    from fastmlp import _kernels
+    from fastmlp._native import loop
 
     med = {name: statistics.median(v) for name, v in phases.items()}
     wall_m, gemm_m = statistics.median(wall), statistics.median(gemm)
-    products = med["forward GEMM"] + med["backward GEMM"]
+    products = sum(sec for name, sec in med.items() if name.endswith(" products"))
     rest = sum(med.values()) - products
     lines = [f"{workload.name}: {'-'.join(map(str, workload.sizes))}, {workload.optimizer}, "
              f"{rows}, {n_threads} threads, cython backend; medians of {len(wall)} epochs; "
-             f"the loop ran on {_kernels._last_loop_threads()} thread(s) of its own",
+             f"the loop ran on {loop._last_loop_threads()} thread(s) of its own",
              "",
              "| phase | s/epoch | share of the loop |",
              "|---|---|---|"]

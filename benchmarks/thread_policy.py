@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 import fastmlp
-from fastmlp import _kernels as K
+from fastmlp._native import loop as K
 
 NETS = [((64, 64, 10), 64), ((16, 512, 2), 32), ((512, 16, 2), 32), ((20, 64, 64, 2), 64),
         ((64, 64, 64, 10), 64), ((100, 100, 10), 64), ((64, 128, 128, 10), 128), ((128, 256, 128, 10), 32),

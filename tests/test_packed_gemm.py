@@ -1,7 +1,7 @@
-"""The split float32 loop on packed operands (``fastmlp/_packgemm.h``).
+"""The split float32 loop on packed operands (``fastmlp/_native/packgemm.h``).
 
 With float32 data and a split loop, W, dW and W's optimizer state live in the
-packed form of _packgemm.h while the loop runs, and its products run on that
+packed form of packgemm.h while the loop runs, and its products run on that
 file's kernels instead of BLAS. The tests check the kernel against NumPy on
 every edge of its tiling, then the loop against the reference backend and
 against the same split loop on BLAS (``_set_packed_gemm(False)``), on layers
@@ -15,10 +15,10 @@ import pytest
 from fastmlp import activations as A
 from fastmlp.backends import reference as ref
 
-from conftest import assert_close
-from test_loop_threads import K, _plan, _problem, _run, cy, split_loop  # noqa: F401 (a fixture)
+from conftest import Loss, Opt, Unit, assert_close, records, unit
+from test_loop_threads import G, LP, R, _plan, _problem, _run, cy, split_loop  # noqa: F401 (a fixture)
 
-if not K._HAVE_PACKED_GEMM:  # pragma: no cover - a CPU without AVX2 and FMA, or FASTMLP_PORTABLE=1
+if not G._HAVE_PACKED_GEMM:  # pragma: no cover - a CPU without AVX2 and FMA, or FASTMLP_PORTABLE=1
     pytest.skip("this build has no packed-operand kernels", allow_module_level=True)
 
 F32 = np.dtype(np.float32)
@@ -33,10 +33,10 @@ def _product(A_, B, trans_a, beta, C0, packed_c):
         for p in range(panels):  # panel p: columns 16p.. of every row, 16 to a row
             Cp[p, :, :min(16, n - 16 * p)] = C0[:, 16 * p:16 * p + 16]
         C = Cp.reshape(panels * m, 16)
-        K._packed_product(A_, B, trans_a, beta, C, True)
+        G._packed_product(A_, B, trans_a, beta, C, True)
         return C.reshape(panels, m, 16).transpose(1, 0, 2).reshape(m, panels * 16)[:, :n]
     C = C0.copy()
-    K._packed_product(A_, B, trans_a, beta, C, False)
+    G._packed_product(A_, B, trans_a, beta, C, False)
     return C
 
 
@@ -65,16 +65,16 @@ def test_kernel_blocks_of_rows():
     A_ = rng.standard_normal((37, 20000)).astype(np.float32)
     B = rng.standard_normal((20000, 21)).astype(np.float32)
     C = np.full((37, 21), np.nan, np.float32)  # beta == 0: C is not read
-    K._packed_product(A_, B, False, 0.0, C)
+    G._packed_product(A_, B, False, 0.0, C)
     np.testing.assert_allclose(C, A_.astype(np.float64) @ B, rtol=1e-4, atol=1e-3)
 
 
 def test_kernel_checks_shapes():
     a = np.zeros((3, 4), np.float32)
     with pytest.raises(ValueError, match="rows"):
-        K._packed_product(a, np.zeros((5, 2), np.float32), False, 0.0, np.zeros((3, 2), np.float32))
+        G._packed_product(a, np.zeros((5, 2), np.float32), False, 0.0, np.zeros((3, 2), np.float32))
     with pytest.raises(ValueError, match="wrong for an"):
-        K._packed_product(a, np.zeros((4, 2), np.float32), False, 0.0, np.zeros((3, 3), np.float32))
+        G._packed_product(a, np.zeros((4, 2), np.float32), False, 0.0, np.zeros((3, 3), np.float32))
 
 
 # Dense(d->120, tanh), Dense(120->288, tanh, L2), Dense(288->k): the first two packed (several
@@ -82,32 +82,31 @@ def test_kernel_checks_shapes():
 # and odd rows around them in each thread's share), the narrow last one in place (_pk_unit), its
 # product into the second's dA on BLAS
 def _dense_plan(layers):
-    # the loop's plan of dense units with biases, from (fan_in, fan_out, activation, L2) each
-    rows, f, off = [], [], 0
+    # the records of dense units with biases, from (fan_in, fan_out, activation, L2) each
+    units, off = [], 0
     for fi, fo, act, pen in layers:
-        rows.append((ref.KIND_DENSE, fi, fo, act, 1, off, off + fi * fo))
-        f.append((0.0, pen))
+        units.append(unit(Unit.DENSE, fi, fo, act, 1, off, off + fi * fo, l2=pen))
         off += fi * fo + fo
-    return np.array(rows, np.int64), np.array(f, np.float64), off
+    return records(units), off
 
 
 def _wide_plan(d, k, l2=0.01):
     return _dense_plan([(d, 120, A.TANH, 0.0), (120, 288, A.TANH, l2), (288, k, A.IDENTITY, 0.0)])
 
 
-def _wide_problem(loss_kind=ref.LOSS_CE, n=90, d=300, k=3, seed=0):
+def _wide_problem(loss_kind=Loss.CE, n=90, d=300, k=3, seed=0):
     X, y, Y, sw, order = _problem(F32, loss_kind, n=n, d=d, k=k, seed=seed)
-    plan_i, plan_f, n_params = _wide_plan(d, k)
+    rec, n_params = _wide_plan(d, k)
     params0 = np.random.default_rng(seed + 1).uniform(-0.3, 0.3, n_params).astype(np.float32)
-    return X, y, Y, sw, order, plan_i, plan_f, params0
+    return X, y, Y, sw, order, rec, params0
 
 
 def _run_packed(packed, *args):
-    old = K._set_packed_gemm(packed)
+    old = LP._set_packed_gemm(packed)
     try:
         return _run(cy, *args)
     finally:
-        K._set_packed_gemm(old)
+        LP._set_packed_gemm(old)
 
 
 def _assert_params_close(got, want, dtype, rtol, err_msg):
@@ -122,7 +121,7 @@ def _assert_params_close(got, want, dtype, rtol, err_msg):
     np.testing.assert_allclose(got, want, atol=0.1, err_msg=err_msg)
 
 
-OPTS = [ref.OPT_SGD, ref.OPT_RMSPROP, ref.OPT_ADAM]
+OPTS = [Opt.SGD, Opt.RMSPROP, Opt.ADAM]
 OPT_IDS = ["sgd", "rmsprop", "adam"]
 
 
@@ -131,11 +130,11 @@ OPT_IDS = ["sgd", "rmsprop", "adam"]
 @pytest.mark.parametrize("clip", [0.0, 0.5], ids=["no clip", "clip"])
 def test_packed_loop_matches_reference_and_blas(split_loop, opt_kind, nt, clip):  # noqa: F811
     # batches of 26 rows over 2 or 3 threads; clipping also moves the L2 term into dW (no fold)
-    X, y, Y, sw, order, plan_i, plan_f, params0 = _wide_problem()
-    args = (F32, ref.LOSS_CE, opt_kind, 26, 3, clip, X, y, Y, sw, order, params0, plan_i, plan_f)
-    K.set_num_threads(nt)
+    X, y, Y, sw, order, rec, params0 = _wide_problem()
+    args = (F32, Loss.CE, opt_kind, 26, 3, clip, X, y, Y, sw, order, params0, rec)
+    R.set_num_threads(nt)
     got = _run_packed(True, *args)
-    assert (K._last_loop_threads(), K._last_loop_packed()) == (nt, True)
+    assert (LP._last_loop_threads(), LP._last_loop_packed()) == (nt, True)
     blas = _run_packed(False, *args)
     want = _run(ref, *args)
     assert got[0] == blas[0] == want[0] == 3
@@ -150,18 +149,18 @@ def test_packed_loop_matches_reference_and_blas(split_loop, opt_kind, nt, clip):
 
 @pytest.mark.parametrize("fold", [True, False], ids=["l2-in-adam", "l2-in-dW"])
 def test_packed_loop_adds_the_l2_term_either_way(split_loop, fold):  # noqa: F811
-    X, y, Y, sw, order, plan_i, plan_f, params0 = _wide_problem(seed=4)
-    plan_f[1, 1] = 0.5  # a penalty strong enough to show
-    args = (F32, ref.LOSS_CE, ref.OPT_ADAM, 40, 2, 0.0, X, y, Y, sw, order, params0, plan_i, plan_f)
-    K.set_num_threads(2)
-    old = K._set_fold_l2(fold)
+    X, y, Y, sw, order, rec, params0 = _wide_problem(seed=4)
+    rec["l2"][1] = 0.5  # a penalty strong enough to show
+    args = (F32, Loss.CE, Opt.ADAM, 40, 2, 0.0, X, y, Y, sw, order, params0, rec)
+    R.set_num_threads(2)
+    old = LP._set_fold_l2(fold)
     try:
         got = _run_packed(True, *args)
     finally:
-        K._set_fold_l2(old)
+        LP._set_fold_l2(old)
     want = _run(ref, *args)
-    no_l2 = plan_f.copy()
-    no_l2[:, 1] = 0.0
+    no_l2 = rec.copy()
+    no_l2["l2"] = 0.0
     without = _run(ref, *args[:-1], no_l2)
     for name, g, w in zip(("params", "grads", "losses"), got[1:4], want[1:4]):
         assert_close(g, w, F32, rtol=2e-4, err_msg=name)
@@ -170,16 +169,16 @@ def test_packed_loop_adds_the_l2_term_either_way(split_loop, fold):  # noqa: F81
 
 def test_packed_loop_stops_at_nonfinite_loss(split_loop):  # noqa: F811
     # the loop writes W back from its packed form when it stops early, too
-    X, y, Y, sw, order, plan_i, plan_f, params0 = _wide_problem(ref.LOSS_MSE, n=70)
+    X, y, Y, sw, order, rec, params0 = _wide_problem(Loss.MSE, n=70)
     order = np.arange(70, dtype=np.int64)
     Y[3 + 20 + 5, 1] = 1e30  # a row of the second batch: its square overflows float32
-    K.set_num_threads(2)
+    R.set_num_threads(2)
     with np.errstate(over="ignore", invalid="ignore"):
         done, params, grads, losses, _, s1, s2 = _run_packed(
-            True, F32, ref.LOSS_MSE, ref.OPT_ADAM, 20, 3, 0.0, X, y, Y, sw, order, params0, plan_i, plan_f)
+            True, F32, Loss.MSE, Opt.ADAM, 20, 3, 0.0, X, y, Y, sw, order, params0, rec)
         _, one_step, one_grads, first, _, w1, w2 = _run(
-            ref, F32, ref.LOSS_MSE, ref.OPT_ADAM, 20, 1, 0.0, X, y, Y, sw, order, params0, plan_i, plan_f)
-    assert K._last_loop_threads() == 2
+            ref, F32, Loss.MSE, Opt.ADAM, 20, 1, 0.0, X, y, Y, sw, order, params0, rec)
+    assert LP._last_loop_threads() == 2
     assert done == 1
     assert not np.isfinite(losses[1])
     np.testing.assert_allclose(losses[0], first[0], rtol=1e-5)
@@ -191,46 +190,46 @@ def test_packed_loop_stops_at_nonfinite_loss(split_loop):  # noqa: F811
 def test_which_loops_run_packed(split_loop):  # noqa: F811
     # float32 on a split loop: packed; float64, the switch off, or only narrow layers: the same
     # split loop on BLAS
-    X, y, Y, sw, order, plan_i, plan_f, params0 = _wide_problem(seed=9)
-    K.set_num_threads(2)
-    args = (F32, ref.LOSS_CE, ref.OPT_ADAM, 26, 1, 0.0, X, y, Y, sw, order, params0, plan_i, plan_f)
+    X, y, Y, sw, order, rec, params0 = _wide_problem(seed=9)
+    R.set_num_threads(2)
+    args = (F32, Loss.CE, Opt.ADAM, 26, 1, 0.0, X, y, Y, sw, order, params0, rec)
     _run_packed(True, *args)
-    assert (K._last_loop_threads(), K._last_loop_packed()) == (2, True)
+    assert (LP._last_loop_threads(), LP._last_loop_packed()) == (2, True)
     _run_packed(False, *args)
-    assert (K._last_loop_threads(), K._last_loop_packed()) == (2, False)
+    assert (LP._last_loop_threads(), LP._last_loop_packed()) == (2, False)
     _run(cy, np.dtype(np.float64), *args[1:6], X.astype(np.float64), y, Y, sw.astype(np.float64), order,
-         params0.astype(np.float64), plan_i, plan_f)
-    assert (K._last_loop_threads(), K._last_loop_packed()) == (2, False)
-    narrow_i, narrow_f, n_narrow = _plan(X.shape[1], 3, ref.LOSS_CE)  # outputs 7, 6, 3
-    _run_packed(True, *args[:11], np.zeros(n_narrow, np.float32), narrow_i, narrow_f)
-    assert (K._last_loop_threads(), K._last_loop_packed()) == (2, False)
-    K.set_num_threads(1)
+         params0.astype(np.float64), rec)
+    assert (LP._last_loop_threads(), LP._last_loop_packed()) == (2, False)
+    narrow, n_narrow = _plan(X.shape[1], 3, Loss.CE)  # outputs 7, 6, 3
+    _run_packed(True, *args[:11], np.zeros(n_narrow, np.float32), narrow)
+    assert (LP._last_loop_threads(), LP._last_loop_packed()) == (2, False)
+    R.set_num_threads(1)
     _run_packed(True, *args)
-    assert (K._last_loop_threads(), K._last_loop_packed()) == (1, False)
+    assert (LP._last_loop_threads(), LP._last_loop_packed()) == (1, False)
     # batches of up to _set_packed_max_rows' bound of rows per thread
-    K.set_num_threads(2)
-    old = K._set_packed_max_rows(8)
+    R.set_num_threads(2)
+    old = LP._set_packed_max_rows(8)
     try:
-        X2, y2, Y2, sw2, order2 = _problem(F32, ref.LOSS_CE, n=50, d=X.shape[1])
+        X2, y2, Y2, sw2, order2 = _problem(F32, Loss.CE, n=50, d=X.shape[1])
         for rows, packed in ((16, True), (18, False)):
-            _run_packed(True, F32, ref.LOSS_CE, ref.OPT_ADAM, rows, 1, 0.0, X2, y2, Y2, sw2, order2, params0,
-                        plan_i, plan_f)
-            assert (K._last_loop_threads(), K._last_loop_packed()) == (2, packed), rows
+            _run_packed(True, F32, Loss.CE, Opt.ADAM, rows, 1, 0.0, X2, y2, Y2, sw2, order2, params0,
+                        rec)
+            assert (LP._last_loop_threads(), LP._last_loop_packed()) == (2, packed), rows
     finally:
-        assert K._set_packed_max_rows(old) == 8
+        assert LP._set_packed_max_rows(old) == 8
     with pytest.raises(ValueError, match="at least 0"):
-        K._set_packed_max_rows(-1)
+        LP._set_packed_max_rows(-1)
 
 
 def test_packed_policy_follows_the_kernel():
     # with zmm tiles batches of up to 8192 rows per thread, on every layer of 1024 weights or more,
     # run packed (they were faster there on every net measured); with ymm ones only batches of up
     # to 32 rows per thread, on layers of 32768 weights or more
-    assert K._PACKED_GEMM_ISA in ("avx512", "avx2")
-    if K._PACKED_GEMM_ISA == "avx512":
-        assert (K._PACKED_MAX_ROWS_PER_THREAD, K._PACKED_MIN_WEIGHTS) == (8192, 1024)
+    assert G._PACKED_GEMM_ISA in ("avx512", "avx2")
+    if G._PACKED_GEMM_ISA == "avx512":
+        assert (LP._PACKED_MAX_ROWS_PER_THREAD, LP._PACKED_MIN_WEIGHTS) == (8192, 1024)
     else:
-        assert (K._PACKED_MAX_ROWS_PER_THREAD, K._PACKED_MIN_WEIGHTS) == (32, 32768)
+        assert (LP._PACKED_MAX_ROWS_PER_THREAD, LP._PACKED_MIN_WEIGHTS) == (32, 32768)
 
 
 @pytest.mark.parametrize("below", [True, False], ids=["floor-16", "floor"])
@@ -238,14 +237,14 @@ def test_packed_weight_floor(split_loop, below):  # noqa: F811
     # Dense(d->16, tanh), Dense(16->3): the second unit is far below the floor, the first packs
     # exactly when its d * 16 weights reach _PACKED_MIN_WEIGHTS; packed or not, the loop matches
     # the reference
-    d = K._PACKED_MIN_WEIGHTS // 16 - (1 if below else 0)
-    plan_i, plan_f, off = _dense_plan([(d, 16, A.TANH, 0.0), (16, 3, A.IDENTITY, 0.0)])
-    X, y, Y, sw, order = _problem(F32, ref.LOSS_CE, n=60, d=d, k=3, seed=4)
+    d = LP._PACKED_MIN_WEIGHTS // 16 - (1 if below else 0)
+    rec, off = _dense_plan([(d, 16, A.TANH, 0.0), (16, 3, A.IDENTITY, 0.0)])
+    X, y, Y, sw, order = _problem(F32, Loss.CE, n=60, d=d, k=3, seed=4)
     params0 = np.random.default_rng(5).uniform(-0.3, 0.3, off).astype(np.float32)
-    K.set_num_threads(2)
-    args = (F32, ref.LOSS_CE, ref.OPT_ADAM, 26, 2, 0.0, X, y, Y, sw, order, params0, plan_i, plan_f)
+    R.set_num_threads(2)
+    args = (F32, Loss.CE, Opt.ADAM, 26, 2, 0.0, X, y, Y, sw, order, params0, rec)
     got = _run_packed(True, *args)
-    assert (K._last_loop_threads(), K._last_loop_packed()) == (2, not below)
+    assert (LP._last_loop_threads(), LP._last_loop_packed()) == (2, not below)
     want = _run(ref, *args)
     _assert_params_close(got[1], want[1], F32, rtol=2e-4, err_msg="params")
 
@@ -262,14 +261,14 @@ def test_smaller_team_runs_in_place(tmp_path):
         "import sys\n"
         f"sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
         "import numpy as np\n"
-        "from test_packed_gemm import K, F32, _wide_problem, _run, _assert_params_close, cy, ref\n"
-        "from conftest import assert_close\n"
-        "K._set_loop_split_limits(0, 2)\n"
-        "K.set_num_threads(2)\n"
-        "X, y, Y, sw, order, plan_i, plan_f, params0 = _wide_problem(seed=3)\n"
-        "args = (F32, ref.LOSS_CE, ref.OPT_ADAM, 26, 3, 0.0, X, y, Y, sw, order, params0, plan_i, plan_f)\n"
+        "from test_packed_gemm import LP, R, F32, _wide_problem, _run, _assert_params_close, cy, ref\n"
+        "from conftest import Loss, Opt, assert_close\n"
+        "LP._set_loop_split_limits(0, 2)\n"
+        "R.set_num_threads(2)\n"
+        "X, y, Y, sw, order, rec, params0 = _wide_problem(seed=3)\n"
+        "args = (F32, Loss.CE, Opt.ADAM, 26, 3, 0.0, X, y, Y, sw, order, params0, rec)\n"
         "got, want = _run(cy, *args), _run(ref, *args)\n"
-        "assert (K._last_loop_threads(), K._last_loop_packed()) == (2, True)\n"
+        "assert (LP._last_loop_threads(), LP._last_loop_packed()) == (2, True)\n"
         "_assert_params_close(got[1], want[1], F32, rtol=2e-4, err_msg='params')\n"
         "assert_close(got[2], want[2], F32, rtol=2e-4, err_msg='grads')\n"
         "assert not np.allclose(got[1], params0, atol=1e-4)\n"

@@ -160,7 +160,7 @@ def test_large_layers_skip_the_small_path(backend_name):
 def omp():
     if "cython" not in BACKENDS:
         pytest.skip("the cython backend is not built")
-    from fastmlp import _kernels as K
+    from fastmlp._native import runtime as K
 
     old_work = K._set_parallel_min_work(1)
     old_loop = K._set_loop_parallel(True)

@@ -1,4 +1,4 @@
-"""Cython backend: a thin shim over the compiled module :mod:`fastmlp._kernels`.
+"""Cython backend: a thin shim over the compiled modules of :mod:`fastmlp._native`.
 
 Same kernel names and signatures as :mod:`.reference` (the specification).
 Importing this module raises ImportError when the extension was not built;
@@ -10,18 +10,28 @@ so that the compiled fused-type dispatch accepts what the reference accepts.
 """
 import numpy as _np
 
-from .. import _config, _kernels
-from .. import activations as _activations
-from .._native import plan as _plan
+from .. import _config
+from .._native import codes as _codes
+from .._native import gemm as _gemm
+from .._native import kernels as _kernels
+from .._native import loop as _loop
+from .._native import predictor as _predictor
+from .._native import runtime as _runtime
 
 NAME = "cython"
 
-for _name, _code in _kernels.ACTIVATION_CODES.items():
-    if getattr(_activations, _name) != _code:  # pragma: no cover - a build out of date
-        raise ImportError(
-            f"fastmlp._kernels was built with activation {_name} = {_code}, but "
-            f"fastmlp.activations says {getattr(_activations, _name)}; rebuild the extension."
-        )
+
+def _check_build():
+    """The compiled modules' codes must be fastmlp._native.codes' (a stale build is refused)."""
+    built = _runtime.codes()
+    for enum in _codes.ENUMS:
+        want = {m.name: int(m) for m in enum}
+        if built.get(enum.__name__) != want:  # pragma: no cover - a build out of date
+            raise ImportError(f"fastmlp._native was built with {enum.__name__} codes {built.get(enum.__name__)}, "
+                              f"but fastmlp._native.codes says {want}; rebuild the extension.")
+
+
+_check_build()
 
 _INT64 = _np.dtype(_np.int64)
 
@@ -65,7 +75,7 @@ def _choose_blas():
         return
     found = _numpy_openblas()
     if found:
-        _kernels._use_blas64(*found)
+        _gemm._use_blas64(*found)
 
 
 _choose_blas()
@@ -85,7 +95,7 @@ def set_num_threads(n_threads):
     ``_config.default_threads()``; BLAS is bounded by the caller through threadpoolctl)."""
     if n_threads is None:
         n_threads = _config.default_threads()
-    _kernels.set_num_threads(int(n_threads))
+    _runtime.set_num_threads(int(n_threads))
 
 
 def gemm(A, B, C, trans_a, trans_b, beta):
@@ -218,32 +228,12 @@ def _copy_docs():
 _copy_docs()
 
 
-def _legacy(plan):
-    u = plan.units
-    plan_i = _np.ascontiguousarray(_np.stack([u["kind"], u["fan_in"], u["fan_out"], u["act"], u["use_bias"],
-                                              u["w_off"], u["b_off"]], axis=1).astype(_INT64))
-    kinds = u["kind"]
-    alpha = _np.where(kinds == 2, u["rate"], _np.where(kinds == 3, u["eps"], u["alpha"]))
-    l2 = _np.where(kinds == 3, u["momentum"], u["l2"])
-    return plan_i, _np.ascontiguousarray(_np.stack([alpha, l2], axis=1))
-
-
 def train_steps(plan, loop, X, targets, sw, order, start, n_steps, losses_out, correct_out):
     """Run ``n_steps`` training steps in one compiled, GIL-free call (see reference.train_steps)."""
-    y, Y = _plan.check_train(plan, loop, X, targets, sw, order, start, n_steps, losses_out, correct_out)
-    plan_i, plan_f = _legacy(plan)
-    h = loop.hyper[0]
-    opt_f = {0: (h["lr"], h["momentum"], h["nesterov"], 0.0), 1: (h["lr"], h["rho"], h["eps"], 0.0),
-             2: (h["lr"], h["beta1"], h["beta2"], h["eps"]), -1: (0.0, 0.0, 0.0, 0.0)}[int(loop.opt)]
-    return int(_kernels.train_steps(
-        X, y, Y, sw, order, int(start), int(n_steps), plan_i, plan_f, plan.params, plan.grads, plan.x,
-        plan.y, plan.Y, plan.sw, list(plan.Z), list(plan.A), list(plan.dA), list(plan.M), plan.P,
-        int(plan.loss), int(loop.opt), _np.array(opt_f, dtype=_np.float64), loop.state1, loop.state2,
-        int(loop.t), float(loop.clip_norm), int(loop.seed), losses_out, correct_out))
+    return int(_loop.train_steps(plan, loop, X, targets, sw, order, int(start), int(n_steps), losses_out,
+                                 correct_out))
 
 
 def make_predictor(plan):
     """A compiled inference object (see reference.make_predictor)."""
-    _plan.check_predict(plan)
-    plan_i, plan_f = _legacy(plan)
-    return _kernels.Predictor(plan_i, plan_f, plan.params, plan.x, list(plan.Z), list(plan.A))
+    return _predictor.Predictor(plan)

@@ -1,0 +1,681 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""The training loop: ``train_steps(plan, loop, X, targets, sw, order, start, n_steps,
+losses_out, correct_out)`` (see reference.train_steps) in one GIL-free call.
+
+A step is cut into phases, each a function that the one-thread, the split and
+the packed paths share: gather, forward, loss, backward (the chain of dZ and
+the products into each dA), parameter gradients (dW, db), clipping, update.
+The driver, ``_train_loop``, runs them and times them (``runtime.loop_phase_times``);
+the product helpers time the matrix products apart.
+
+With nt > 1 threads of its own (a plan without batch norm whose dense units
+own every parameter, and a step big enough: ``_loop_threads``), thread tid
+takes rows [r0, r1) of the batch through gather, forward, loss and backward;
+after a barrier, its share of every dW, db and of the update (split.pxd); a
+second barrier ends the step. Its products then run on one BLAS thread each
+(the BLAS is pinned to one thread meanwhile), or on packgemm.h's kernel for
+the units kept on packed operands (float32, ``_pk_unit``).
+"""
+from cython cimport floating
+from cython.parallel cimport parallel, threadid
+from libc.math cimport isfinite, sqrt
+from libc.stdint cimport int64_t, uint64_t
+from libc.stdlib cimport calloc, free, malloc
+from libc.string cimport memcpy
+
+cimport numpy as cnp
+
+from fastmlp._native.common cimport *
+from fastmlp._native.gemm cimport (
+    BlasThreads, FM_HAVE_PACKGEMM, FM_PK_ZMM, blas_threads, gemm_ld, gemm_p, pk_floats, pk_gemm, pk_gemm_dw, pk_pack,
+    pk_slack_ok, pk_take,
+)
+from fastmlp._native.kernels cimport rows_act_grad, rows_bias_act
+from fastmlp._native.optim cimport _opt_span, _scale_p, _sumsq_span
+from fastmlp._native.rows cimport _col_sums, _count_correct, _loss_rows
+from fastmlp._native.runtime cimport Runtime, lap, now, runtime
+from fastmlp._native.split cimport (
+    Share, _part, _pk_copy_rows, _pk_own_scale, _pk_own_sumsq, _pk_share, _share, _update_share, _update_share_pk,
+)
+from fastmlp._native.units cimport UnitPtrs, _dropout_mask_p, _mul_mask_p, bn_backward_p, bn_forward_p, fill_units
+
+import numpy as np
+
+from fastmlp._native.plan import check_train
+
+cnp.import_array()
+
+cdef Runtime* RT = runtime()
+cdef BlasThreads* BLAS = blas_threads()
+
+cdef extern from "barrier.h" nogil:
+    int FM_HAVE_BARRIER
+    int FM_HAVE_OPENMP
+    int fm_team_size()
+    ctypedef struct fm_barrier:
+        int n
+    void fm_barrier_init(fm_barrier* b, int n)
+    void fm_barrier_wait(fm_barrier* b, int* local)
+
+
+# ---------------------------------------------------------------- policy
+# The loop runs on threads of its own when a step has at least this many
+# multiply-adds (the model's own bound for using threads at all: OpenBLAS's
+# threading threshold, model._BLAS_SERIAL_WORK), with at most one thread per
+# this many rows; else on one thread, beside BLAS's own threads.
+cdef Py_ssize_t _mt_min_work = 262144
+cdef Py_ssize_t _mt_min_rows = 16
+# The split float32 loop keeps units packed for batches of at most this many
+# rows per thread, and only units of at least this many weights (_pk_unit).
+# The dW products' k is the whole batch and the kernel does not block k, so
+# huge batches lose; AVX2 tiles win only at small batches and large layers.
+# The figures behind both bounds are in docs/benchmarks.md.
+cdef bint _packed_gemm = True
+cdef Py_ssize_t _pk_max_rows = 8192 if FM_PK_ZMM else 32
+cdef Py_ssize_t _pk_min_weights = 1024 if FM_PK_ZMM else 32768
+# Adam on the split loop without clipping adds the L2 term in its own pass
+# (dW holds the data term until then) instead of copying W into dW first.
+cdef bint _fold_l2 = True
+cdef int _last_nt = 0
+cdef bint _last_pk = False
+# While any split loop runs, the BLAS runs on one thread; the count makes loops
+# running at once in several Python threads restore the caller's setting only
+# when the last one ends. Changed with the GIL held only.
+cdef int _blas_pins = 0
+cdef int _blas_saved = 0
+
+_HAVE_LOOP_THREADS = bool(FM_HAVE_BARRIER and FM_HAVE_OPENMP)
+_PACKED_MAX_ROWS_PER_THREAD = _pk_max_rows
+_PACKED_MIN_WEIGHTS = _pk_min_weights
+
+cdef enum:
+    MAX_LOOP_THREADS = 64
+
+
+def _set_loop_split_limits(Py_ssize_t min_work, Py_ssize_t min_rows):
+    """The smallest step (multiply-adds of its forward products) that the training
+    loop splits between threads of its own, and the fewest batch rows per thread;
+    returns the old pair. For tests and benchmarks."""
+    global _mt_min_work, _mt_min_rows
+    if min_rows < 1:
+        raise ValueError("min_rows must be >= 1")
+    old = (_mt_min_work, _mt_min_rows)
+    _mt_min_work, _mt_min_rows = min_work, min_rows
+    return old
+
+
+def _set_packed_gemm(bint on):
+    """Whether the split float32 loop keeps W, dW and the optimizer's state
+    packed and runs its products on packgemm.h's kernels (else in place, with
+    BLAS); returns the old setting. For tests and benchmarks."""
+    global _packed_gemm
+    old = _packed_gemm
+    _packed_gemm = on
+    return old
+
+
+def _set_packed_max_rows(Py_ssize_t n):
+    """The most batch rows per thread for which the split float32 loop runs on
+    packed operands; returns the old bound. For tests and benchmarks."""
+    global _pk_max_rows
+    if n < 0:
+        raise ValueError(f"the bound must be at least 0, got {n}")
+    old = _pk_max_rows
+    _pk_max_rows = n
+    return old
+
+
+def _set_fold_l2(bint on):
+    global _fold_l2
+    old = _fold_l2
+    _fold_l2 = on
+    return old
+
+
+def _last_loop_threads():
+    """Threads of its own the last train_steps call ran on (0 before any). For tests."""
+    return _last_nt
+
+
+def _last_loop_packed():
+    """Whether the last train_steps call ran on packed operands. For tests."""
+    return _last_pk
+
+
+cdef int _threads_for(const UnitRec* recs, Py_ssize_t n_units, Py_ssize_t n_params,
+                      Py_ssize_t rows) noexcept nogil:
+    cdef Py_ssize_t i, owned = 0, work = 0
+    cdef int nt = <int>min(<Py_ssize_t>min(RT.n_threads, <int>MAX_LOOP_THREADS), rows // _mt_min_rows)
+    if (nt < 2 or not FM_HAVE_BARRIER or not FM_HAVE_OPENMP or RT.loop_parallel
+            or BLAS.set_threads == NULL or RT.omp_forked):
+        return 1
+    for i in range(n_units):
+        if recs[i].kind == UNIT_BATCHNORM:  # its statistics need the whole batch
+            return 1
+        if recs[i].kind == UNIT_DENSE:
+            owned += recs[i].fan_in * recs[i].fan_out + (recs[i].fan_out if recs[i].use_bias else 0)
+            work += recs[i].fan_in * recs[i].fan_out
+    if owned != n_params or work * rows < _mt_min_work:
+        return 1
+    return nt
+
+
+def _loop_threads(units, Py_ssize_t n_params, Py_ssize_t rows):
+    """How many threads of its own the training loop takes for these unit records
+    (plan.UNIT_DTYPE) and batch: the thread bound, capped at one thread per
+    _mt_min_rows rows, when the loop can split the step (no batch norm, the
+    dense units own every parameter, the BLAS's thread count can be set to 1
+    meanwhile) and the step is big enough; else 1."""
+    cdef const UnitRec[::1] recs = units
+    return _threads_for(&recs[0], recs.shape[0], n_params, rows)
+
+
+cdef inline bint _pk_unit(const UnitPtrs* u, Py_ssize_t i) noexcept nogil:
+    # Whether the split float32 loop keeps unit i packed: a dense unit with a
+    # W of at least _pk_min_weights weights, whose products lose at most 1/8
+    # of their work to the zero columns of the last 16-column panel (of W, and
+    # of W^T where the unit has a product into the previous dA). Smaller and
+    # narrower layers stay in place, on BLAS or smallgemm.h.
+    return (u.r.kind == UNIT_DENSE and u.r.fan_in * u.r.fan_out >= _pk_min_weights
+            and pk_slack_ok(u.r.fan_out) and (i == 0 or pk_slack_ok(u.r.fan_in)))
+
+
+cdef void _in_place(UnitPtrs* units, Py_ssize_t n_units) noexcept nogil:
+    # no unit on packed operands
+    cdef Py_ssize_t i
+    for i in range(n_units):
+        units[i].Wp = units[i].dWp = units[i].mp = units[i].vp = units[i].dZp = units[i].Wtp = NULL
+
+
+cdef void _pin_blas():
+    global _blas_pins, _blas_saved
+    if _blas_pins == 0:
+        _blas_saved = BLAS.get_threads()
+        BLAS.set_threads(1)
+    _blas_pins += 1
+
+
+cdef void _unpin_blas():
+    global _blas_pins
+    _blas_pins -= 1
+    if _blas_pins == 0 and _blas_saved > 0:
+        BLAS.set_threads(_blas_saved)
+
+
+# ---------------------------------------------------------------- one thread's call
+cdef struct LoopShared:
+    # what the loop's threads share: a barrier and per-thread partial sums
+    fm_barrier bar
+    double loss[MAX_LOOP_THREADS]
+    double l2[MAX_LOOP_THREADS]
+    double correct[MAX_LOOP_THREADS]
+    double sumsq[MAX_LOOP_THREADS]
+    Py_ssize_t done
+
+
+cdef struct Ctx:
+    # one thread's view of a train_steps call: what every phase reads
+    int tid, nt, sense
+    LoopShared* sh
+    UnitPtrs* units
+    Py_ssize_t n_units, rows, r0, r1, d, k, n_params, start, t0
+    int loss_kind, opt_kind
+    Hyper h
+    double clip_norm
+    uint64_t seed
+    bint pk, fold_l2, fused, timing
+    # the data (NULL where absent) and the plan's buffers, typed by the phases
+    const void* X
+    const int64_t* y
+    const void* Y
+    const void* sw
+    const int64_t* order
+    void* params
+    void* grads
+    void* s1
+    void* s2
+    void* x_buf
+    int64_t* y_buf
+    void* Y_buf
+    void* sw_buf
+    void* P
+    double* losses_out
+    double* correct_out
+    # this step
+    const int64_t* idx
+    double denom
+
+
+# ------------------------------------------------------------ products
+# Each dispatches to the packed kernel (units on packed operands) or to
+# gemm_ld, and times itself when the loop's timer is on.
+cdef inline void _fwd_product(Ctx* c, const UnitPtrs* u, const floating* inp, floating* params) noexcept nogil:
+    # Z rows r0..r1 = inp rows @ W
+    cdef double t = now() if c.timing else 0.0
+    cdef Py_ssize_t nr = c.r1 - c.r0, fi = u.r.fan_in, fo = u.r.fan_out
+    if u.Wp != NULL:
+        pk_gemm(nr, fo, fi, inp, fi, u.Wp, <floating*>u.Z + c.r0 * fo, fo)
+    else:
+        gemm_p(inp, params + u.r.w_off, <floating*>u.Z + c.r0 * fo, <int>nr, <int>fo, <int>fi, False, False, 0.0)
+    if c.timing:
+        RT.product_s[PH_FORWARD] += now() - t
+
+
+cdef inline void _dA_product(Ctx* c, const UnitPtrs* u, floating* dA_prev, floating* params) noexcept nogil:
+    # the previous unit's dA rows r0..r1 = dZ rows @ W^T
+    cdef double t = now() if c.timing else 0.0
+    cdef Py_ssize_t nr = c.r1 - c.r0, fi = u.r.fan_in, fo = u.r.fan_out
+    if u.Wp != NULL:
+        pk_gemm(nr, fi, fo, <floating*>u.dA + c.r0 * fo, fo, u.Wtp, dA_prev + c.r0 * fi, fi)
+    else:
+        gemm_p(<floating*>u.dA + c.r0 * fo, params + u.r.w_off, dA_prev + c.r0 * fi, <int>nr, <int>fi, <int>fo,
+               False, True, 0.0)
+    if c.timing:
+        RT.product_s[PH_BACKWARD] += now() - t
+
+
+cdef inline void _dW_product(Ctx* c, const UnitPtrs* u, const floating* inp, floating* grads, Py_ssize_t f0,
+                             Py_ssize_t f1, double beta) noexcept nogil:
+    # dW rows f0..f1 = (inp columns f0..f1)^T @ dZ + beta dW, over the whole batch
+    cdef double t = now() if c.timing else 0.0
+    cdef Py_ssize_t fi = u.r.fan_in, fo = u.r.fan_out
+    if u.Wp != NULL:
+        pk_gemm_dw(f1 - f0, fo, c.rows, inp + f0, fi, u.dZp, beta, u.dWp + f0 * 16, 16 * fi)
+    else:
+        gemm_ld(inp + f0, <int>fi, <floating*>u.dA, <int>fo, grads + u.r.w_off + f0 * fo, <int>fo, <int>(f1 - f0),
+                <int>fo, <int>c.rows, True, False, beta)
+    if c.timing:
+        RT.product_s[PH_PARAM_GRADS] += now() - t
+
+
+# ------------------------------------------------------------ the phases
+cdef void _gather(Ctx* c, Py_ssize_t s, floating* params) noexcept nogil:
+    """This thread's rows of the batch, its labels, targets and weights; the
+    loss's denominator (every thread sums the whole batch's weights, in order)."""
+    cdef Py_ssize_t r, d = c.d, k = c.k
+    cdef const floating* X = <const floating*>c.X
+    cdef floating* x = <floating*>c.x_buf
+    cdef const int64_t* idx = c.order + c.start + s * c.rows
+    cdef double denom
+    c.idx = idx
+    if d:
+        for r in range(c.r0, c.r1):
+            memcpy(x + r * d, X + idx[r] * d, d * sizeof(floating))
+    if c.y != NULL:
+        for r in range(c.r0, c.r1):
+            c.y_buf[r] = c.y[idx[r]]
+    if c.Y != NULL:
+        for r in range(c.r0, c.r1):
+            memcpy(<floating*>c.Y_buf + r * k, <const floating*>c.Y + idx[r] * k, k * sizeof(floating))
+    if c.sw != NULL:
+        denom = 0.0
+        for r in range(c.rows):
+            denom += (<const floating*>c.sw)[idx[r]]
+        for r in range(c.r0, c.r1):
+            (<floating*>c.sw_buf)[r] = (<const floating*>c.sw)[idx[r]]
+    else:
+        denom = <double>c.rows
+    if c.loss_kind == LOSS_BCE or c.loss_kind == LOSS_MSE or c.loss_kind == LOSS_POISSON:
+        denom *= k
+    c.denom = denom
+
+
+cdef int _forward(Ctx* c, Py_ssize_t s, floating* params) noexcept nogil:
+    """This thread's rows through every unit (batch norm: the whole batch, nt == 1).
+    Returns -1 when batch norm cannot allocate its scratch space."""
+    cdef Py_ssize_t i, r0 = c.r0, nr = c.r1 - c.r0, fo
+    cdef const floating* inp = <floating*>c.x_buf + r0 * c.d
+    cdef UnitPtrs* u
+    for i in range(c.n_units):
+        u = &c.units[i]
+        fo = u.r.fan_out
+        if u.r.kind == UNIT_DENSE:
+            _fwd_product(c, u, inp, params)
+            rows_bias_act(<floating*>u.Z + r0 * fo, params + u.r.b_off, <floating*>u.A + r0 * fo, nr, fo,
+                          u.r.use_bias != 0, <int>u.r.act, <floating>u.r.alpha)
+        elif u.r.kind == UNIT_DROPOUT:
+            _dropout_mask_p(c.seed, <uint64_t>(c.t0 + s), <uint64_t>i, u.r.rate, <floating*>u.M + r0 * fo,
+                            nr * fo, r0 * fo)
+            _mul_mask_p(<const floating*>u.Z + r0 * fo, <const floating*>u.M + r0 * fo, <floating*>u.A + r0 * fo,
+                        nr * fo)
+        elif u.r.kind == UNIT_BATCHNORM:
+            if bn_forward_p(inp, params + u.r.w_off, u.r.eps, u.r.momentum, <floating*>u.M, <floating*>u.Z,
+                            <floating*>u.A, c.rows, fo):
+                return -1
+        elif u.r.act != ACT_IDENTITY:
+            rows_bias_act(<floating*>u.Z + r0 * fo, params, <floating*>u.A + r0 * fo, nr, fo, False,
+                          <int>u.r.act, <floating>u.r.alpha)
+        inp = <floating*>u.A + r0 * fo
+    return 0
+
+
+cdef void _loss(Ctx* c, floating* params) noexcept nogil:
+    """This thread's rows of the loss (its weighted sum) and of the gradient at the
+    output (into the last dA), and its count of correct predictions."""
+    cdef const UnitPtrs* out = &c.units[c.n_units - 1]
+    cdef const floating* ZL = <const floating*>out.Z
+    cdef const floating* AL = <const floating*>out.A
+    c.sh.loss[c.tid] = _loss_rows(c.loss_kind, ZL, AL, c.k, c.y_buf, <const floating*>c.Y_buf,
+                                  <const floating*>c.sw_buf if c.sw != NULL else NULL, <floating*>c.P,
+                                  <floating*>out.dA, c.r0, c.r1, c.denom)
+    c.sh.correct[c.tid] = _count_correct(c.loss_kind, ZL if c.fused else AL, c.k, c.y_buf,
+                                         <const floating*>c.Y_buf, c.r0, c.r1)
+
+
+cdef int _backward(Ctx* c, floating* params) noexcept nogil:
+    """This thread's rows of each unit's dZ and of the gradient at its input (batch
+    norm: the whole batch, nt == 1, and its dG); its part of the L2 penalty. Returns
+    -1 when batch norm cannot allocate its scratch space."""
+    cdef Py_ssize_t i, r0 = c.r0, nr = c.r1 - c.r0, fo
+    cdef UnitPtrs* u
+    cdef Share share
+    cdef double l2 = 0.0
+    cdef floating* grads = <floating*>c.grads
+    for i in range(c.n_units - 1, -1, -1):
+        u = &c.units[i]
+        fo = u.r.fan_out
+        if u.r.act != ACT_IDENTITY and (u.r.kind == UNIT_DENSE or i > 0):
+            rows_act_grad(<floating*>u.Z + r0 * fo, <floating*>u.A + r0 * fo, <floating*>u.dA + r0 * fo,
+                          <floating*>u.dA + r0 * fo, nr, fo, <int>u.r.act, <floating>u.r.alpha)
+        if u.r.kind == UNIT_DROPOUT and i > 0:
+            _mul_mask_p(<const floating*>u.dA + r0 * fo, <const floating*>u.M + r0 * fo, <floating*>u.dA + r0 * fo,
+                        nr * fo)
+        if u.r.kind == UNIT_BATCHNORM:
+            if bn_backward_p(<const floating*>u.dA, <const floating*>u.Z, params + u.r.w_off, u.r.eps,
+                             <const floating*>u.M, grads + u.r.w_off,
+                             <floating*>c.units[i - 1].dA if i > 0 else <floating*>NULL, c.rows, fo):
+                return -1
+        if u.r.kind != UNIT_DENSE:
+            continue
+        if u.r.l2 != 0.0 and u.Wp != NULL:
+            l2 += 0.5 * u.r.l2 * _pk_own_sumsq(u.Wp, u, c.tid, c.nt)
+        elif u.r.l2 != 0.0:
+            share = _share(u, c.tid, c.nt)
+            l2 += 0.5 * u.r.l2 * _sumsq_span(params + share.w0, share.wn)
+        if u.Wp != NULL:
+            pk_pack(<floating*>u.dA, fo, c.rows, r0, c.r1, u.dZp)
+        if i > 0:
+            _dA_product(c, u, <floating*>c.units[i - 1].dA, params)
+    c.sh.l2[c.tid] = l2
+    return 0
+
+
+cdef void _param_grads(Ctx* c, floating* params) noexcept nogil:
+    """This thread's rows f0..f1 of each dW (columns f0..f1 of the input) and columns
+    of each db, over the whole batch; the L2 term's W goes into dW first unless
+    the update folds it in."""
+    cdef Py_ssize_t i, fi, fo, f0, f1
+    cdef UnitPtrs* u
+    cdef const floating* inp
+    cdef floating* grads = <floating*>c.grads
+    for i in range(c.n_units - 1, -1, -1):
+        u = &c.units[i]
+        if u.r.kind != UNIT_DENSE:
+            continue
+        fi, fo = u.r.fan_in, u.r.fan_out
+        f0, f1 = _part(fi, c.tid, c.nt), _part(fi, c.tid + 1, c.nt)
+        inp = <floating*>c.x_buf if i == 0 else <floating*>c.units[i - 1].A
+        if u.r.l2 != 0.0 and not c.fold_l2 and u.Wp != NULL:
+            _pk_copy_rows(u, c.tid, c.nt)
+        elif u.r.l2 != 0.0 and not c.fold_l2:
+            memcpy(grads + u.r.w_off + f0 * fo, params + u.r.w_off + f0 * fo, (f1 - f0) * fo * sizeof(floating))
+        _dW_product(c, u, inp, grads, f0, f1, 0.0 if c.fold_l2 else u.r.l2)
+        if u.r.use_bias:
+            _col_sums(<floating*>u.dA, grads + u.r.b_off, c.rows, fo, _part(fo, c.tid, c.nt),
+                      _part(fo, c.tid + 1, c.nt))
+
+
+cdef void _clip(Ctx* c, floating* params) noexcept nogil:
+    """Rescale the gradient to a global norm of at most clip_norm (the threads sum
+    their shares' squares, meet, and scale their shares)."""
+    cdef Py_ssize_t i, t
+    cdef double norm
+    cdef Share share
+    cdef UnitPtrs* u
+    cdef floating* grads = <floating*>c.grads
+    if c.nt == 1:
+        norm = sqrt(_sumsq_span(grads, c.n_params))
+    else:
+        norm = 0.0
+        for i in range(c.n_units):
+            u = &c.units[i]
+            if u.r.kind == UNIT_DENSE:
+                share = _share(u, c.tid, c.nt)
+                if u.Wp != NULL:
+                    norm += _pk_own_sumsq(u.dWp, u, c.tid, c.nt)
+                else:
+                    norm += _sumsq_span(grads + share.w0, share.wn)
+                if share.bn:
+                    norm += _sumsq_span(grads + share.b0, share.bn)
+        c.sh.sumsq[c.tid] = norm
+        fm_barrier_wait(&c.sh.bar, &c.sense)
+        norm = 0.0
+        for t in range(c.nt):
+            norm += c.sh.sumsq[t]
+        norm = sqrt(norm)
+        fm_barrier_wait(&c.sh.bar, &c.sense)  # sumsq is rewritten next step
+    if norm <= c.clip_norm:
+        return
+    if c.nt == 1:
+        _scale_p(grads, c.n_params, c.clip_norm / (norm + 1e-6))
+        return
+    for i in range(c.n_units):
+        u = &c.units[i]
+        if u.r.kind == UNIT_DENSE:
+            share = _share(u, c.tid, c.nt)
+            if u.Wp != NULL:
+                _pk_own_scale(u.dWp, u, c.tid, c.nt, c.clip_norm / (norm + 1e-6))
+            else:
+                _scale_p(grads + share.w0, share.wn, c.clip_norm / (norm + 1e-6))
+            if share.bn:
+                _scale_p(grads + share.b0, share.bn, c.clip_norm / (norm + 1e-6))
+
+
+cdef void _update(Ctx* c, Py_ssize_t s, floating* params) noexcept nogil:
+    """Update number t0 + s + 1: all parameters (nt == 1), or this thread's shares."""
+    cdef Py_ssize_t i
+    cdef double step = <double>(c.t0 + s + 1)
+    cdef floating* grads = <floating*>c.grads
+    cdef floating* s1 = <floating*>c.s1
+    cdef floating* s2 = <floating*>c.s2
+    if c.opt_kind < 0:
+        return
+    if c.nt == 1:
+        _opt_span(c.opt_kind, &c.h, step, params, grads, s1, s2, c.n_params, 0.0)
+        return
+    for i in range(c.n_units):
+        if c.units[i].Wp != NULL:
+            _update_share_pk(&c.units[i], c.tid, c.nt, c.opt_kind, &c.h, step, params, grads, s1, s2, c.fold_l2)
+        elif c.units[i].r.kind == UNIT_DENSE:
+            _update_share(&c.units[i], c.tid, c.nt, c.opt_kind, &c.h, step, params, grads, s1, s2, c.fold_l2)
+
+
+cdef void _pack_all(Ctx* c, floating* params, bint pack) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(c.n_units):
+        if c.units[i].r.kind == UNIT_DENSE:
+            _pk_share(&c.units[i], params, <floating*>c.grads, <floating*>c.s1, <floating*>c.s2, c.tid, c.nt, pack)
+
+
+cdef Py_ssize_t _train_loop(Ctx* c, Py_ssize_t n_steps, floating* params) noexcept nogil:
+    """The driver: thread c.tid of c.nt runs n_steps steps, phase after phase.
+    Returns the steps done (fewer when the loss was not finite: that step's loss
+    is reported and no update applied), or -1 when batch norm could not
+    allocate its scratch space."""
+    cdef Py_ssize_t s, t
+    cdef double loss, l2, correct
+    cdef bint timing = RT.timing and c.tid == 0
+    cdef double tm = now() if timing else 0.0
+    c.timing = timing
+    if c.pk:
+        _pack_all(c, params, True)
+        fm_barrier_wait(&c.sh.bar, &c.sense)
+    for s in range(n_steps):
+        _gather(c, s, params)
+        tm = lap(RT, timing, PH_GATHER, tm)
+        if _forward(c, s, params):
+            return -1
+        tm = lap(RT, timing, PH_FORWARD, tm)
+        _loss(c, params)
+        tm = lap(RT, timing, PH_LOSS, tm)
+        if _backward(c, params):
+            return -1
+        tm = lap(RT, timing, PH_BACKWARD, tm)
+        fm_barrier_wait(&c.sh.bar, &c.sense)
+        tm = lap(RT, timing, PH_SYNC, tm)
+        loss, l2, correct = 0.0, 0.0, 0.0
+        for t in range(c.nt):
+            loss += c.sh.loss[t]
+            l2 += c.sh.l2[t]
+            correct += c.sh.correct[t]
+        loss = loss / c.denom + l2
+        if c.tid == 0:
+            c.losses_out[s] = loss
+            c.correct_out[s] = correct / c.k if c.loss_kind == LOSS_BCE else correct
+        if not isfinite(loss):
+            if c.pk:  # W as the last update left it
+                _pack_all(c, params, False)
+            return s
+        _param_grads(c, params)
+        tm = lap(RT, timing, PH_PARAM_GRADS, tm)
+        if c.clip_norm > 0.0:
+            _clip(c, params)
+            tm = lap(RT, timing, PH_CLIP, tm)
+        _update(c, s, params)
+        tm = lap(RT, timing, PH_UPDATE, tm)
+        # the next step's forward pass reads every parameter, and its gather
+        # overwrites rows of x_buf that this step's dW products read
+        fm_barrier_wait(&c.sh.bar, &c.sense)
+        tm = lap(RT, timing, PH_SYNC, tm)
+    if c.pk:
+        _pack_all(c, params, False)
+    return n_steps
+
+
+# ---------------------------------------------------------------- the entry point
+cdef inline const void* _data(object a):
+    # the data of a checked array, NULL when it is empty
+    return cnp.PyArray_DATA(<cnp.ndarray>a) if a.size else NULL
+
+
+cdef Py_ssize_t _run(object plan, object loop, object X, object y, object Y, object sw, object order,
+                     Py_ssize_t start, Py_ssize_t n_steps, object losses_out, object correct_out,
+                     floating[::1] params) except -2:
+    """train_steps on checked arguments, for the dtype of params."""
+    global _last_nt, _last_pk
+    cdef Py_ssize_t i, n_units = plan.n_units, rows = plan.rows, done = 0, got = 0, pk_total, fi, fo
+    cdef int nt, tid
+    cdef bint pinned = False, serial = False, pk = False
+    cdef float* pk_mem = NULL
+    cdef float* pk_at
+    cdef bint has1 = loop.state1.size != 0, has2 = loop.state2.size != 0
+    cdef const Hyper[::1] hyper = loop.hyper
+    cdef LoopShared sh
+    cdef LoopShared solo
+    cdef LoopShared* shp = &sh
+    cdef Ctx* ctxs = NULL
+    cdef Ctx base
+    # the arrays themselves, alive while the GIL is released (the plan's lists could change)
+    keep = (plan.params, plan.grads, plan.x, plan.y, plan.Y, plan.sw, plan.P, tuple(plan.Z), tuple(plan.A),
+            tuple(plan.dA), tuple(plan.M), loop.state1, loop.state2, loop.hyper)
+    cdef UnitPtrs* units = fill_units(plan, True)
+    try:
+        nt = _loop_threads(plan.units, params.shape[0], rows)
+        if (floating is float and nt > 1 and FM_HAVE_PACKGEMM and _packed_gemm and rows <= _pk_max_rows * nt):
+            for i in range(n_units):
+                pk = pk or _pk_unit(&units[i], i)
+        _last_pk = pk
+        if pk:
+            # one zeroed block for every packed operand, each 64-byte aligned
+            pk_total = 16
+            for i in range(n_units):
+                if _pk_unit(&units[i], i):
+                    pk_total += ((2 + has1 + has2) * pk_floats(units[i].r.fan_in, units[i].r.fan_out)
+                                 + pk_floats(rows, units[i].r.fan_out)
+                                 + (pk_floats(units[i].r.fan_out, units[i].r.fan_in) if i > 0 else 0))
+            pk_mem = <float*>calloc(pk_total, sizeof(float))
+            if pk_mem == NULL:
+                raise MemoryError()
+            pk_at = <float*>((<size_t>pk_mem + 63) & ~(<size_t>63))
+            for i in range(n_units):
+                if _pk_unit(&units[i], i):
+                    fi, fo = units[i].r.fan_in, units[i].r.fan_out
+                    units[i].Wp = pk_take(&pk_at, fi, fo, True)
+                    units[i].dWp = pk_take(&pk_at, fi, fo, True)
+                    units[i].mp = pk_take(&pk_at, fi, fo, has1)
+                    units[i].vp = pk_take(&pk_at, fi, fo, has2)
+                    units[i].dZp = pk_take(&pk_at, rows, fo, True)
+                    units[i].Wtp = pk_take(&pk_at, fo, fi, i > 0)
+        _last_nt = nt
+        base.sh = &sh
+        base.units = units
+        base.n_units, base.rows, base.d, base.k = n_units, rows, plan.x.shape[1], units[n_units - 1].r.fan_out
+        base.n_params, base.start, base.t0 = params.shape[0], start, loop.t
+        base.loss_kind, base.opt_kind, base.h = <int>plan.loss, <int>loop.opt, hyper[0]
+        base.clip_norm, base.seed, base.pk = loop.clip_norm, <uint64_t>loop.seed, pk
+        base.fold_l2 = nt > 1 and base.opt_kind == OPT_ADAM and base.clip_norm <= 0.0 and _fold_l2
+        base.fused = (base.loss_kind == LOSS_CE or base.loss_kind == LOSS_CE_ONEHOT or base.loss_kind == LOSS_BCE
+                      or base.loss_kind == LOSS_POISSON)
+        base.X, base.y, base.Y, base.sw = _data(X), <const int64_t*>_data(y), _data(Y), _data(sw)
+        base.order = <const int64_t*>_data(order)
+        base.params, base.grads = &params[0], <void*>_data(plan.grads)
+        base.s1, base.s2 = <void*>_data(loop.state1), <void*>_data(loop.state2)
+        base.x_buf, base.y_buf = <void*>_data(plan.x), <int64_t*>_data(plan.y)
+        base.Y_buf, base.sw_buf, base.P = <void*>_data(plan.Y), <void*>_data(plan.sw), <void*>_data(plan.P)
+        base.losses_out = <double*>_data(losses_out)
+        base.correct_out = <double*>_data(correct_out)
+        ctxs = <Ctx*>malloc(nt * sizeof(Ctx))
+        if ctxs == NULL:
+            raise MemoryError()
+        for tid in range(nt):
+            ctxs[tid] = base
+            ctxs[tid].tid, ctxs[tid].nt, ctxs[tid].sense = tid, nt, 0
+            ctxs[tid].r0, ctxs[tid].r1 = _part(rows, tid, nt), _part(rows, tid + 1, nt)
+        if not RT.loop_parallel:
+            RT.serial_loops += 1
+            serial = True
+        fm_barrier_init(&sh.bar, nt)
+        fm_barrier_init(&solo.bar, 1)
+        if nt > 1:
+            # each thread's products run on one BLAS thread, side by side
+            RT.omp_started = True
+            _pin_blas()
+            pinned = True
+            with nogil, parallel(num_threads=nt):
+                tid = threadid()
+                if fm_team_size() == nt:
+                    got = _train_loop(&ctxs[tid], n_steps, &params[0])
+                    if tid == 0:
+                        shp.done = got
+                elif tid == 0:  # a smaller team than asked for (OMP_THREAD_LIMIT): one thread,
+                    _in_place(units, n_units)  # its products on BLAS (the packed path splits the update)
+                    ctxs[0].nt, ctxs[0].r0, ctxs[0].r1, ctxs[0].pk, ctxs[0].sh = 1, 0, rows, False, &solo
+                    ctxs[0].fold_l2 = False
+                    shp.done = _train_loop(&ctxs[0], n_steps, &params[0])
+            done = sh.done
+        else:
+            ctxs[0].sh = &solo
+            with nogil:
+                done = _train_loop(&ctxs[0], n_steps, &params[0])
+    finally:
+        free(units)
+        free(pk_mem)
+        free(ctxs)
+        if serial:
+            RT.serial_loops -= 1
+        if pinned:
+            _unpin_blas()
+    if done < 0:
+        raise MemoryError()
+    return done
+
+
+def train_steps(plan, loop, X, targets, sw, order, Py_ssize_t start, Py_ssize_t n_steps, losses_out,
+                correct_out):
+    """The whole-step training loop (see reference.train_steps). Every buffer is
+    checked against the plan first (plan.check_train): a ValueError, never a
+    read or a write outside a buffer."""
+    y, Y = check_train(plan, loop, X, targets, sw, order, start, n_steps, losses_out, correct_out)
+    if plan.params.dtype == np.float32:
+        return _run[float](plan, loop, X, y, Y, sw, order, start, n_steps, losses_out, correct_out, plan.params)
+    return _run[double](plan, loop, X, y, Y, sw, order, start, n_steps, losses_out, correct_out, plan.params)
