@@ -447,3 +447,71 @@ def test_all_finite_without_a_full_size_temporary():
         m = fastmlp.Sequential([fastmlp.Dense(2)], input_dim=7)
         m.compile(loss="mse", optimizer=fastmlp.optim.SGD(0.1))
         m.predict(x)
+
+
+# ------------------------------------------------------------- one optimizer, two models
+def test_one_optimizer_for_two_models_is_refused(backend_name):
+    # The state of an optimizer belongs to the parameters of one model: compiling a second
+    # model of another size with the same instance used to make the native loops read and
+    # write past the end of the state (a segfault). It is a clear error, before any work.
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((40, 6)), rng.integers(0, 3, 40)
+    opt = Adam(lr=1e-2)
+    small = fastmlp.Sequential([Dense(4, activation="relu"), Dense(3)], input_dim=6, seed=0, backend=backend_name)
+    big = fastmlp.Sequential([Dense(64, activation="relu"), Dense(3)], input_dim=6, seed=0, backend=backend_name)
+    small.compile(loss="cross_entropy", optimizer=opt)
+    small.fit(X, y, epochs=1, batch_size=8, verbose=0)
+    before = big.get_weights()
+    with pytest.raises(ValueError, match=r"already the optimizer of another model.*Adam\(\*\*optimizer.get_config\(\)\)"):
+        big.compile(loss="cross_entropy", optimizer=opt)
+    assert big.optimizer is None and big._loss is None  # the failed compile changed nothing
+    for a, b in zip(big.get_weights(), before):
+        np.testing.assert_array_equal(a, b)
+    big.compile(loss="cross_entropy", optimizer=Adam(**opt.get_config()))  # the cure the message names
+    big.fit(X, y, epochs=1, batch_size=8, verbose=0)
+    small.compile(loss="cross_entropy", optimizer=opt)  # the owner may compile again with it
+    small.fit(X, y, epochs=1, batch_size=8, verbose=0)
+    # once the owner is gone, the instance is free
+    del small
+    import gc
+
+    gc.collect()
+    other = fastmlp.Sequential([Dense(5), Dense(3)], input_dim=6, seed=0, backend=backend_name)
+    other.compile(loss="cross_entropy", optimizer=opt)
+    assert other.optimizer is opt and opt.state is None
+
+
+def test_an_optimizer_state_of_another_size_is_refused_at_fit(backend_name):
+    # Setting model.optimizer by hand bypasses compile's check; fit refuses state made for
+    # other parameters before any work, and the model is left as it was.
+    rng = np.random.default_rng(1)
+    X, y = rng.standard_normal((40, 6)), rng.integers(0, 3, 40)
+    a = fastmlp.Sequential([Dense(4), Dense(3)], input_dim=6, seed=0, backend=backend_name)
+    b = fastmlp.Sequential([Dense(9), Dense(3)], input_dim=6, seed=0, backend=backend_name)
+    a.compile(loss="cross_entropy", optimizer="sgd")
+    b.compile(loss="cross_entropy", optimizer=SGD(lr=0.1, momentum=0.9))
+    b.fit(X, y, epochs=1, verbose=0)
+    a.optimizer = b.optimizer
+    params, state = a._params.copy(), b.optimizer.state["buf"].copy()
+    rng_state = a._rng.bit_generator.state
+    with pytest.raises(ValueError, match=r"state \(buf\) was made for another model: it has \d+ values, this "
+                                         r"model \d+ parameters"):
+        a.fit(X, y, epochs=1, verbose=0)
+    np.testing.assert_array_equal(a._params, params)
+    np.testing.assert_array_equal(b.optimizer.state["buf"], state)
+    assert a._rng.bit_generator.state == rng_state
+
+
+def test_copies_of_a_model_own_their_optimizer(backend_name):
+    import copy
+    import pickle
+
+    rng = np.random.default_rng(2)
+    X, y = rng.standard_normal((30, 6)), rng.integers(0, 3, 30)
+    m = fastmlp.Sequential([Dense(4), Dense(3)], input_dim=6, seed=0, backend=backend_name)
+    m.compile(loss="cross_entropy", optimizer="adam")
+    m.fit(X, y, epochs=1, verbose=0)
+    for twin in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+        assert twin.optimizer is not m.optimizer and twin.optimizer._owner() is twin
+        twin.compile(loss="cross_entropy", optimizer=twin.optimizer)  # its own: accepted
+        twin.fit(X, y, epochs=1, verbose=0)
