@@ -80,7 +80,7 @@ _CONTROLLER = None
 
 def _blas_controller():
     """One threadpoolctl controller for the process: building one scans every
-    loaded library (about 17 ms), which a bare ``threadpool_limits`` call does
+    loaded library (milliseconds), which a bare ``threadpool_limits`` call does
     each time. Made at first use, after the backends have loaded their BLAS."""
     global _CONTROLLER
     if _CONTROLLER is None:

@@ -564,7 +564,7 @@ cdef Py_ssize_t _run(object plan, object loop, object X, object y, object Y, obj
     """train_steps on checked arguments, for the dtype of params."""
     global _last_nt, _last_pk
     cdef Py_ssize_t i, n_units = plan.n_units, rows = plan.rows, done = 0, got = 0, pk_total, fi, fo
-    cdef int nt, tid
+    cdef int nt, j, tid = 0
     cdef bint pinned = False, serial = False, pk = False
     cdef float* pk_mem = NULL
     cdef float* pk_at
@@ -627,10 +627,10 @@ cdef Py_ssize_t _run(object plan, object loop, object X, object y, object Y, obj
         ctxs = <Ctx*>malloc(nt * sizeof(Ctx))
         if ctxs == NULL:
             raise MemoryError()
-        for tid in range(nt):
-            ctxs[tid] = base
-            ctxs[tid].tid, ctxs[tid].nt, ctxs[tid].sense = tid, nt, 0
-            ctxs[tid].r0, ctxs[tid].r1 = _part(rows, tid, nt), _part(rows, tid + 1, nt)
+        for j in range(nt):
+            ctxs[j] = base
+            ctxs[j].tid, ctxs[j].nt, ctxs[j].sense = j, nt, 0
+            ctxs[j].r0, ctxs[j].r1 = _part(rows, j, nt), _part(rows, j + 1, nt)
         if not RT.loop_parallel:
             RT.serial_loops += 1
             serial = True

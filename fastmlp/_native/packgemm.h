@@ -2,28 +2,15 @@
  *
  * A BLAS packs its operands into panels on every call. Inside the split
  * training loop that is repeated work: W changes once per step, in the
- * optimizer, and each of the loop's threads packed all of W again for its
- * own share of the batch rows. OpenBLAS's one-thread sgemm ran the loop's
- * per-thread shapes of the 784-256-128-10 net at batch 128 at 63-81 GFLOP/s
- * (64x784x256: 317 us); this file's kernel, on B packed beforehand, runs
- * them at 92-97 GFLOP/s (64x784x256: 264 us), against the core's FMA peak
- * of ~100 GFLOP/s (AMD EPYC, measured with a loop of independent FMAs).
- *
- * So while the loop runs, W, dW and W's optimizer state live in packed form
- * (the optimizer is elementwise: it runs on them as they are); the loop
- * keeps W^T packed as well, for the products into each dA, and packs each
- * dZ as it makes it, for the dW product (see _train_loop in _kernels.pyx).
- * With the AVX2 tiles the gain inside the loop is smaller than in
- * isolation: at batch 128 the forward products took 10% less time, and
- * packing dZ and W^T took that back; at batch 32, where each call packs W for
- * 16 rows, the epoch took 7-12% less. So an avx2 build uses this file for
- * batches of up to 32 rows per thread, on layers of at least 32768 weights.
- * Where AVX-512 doubles the FMA rate and NumPy's OpenBLAS keeps to its AVX2
- * kernels (OpenBLAS 0.3.31 on the AMD EPYC of 2026-12: "Haswell"), the zmm
- * tiles took 37% off the loop's epoch at batch 128, and an avx512 build uses
- * the file for batches of up to 8192 rows per thread on layers of at least
- * 1024 weights (_pk_unit, _pk_max_rows, _pk_min_weights in _kernels.pyx).
- * benchmarks/packgemm_kernel.c times the kernel alone.
+ * optimizer, and each of the loop's threads would pack all of W again for
+ * its own share of the batch rows. So while the loop runs, W, dW and W's
+ * optimizer state live in packed form (the optimizer is elementwise: it
+ * runs on them as they are); the loop keeps W^T packed as well, for the
+ * products into each dA, and packs each dZ as it makes it, for the dW
+ * product (see loop.pyx and split.pxd). The loop keeps a unit packed only
+ * where that measured faster than BLAS, per tile set: _pk_unit,
+ * _pk_max_rows and _pk_min_weights in loop.pyx; the figures are in
+ * docs/benchmarks.md. benchmarks/packgemm_kernel.c times the kernel alone.
  *
  * Packed form of a k x n matrix B: ceil(n / 16) panels of 16 columns, each
  * panel k rows of 16 contiguous floats (zero past column n: the buffers start
@@ -45,17 +32,20 @@
  * loop's k is at most a layer's width or the batch, and a 16-column panel of
  * 784 rows, 50 KB, streams from L2): with AVX-512, 8 or 12 rows x 16 columns,
  * a zmm per row; with AVX2 and FMA only, 6 rows x 16 columns in 12 ymm.
- * FM_PACKGEMM_ISA names the one compiled ("avx512", "avx2"); on a core whose
- * zmm FMAs run at twice the rate of its ymm ones (AMD EPYC, ~270 against
- * ~135 GFLOP/s) the zmm tiles ran the loop's shapes 1.75-1.85x faster (see
- * FM_PK_TILES). FM_HAVE_PACKGEMM is 0 without AVX2 and FMA; the loop then
- * calls BLAS. */
+ * FM_PACKGEMM_ISA names the one compiled ("avx512", "avx2"). FM_HAVE_PACKGEMM
+ * is 0 without AVX2 and FMA; the loop then calls BLAS. */
 #ifndef FASTMLP_PACKGEMM_H
 #define FASTMLP_PACKGEMM_H
 #include <stddef.h>
 #include <string.h>
 
 #define FM_PK_NR 16
+/* every module that cimports gemm.pxd includes this file; not all of them call everything */
+#if defined(__GNUC__)
+#define FM_UNUSED __attribute__((unused))
+#else
+#define FM_UNUSED
+#endif
 #define FM_PK_MR 6
 #define FM_PK_A_BLOCK 65536  /* floats of A per block of rows: 256 KB, half an L2 */
 
@@ -66,7 +56,7 @@ static inline ptrdiff_t fm_pk_size(ptrdiff_t k, ptrdiff_t n) {
 
 /* Rows k0..k1-1 of B (row-major, rows ldb apart, n columns) into Bp, the
  * packed form of a matrix of k rows. */
-static void fm_pk_pack_rows(const float *B, ptrdiff_t ldb, ptrdiff_t n, ptrdiff_t k, ptrdiff_t k0,
+static FM_UNUSED void fm_pk_pack_rows(const float *B, ptrdiff_t ldb, ptrdiff_t n, ptrdiff_t k, ptrdiff_t k0,
                             ptrdiff_t k1, float *Bp) {
     ptrdiff_t p, j;
     for (j = 0; j < n; j += FM_PK_NR) {
@@ -77,7 +67,7 @@ static void fm_pk_pack_rows(const float *B, ptrdiff_t ldb, ptrdiff_t n, ptrdiff_
 }
 
 /* The inverse: rows k0..k1-1 of the packed Bp (k rows, n columns) into B. */
-static void fm_pk_unpack_rows(const float *Bp, ptrdiff_t n, ptrdiff_t k, ptrdiff_t k0, ptrdiff_t k1,
+static FM_UNUSED void fm_pk_unpack_rows(const float *Bp, ptrdiff_t n, ptrdiff_t k, ptrdiff_t k0, ptrdiff_t k1,
                               float *B, ptrdiff_t ldb) {
     ptrdiff_t p, j;
     for (j = 0; j < n; j += FM_PK_NR) {
@@ -89,7 +79,7 @@ static void fm_pk_unpack_rows(const float *Bp, ptrdiff_t n, ptrdiff_t k, ptrdiff
 
 /* Rows f0..f1-1 of W (fan_in x fan_out, row-major) into Wtp, the packed form
  * of W^T (fan_out rows, fan_in columns): W[f, o] is element (o, f) of W^T. */
-static void fm_pk_pack_trans_rows(const float *W, ptrdiff_t fan_in, ptrdiff_t fan_out, ptrdiff_t f0,
+static FM_UNUSED void fm_pk_pack_trans_rows(const float *W, ptrdiff_t fan_in, ptrdiff_t fan_out, ptrdiff_t f0,
                                   ptrdiff_t f1, float *Wtp) {
     ptrdiff_t f, o;
     (void)fan_in;
@@ -136,11 +126,9 @@ fm_pk_tile512(const int MR, ptrdiff_t k, const float *a, ptrdiff_t rsa, ptrdiff_
 }
 
 /* The tile loop, compiled once per layout of A (the strides then are
- * constants), with MR rows per tile (remainders in tiles of 8, 4, 2, 1).
- * Measured on the loop's shapes (AMD EPYC, one core, FMA peak ~270 GFLOP/s
- * in zmm, ~135 in ymm): MR 8 ran a row-major A fastest (64x784x256: 113 us,
- * 228 GFLOP/s; the AVX2 tile: 201 us), MR 12 the transposed one (392x256x128:
- * 108 us, 239 GFLOP/s; AVX2: 198 us). */
+ * constants), with MR rows per tile (remainders in tiles of 8, 4, 2, 1):
+ * MR 8 ran a row-major A fastest on the loop's shapes, MR 12 the transposed
+ * one (docs/benchmarks.md). */
 #define FM_PK_TILES(MR, RSA, CSA)                                                                  \
     for (i0 = 0; i0 < m; i0 += mc) {                                                               \
         ptrdiff_t i1 = m - i0 < mc ? m : i0 + mc;                                                  \
@@ -168,7 +156,7 @@ fm_pk_tile512(const int MR, ptrdiff_t k, const float *a, ptrdiff_t rsa, ptrdiff_
         }                                                                                          \
     }
 
-static void fm_pk_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t rsa,
+static FM_UNUSED void fm_pk_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t rsa,
                        ptrdiff_t csa, const float *Bp, float beta, float *C, ptrdiff_t ldc,
                        ptrdiff_t cps) {
     /* rows of C per block: the block's rows of A (mc x k) stay in L2 while
@@ -243,8 +231,7 @@ fm_pk_tile(ptrdiff_t k, const float *a, ptrdiff_t rsa, ptrdiff_t csa, ptrdiff_t 
 }
 
 /* The tile loop, compiled once per layout of A (the strides then are
- * constants: with them in registers the A^T case ran at 80 GFLOP/s, with
- * rsa == 1 known at compile time at 92). */
+ * constants, which the transposed case needs to run near the FMA peak). */
 #define FM_PK_TILES(RSA, CSA)                                                                       \
     for (i0 = 0; i0 < m; i0 += mc) {                                                                \
         ptrdiff_t i1 = m - i0 < mc ? m : i0 + mc;                                                   \
@@ -259,7 +246,7 @@ fm_pk_tile(ptrdiff_t k, const float *a, ptrdiff_t rsa, ptrdiff_t csa, ptrdiff_t 
         }                                                                                           \
     }
 
-static void fm_pk_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t rsa,
+static FM_UNUSED void fm_pk_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t rsa,
                        ptrdiff_t csa, const float *Bp, float beta, float *C, ptrdiff_t ldc,
                        ptrdiff_t cps) {
     /* rows of C per block: the block's rows of A (mc x k) stay in L2 while
@@ -279,7 +266,7 @@ static void fm_pk_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, pt
 #define FM_HAVE_PACKGEMM 0
 #define FM_PACKGEMM_ISA ""
 #define FM_PK_ZMM 0
-static void fm_pk_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t rsa,
+static FM_UNUSED void fm_pk_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *A, ptrdiff_t rsa,
                        ptrdiff_t csa, const float *Bp, float beta, float *C, ptrdiff_t ldc,
                        ptrdiff_t cps) {
     (void)m; (void)n; (void)k; (void)A; (void)rsa; (void)csa; (void)Bp; (void)beta; (void)C; (void)ldc;

@@ -16,12 +16,11 @@
  * layout); a lone vector of columns takes even and odd k in two sets of
  * registers, so that it does not wait on FMA latency. The last n % W columns
  * of op(B) are first copied, zero-padded to a vector, to a stack buffer
- * (k * W <= FM_SMALL_TAIL elements): as scalars they made 128x10x128 2.4x
- * slower than BLAS. An op(B) = B^T is first copied to a stack buffer too
- * (k * n <= FM_SMALL_TBUF elements; 0.8 us for 64 x 64): dot products along
- * k would cost a reduction across vector lanes per element of C, which
- * measured twice as slow as BLAS at 32x64x64. Shapes that need larger
- * buffers are left to BLAS. Vectors are GCC / Clang vector extensions;
+ * (k * W <= FM_SMALL_TAIL elements): as scalars they were slower than BLAS.
+ * An op(B) = B^T is first copied to a stack buffer too (k * n <=
+ * FM_SMALL_TBUF elements): dot products along k would cost a reduction
+ * across vector lanes per element of C. Shapes that need larger buffers are
+ * left to BLAS. (The figures behind these choices: docs/benchmarks.md.) Vectors are GCC / Clang vector extensions;
  * FM_HAVE_SMALLGEMM is 0 without them or without AVX2 and FMA, and the
  * functions then return 0. */
 #ifndef FASTMLP_SMALLGEMM_H
@@ -34,11 +33,9 @@
  * the vector width (FM_VBYTES below) */
 #define FM_SMALL_TAIL (FM_VBYTES * 64)
 
-/* One vector register: with AVX-512, a zmm (16 floats, 8 doubles). On an AMD
- * EPYC whose zmm FMAs run at twice the rate of its ymm ones, the 20-64-64-2
- * net's epoch at batch 32 (100k rows, one thread of the loop) took 0.030-0.032 s
- * with zmm vectors against 0.042-0.043 s with ymm ones (builds of the same
- * tree, runs in turn, fastest of 9 epochs each). */
+/* One vector register: with AVX-512, a zmm (16 floats, 8 doubles): on a core
+ * whose zmm FMAs run at twice the rate of its ymm ones, twice the work per
+ * instruction. */
 #if defined(__AVX512F__)
 #define FM_VBYTES 64
 #else
@@ -46,15 +43,14 @@
 #endif
 
 /* Only where measured faster than OpenBLAS: x86-64 with AVX2 and FMA (the
- * default -march=native build on such a CPU). A portable SSE2 build ran the
- * 20-64-64-2 epoch at 0.17 s with these kernels against 0.10 s with OpenBLAS,
- * which picks AVX2 kernels at run time. */
+ * default -march=native build on such a CPU). A portable SSE2 build is
+ * slower than OpenBLAS, which picks AVX2 kernels at run time. */
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__AVX2__) && defined(__FMA__)
 #define FM_HAVE_SMALLGEMM 1
 
 /* Keep a loaded vector in a register: without this GCC folds the load of a B
  * row into each of the four FMAs that use it, and the loop becomes
- * load-bound (measured: 32x64x64 in 5.5 us instead of 3.8 us). */
+ * load-bound. */
 #define FM_REG(v) __asm__("" : "+x"(v))
 
 #define FM_DEFINE_SMALLGEMM(NAME, T, W)                                                             \

@@ -340,10 +340,9 @@ def flush_denormals(x):
     """Set the entries of x below the dtype's smallest normal number (in magnitude) to 0, in place.
 
     Every optimizer applies this to its state after updating it: the state
-    of a parameter whose gradient stays 0 decays geometrically (Adam's m by
-    beta1 a step) into denormal numbers, which x86 CPUs compute 10-100x
-    slower (1 in 13 of m after one epoch of the Fashion-MNIST net at batch
-    32, doubling the update's time). Such values change no weight: the
+    of a parameter whose gradient stays 0 (blank border pixels, dead units)
+    decays geometrically (Adam's m by beta1 a step) into denormal numbers,
+    which x86 CPUs compute many times slower. Such values change no weight: the
     step they make is at most lr / (1 - beta1) * m / eps (Adam), below
     1e-28 for float32 with the defaults.
     """
