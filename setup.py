@@ -16,7 +16,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 NATIVE = Path(__file__).resolve().parent / "fastmlp" / "_native"
-MODULES = ("runtime", "gemm", "units", "kernels", "loop", "predictor")
+MODULES = ("runtime", "gemm", "units", "kernels", "policy", "loop", "predictor")
 HEADERS = ("barrier.h", "fastmath.h", "smallgemm.h", "packgemm.h")
 
 

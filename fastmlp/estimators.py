@@ -1,5 +1,8 @@
 """MLPClassifier / MLPRegressor: scikit-learn's estimators on top of :class:`~fastmlp.Sequential`.
 
+(About 750 lines: scikit-learn's whole MLP contract, every parameter, solver and fitted
+attribute, in one place beside the shared base class of the two estimators.)
+
 The estimators take every constructor parameter of ``sklearn.neural_network``'s
 and have no maths of their own: they validate input the way scikit-learn does,
 build a ``Sequential`` of Dense layers and let it train, and keep scikit-learn's

@@ -1,5 +1,8 @@
 """Sequential: compile / fit / predict / evaluate / get_weights / set_weights.
 
+(About 680 lines: one class, the public model, whose methods share its compiled units and
+their plans; the maths and the buffers live in fastmlp._native and the backends.)
+
 The model compiles its layers into a plan of units, each an optional dense
 product (W, b) followed by an activation, a dropout unit or a batch-norm
 unit; an Activation layer after a linear Dense fuses into its unit. All

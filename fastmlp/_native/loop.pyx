@@ -14,7 +14,7 @@ takes rows [r0, r1) of the batch through gather, forward, loss and backward;
 after a barrier, its share of every dW, db and of the update (split.pxd); a
 second barrier ends the step. Its products then run on one BLAS thread each
 (the BLAS is pinned to one thread meanwhile), or on packgemm.h's kernel for
-the units kept on packed operands (float32, ``_pk_unit``).
+the units kept on packed operands (float32, ``policy.pk_unit``).
 """
 from cython cimport floating
 from cython.parallel cimport parallel, threadid
@@ -27,11 +27,11 @@ cimport numpy as cnp
 
 from fastmlp._native.common cimport *
 from fastmlp._native.gemm cimport (
-    BlasThreads, FM_HAVE_PACKGEMM, FM_PK_ZMM, blas_threads, gemm_ld, gemm_p, pk_floats, pk_gemm, pk_gemm_dw, pk_pack,
-    pk_slack_ok, pk_take,
+    BlasThreads, FM_HAVE_PACKGEMM, blas_threads, gemm_ld, gemm_p, pk_floats, pk_gemm, pk_gemm_dw, pk_pack, pk_take,
 )
 from fastmlp._native.kernels cimport rows_act_grad, rows_bias_act
 from fastmlp._native.optim cimport _opt_span, _scale_p, _sumsq_span
+from fastmlp._native.policy cimport MAX_LOOP_THREADS, LoopPolicy, loop_policy, pk_unit, threads_for
 from fastmlp._native.rows cimport _col_sums, _count_correct, _loss_rows
 from fastmlp._native.runtime cimport Runtime, lap, now, runtime
 from fastmlp._native.split cimport (
@@ -42,6 +42,11 @@ from fastmlp._native.units cimport UnitPtrs, _dropout_mask_p, _mul_mask_p, bn_ba
 import numpy as np
 
 from fastmlp._native.plan import check_train
+# the policy's hooks, where the loop's tests and benchmarks look for them
+from fastmlp._native.policy import (  # noqa: F401
+    _HAVE_LOOP_THREADS, _PACKED_MAX_ROWS_PER_THREAD, _PACKED_MIN_WEIGHTS, _loop_threads, _set_fold_l2,
+    _set_loop_split_limits, _set_packed_gemm, _set_packed_max_rows,
+)
 
 cnp.import_array()
 
@@ -58,78 +63,14 @@ cdef extern from "barrier.h" nogil:
     void fm_barrier_wait(fm_barrier* b, int* local)
 
 
-# ---------------------------------------------------------------- policy
-# The loop runs on threads of its own when a step has at least this many
-# multiply-adds (the model's own bound for using threads at all: OpenBLAS's
-# threading threshold, model._BLAS_SERIAL_WORK), with at most one thread per
-# this many rows; else on one thread, beside BLAS's own threads.
-cdef Py_ssize_t _mt_min_work = 262144
-cdef Py_ssize_t _mt_min_rows = 16
-# The split float32 loop keeps units packed for batches of at most this many
-# rows per thread, and only units of at least this many weights (_pk_unit).
-# The dW products' k is the whole batch and the kernel does not block k, so
-# huge batches lose; AVX2 tiles win only at small batches and large layers.
-# The figures behind both bounds are in docs/benchmarks.md.
-cdef bint _packed_gemm = True
-cdef Py_ssize_t _pk_max_rows = 8192 if FM_PK_ZMM else 32
-cdef Py_ssize_t _pk_min_weights = 1024 if FM_PK_ZMM else 32768
-# Adam on the split loop without clipping adds the L2 term in its own pass
-# (dW holds the data term until then) instead of copying W into dW first.
-cdef bint _fold_l2 = True
-cdef int _last_nt = 0
-cdef bint _last_pk = False
 # While any split loop runs, the BLAS runs on one thread; the count makes loops
 # running at once in several Python threads restore the caller's setting only
 # when the last one ends. Changed with the GIL held only.
 cdef int _blas_pins = 0
 cdef int _blas_saved = 0
-
-_HAVE_LOOP_THREADS = bool(FM_HAVE_BARRIER and FM_HAVE_OPENMP)
-_PACKED_MAX_ROWS_PER_THREAD = _pk_max_rows
-_PACKED_MIN_WEIGHTS = _pk_min_weights
-
-cdef enum:
-    MAX_LOOP_THREADS = 64
-
-
-def _set_loop_split_limits(Py_ssize_t min_work, Py_ssize_t min_rows):
-    """The smallest step (multiply-adds of its forward products) that the training
-    loop splits between threads of its own, and the fewest batch rows per thread;
-    returns the old pair. For tests and benchmarks."""
-    global _mt_min_work, _mt_min_rows
-    if min_rows < 1:
-        raise ValueError("min_rows must be >= 1")
-    old = (_mt_min_work, _mt_min_rows)
-    _mt_min_work, _mt_min_rows = min_work, min_rows
-    return old
-
-
-def _set_packed_gemm(bint on):
-    """Whether the split float32 loop keeps W, dW and the optimizer's state
-    packed and runs its products on packgemm.h's kernels (else in place, with
-    BLAS); returns the old setting. For tests and benchmarks."""
-    global _packed_gemm
-    old = _packed_gemm
-    _packed_gemm = on
-    return old
-
-
-def _set_packed_max_rows(Py_ssize_t n):
-    """The most batch rows per thread for which the split float32 loop runs on
-    packed operands; returns the old bound. For tests and benchmarks."""
-    global _pk_max_rows
-    if n < 0:
-        raise ValueError(f"the bound must be at least 0, got {n}")
-    old = _pk_max_rows
-    _pk_max_rows = n
-    return old
-
-
-def _set_fold_l2(bint on):
-    global _fold_l2
-    old = _fold_l2
-    _fold_l2 = on
-    return old
+cdef int _last_nt = 0
+cdef bint _last_pk = False
+cdef LoopPolicy* POL = loop_policy()
 
 
 def _last_loop_threads():
@@ -140,44 +81,6 @@ def _last_loop_threads():
 def _last_loop_packed():
     """Whether the last train_steps call ran on packed operands. For tests."""
     return _last_pk
-
-
-cdef int _threads_for(const UnitRec* recs, Py_ssize_t n_units, Py_ssize_t n_params,
-                      Py_ssize_t rows) noexcept nogil:
-    cdef Py_ssize_t i, owned = 0, work = 0
-    cdef int nt = <int>min(<Py_ssize_t>min(RT.n_threads, <int>MAX_LOOP_THREADS), rows // _mt_min_rows)
-    if (nt < 2 or not FM_HAVE_BARRIER or not FM_HAVE_OPENMP or RT.loop_parallel
-            or BLAS.set_threads == NULL or RT.omp_forked):
-        return 1
-    for i in range(n_units):
-        if recs[i].kind == UNIT_BATCHNORM:  # its statistics need the whole batch
-            return 1
-        if recs[i].kind == UNIT_DENSE:
-            owned += recs[i].fan_in * recs[i].fan_out + (recs[i].fan_out if recs[i].use_bias else 0)
-            work += recs[i].fan_in * recs[i].fan_out
-    if owned != n_params or work * rows < _mt_min_work:
-        return 1
-    return nt
-
-
-def _loop_threads(units, Py_ssize_t n_params, Py_ssize_t rows):
-    """How many threads of its own the training loop takes for these unit records
-    (plan.UNIT_DTYPE) and batch: the thread bound, capped at one thread per
-    _mt_min_rows rows, when the loop can split the step (no batch norm, the
-    dense units own every parameter, the BLAS's thread count can be set to 1
-    meanwhile) and the step is big enough; else 1."""
-    cdef const UnitRec[::1] recs = units
-    return _threads_for(&recs[0], recs.shape[0], n_params, rows)
-
-
-cdef inline bint _pk_unit(const UnitPtrs* u, Py_ssize_t i) noexcept nogil:
-    # Whether the split float32 loop keeps unit i packed: a dense unit with a
-    # W of at least _pk_min_weights weights, whose products lose at most 1/8
-    # of their work to the zero columns of the last 16-column panel (of W, and
-    # of W^T where the unit has a product into the previous dA). Smaller and
-    # narrower layers stay in place, on BLAS or smallgemm.h.
-    return (u.r.kind == UNIT_DENSE and u.r.fan_in * u.r.fan_out >= _pk_min_weights
-            and pk_slack_ok(u.r.fan_out) and (i == 0 or pk_slack_ok(u.r.fan_in)))
 
 
 cdef void _in_place(UnitPtrs* units, Py_ssize_t n_units) noexcept nogil:
@@ -570,6 +473,7 @@ cdef Py_ssize_t _run(object plan, object loop, object X, object y, object Y, obj
     cdef float* pk_at
     cdef bint has1 = loop.state1.size != 0, has2 = loop.state2.size != 0
     cdef const Hyper[::1] hyper = loop.hyper
+    cdef const UnitRec[::1] recs = plan.units
     cdef LoopShared sh
     cdef LoopShared solo
     cdef LoopShared* shp = &sh
@@ -580,16 +484,16 @@ cdef Py_ssize_t _run(object plan, object loop, object X, object y, object Y, obj
             tuple(plan.dA), tuple(plan.M), loop.state1, loop.state2, loop.hyper)
     cdef UnitPtrs* units = fill_units(plan, True)
     try:
-        nt = _loop_threads(plan.units, params.shape[0], rows)
-        if (floating is float and nt > 1 and FM_HAVE_PACKGEMM and _packed_gemm and rows <= _pk_max_rows * nt):
+        nt = threads_for(&recs[0], n_units, params.shape[0], rows)
+        if (floating is float and nt > 1 and FM_HAVE_PACKGEMM and POL.packed_gemm and rows <= POL.pk_max_rows * nt):
             for i in range(n_units):
-                pk = pk or _pk_unit(&units[i], i)
+                pk = pk or pk_unit(POL, &units[i], i)
         _last_pk = pk
         if pk:
             # one zeroed block for every packed operand, each 64-byte aligned
             pk_total = 16
             for i in range(n_units):
-                if _pk_unit(&units[i], i):
+                if pk_unit(POL, &units[i], i):
                     pk_total += ((2 + has1 + has2) * pk_floats(units[i].r.fan_in, units[i].r.fan_out)
                                  + pk_floats(rows, units[i].r.fan_out)
                                  + (pk_floats(units[i].r.fan_out, units[i].r.fan_in) if i > 0 else 0))
@@ -598,7 +502,7 @@ cdef Py_ssize_t _run(object plan, object loop, object X, object y, object Y, obj
                 raise MemoryError()
             pk_at = <float*>((<size_t>pk_mem + 63) & ~(<size_t>63))
             for i in range(n_units):
-                if _pk_unit(&units[i], i):
+                if pk_unit(POL, &units[i], i):
                     fi, fo = units[i].r.fan_in, units[i].r.fan_out
                     units[i].Wp = pk_take(&pk_at, fi, fo, True)
                     units[i].dWp = pk_take(&pk_at, fi, fo, True)
@@ -613,7 +517,7 @@ cdef Py_ssize_t _run(object plan, object loop, object X, object y, object Y, obj
         base.n_params, base.start, base.t0 = params.shape[0], start, loop.t
         base.loss_kind, base.opt_kind, base.h = <int>plan.loss, <int>loop.opt, hyper[0]
         base.clip_norm, base.seed, base.pk = loop.clip_norm, <uint64_t>loop.seed, pk
-        base.fold_l2 = nt > 1 and base.opt_kind == OPT_ADAM and base.clip_norm <= 0.0 and _fold_l2
+        base.fold_l2 = nt > 1 and base.opt_kind == OPT_ADAM and base.clip_norm <= 0.0 and POL.fold_l2
         base.fused = (base.loss_kind == LOSS_CE or base.loss_kind == LOSS_CE_ONEHOT or base.loss_kind == LOSS_BCE
                       or base.loss_kind == LOSS_POISSON)
         base.X, base.y, base.Y, base.sw = _data(X), <const int64_t*>_data(y), _data(Y), _data(sw)

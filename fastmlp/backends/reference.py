@@ -1,5 +1,8 @@
 """NumPy kernels: the specification of every kernel, and the fallback backend.
 
+(About 750 lines: the specification of all 27 kernels of the contract and of the step
+loop stays one module, the one every backend is compared with, name by name.)
+
 Every backend (``reference``, ``numba``, ``cython``) exposes exactly these
 names with exactly these signatures (``tests/test_backends.py`` compares them
 with ``inspect.signature``). Conventions shared by all of them:
