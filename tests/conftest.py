@@ -3,7 +3,12 @@
 Every test that runs kernels or models takes ``backend_name``, which is
 parametrized over :func:`fastmlp.available_backends`: a native backend that
 is not built on this machine is simply absent, and picked up once it lands.
+Kernel tests take ``native_path`` or ``backend_path`` instead: the backend's
+module on each of its thread paths (see ``KERNEL_THREADS``).
 """
+import contextlib
+import zlib
+
 import numpy as np
 import pytest
 
@@ -27,6 +32,92 @@ def backend_name(request):
 def native_name(request):
     """Every native (non-reference) backend that loads on this machine."""
     return request.param
+
+
+# The thread paths of each backend's kernels. Cython's loops run in an OpenMP
+# team from ``runtime._set_parallel_min_work`` elements (65536 by default)
+# when set_num_threads allows more than one thread; Numba's row loops take
+# their parallel variants from ``_numba.jit.PAR_MIN_WORK`` elements: the
+# parallel path is forced with a floor of 1 element and 2 threads. The
+# reference is NumPy.
+KERNEL_THREADS = {"cython": (1, 2), "numba": (1, 2)}
+
+
+@contextlib.contextmanager
+def kernel_threads(name, n_threads):
+    """The backend's module, its kernels on n_threads (the parallel path when
+    n_threads > 1); Cython's thread count and parallel floor are restored after."""
+    mod = fastmlp.get_backend(name)
+    if name not in KERNEL_THREADS:
+        yield mod
+        return
+    if name == "numba":
+        import numba
+
+        from fastmlp.backends._numba import jit
+
+        old_threads, old_floor = numba.get_num_threads(), jit.PAR_MIN_WORK
+        jit.PAR_MIN_WORK = 1 if n_threads > 1 else 65536
+        try:
+            mod.set_num_threads(n_threads)
+            assert numba.get_num_threads() == min(n_threads, numba.config.NUMBA_NUM_THREADS)
+            yield mod
+        finally:
+            numba.set_num_threads(old_threads)
+            jit.PAR_MIN_WORK = old_floor
+        return
+    from fastmlp._native import runtime as K
+
+    old_threads = K.get_num_threads()
+    old_floor = K._set_parallel_min_work(1 if n_threads > 1 else 65536)
+    try:
+        mod.set_num_threads(n_threads)
+        assert K.get_num_threads() == n_threads
+        yield mod
+    finally:
+        K.set_num_threads(old_threads)
+        K._set_parallel_min_work(old_floor)
+
+
+def kernel_paths(names):
+    """pytest params (backend, threads) for every thread path of the named backends."""
+    return [pytest.param((name, n), id=name if len(KERNEL_THREADS.get(name, (1,))) == 1
+                         else f"{name}-{n}thread{'s' if n > 1 else ''}")
+            for name in names for n in KERNEL_THREADS.get(name, (1,))]
+
+
+_NO_NATIVE = [pytest.param(None, marks=pytest.mark.skip(reason="no native backend built"))]
+
+
+@pytest.fixture(params=kernel_paths(NATIVE_BACKENDS) or _NO_NATIVE)
+def native_path(request):
+    """The module of every native backend, on each of its thread paths."""
+    with kernel_threads(*request.param) as mod:
+        yield mod
+
+
+@pytest.fixture(params=kernel_paths(BACKENDS))
+def backend_path(request):
+    """The module of every backend (the reference too), on each of its thread paths."""
+    with kernel_threads(*request.param) as mod:
+        yield mod
+
+
+@pytest.fixture
+def kernel_path(request):
+    """The module of one backend on one thread path: parametrize it indirectly with
+    ``kernel_paths([...])`` for tests of some backends only."""
+    with kernel_threads(*request.param) as mod:
+        yield mod
+
+
+def seeded_rng(*key):
+    """A generator seeded by the key, so that every backend sees the same data."""
+    return np.random.default_rng(zlib.crc32(repr(key).encode()))
+
+
+def rand(rng, shape, dtype, scale=3.0):
+    return np.ascontiguousarray(rng.standard_normal(shape) * scale, dtype=dtype)
 
 
 def assert_close(got, want, dtype, rtol=None, err_msg=""):

@@ -2,9 +2,9 @@
 
 With float32 data and a split loop, W, dW and W's optimizer state live in the
 packed form of packgemm.h while the loop runs, and its products run on that
-file's kernels instead of BLAS. The tests check the kernel against NumPy on
-every edge of its tiling, then the loop against the reference backend and
-against the same split loop on BLAS (``_set_packed_gemm(False)``), on layers
+file's kernels instead of BLAS. The tests check the loop (the kernel against
+NumPy on every edge of its tiling is tests/native/test_gemm.py's) against the
+reference backend and against the same split loop on BLAS (``_set_packed_gemm(False)``), on layers
 of several 16-column panels with ragged ends beside a narrow layer that stays
 in place, for every optimizer, with L2, clipping, and a stop at a non-finite
 loss.
@@ -22,59 +22,6 @@ if not G._HAVE_PACKED_GEMM:  # pragma: no cover - a CPU without AVX2 and FMA, or
     pytest.skip("this build has no packed-operand kernels", allow_module_level=True)
 
 F32 = np.dtype(np.float32)
-
-
-def _product(A_, B, trans_a, beta, C0, packed_c):
-    m = A_.shape[1] if trans_a else A_.shape[0]
-    n = B.shape[1]
-    panels = -(-n // 16)
-    if packed_c:
-        Cp = np.zeros((panels, m, 16), np.float32)
-        for p in range(panels):  # panel p: columns 16p.. of every row, 16 to a row
-            Cp[p, :, :min(16, n - 16 * p)] = C0[:, 16 * p:16 * p + 16]
-        C = Cp.reshape(panels * m, 16)
-        G._packed_product(A_, B, trans_a, beta, C, True)
-        return C.reshape(panels, m, 16).transpose(1, 0, 2).reshape(m, panels * 16)[:, :n]
-    C = C0.copy()
-    G._packed_product(A_, B, trans_a, beta, C, False)
-    return C
-
-
-@pytest.mark.parametrize("m", [1, 5, 6, 7, 12, 13, 23, 40])
-@pytest.mark.parametrize("n", [1, 10, 16, 17, 40])
-@pytest.mark.parametrize("k", [0, 1, 9, 300])
-@pytest.mark.parametrize("trans_a", [False, True], ids=["A", "A.T"])
-@pytest.mark.parametrize("beta", [0.0, 0.5])
-@pytest.mark.parametrize("packed_c", [False, True], ids=["C", "packed C"])
-def test_kernel_matches_numpy(m, n, k, trans_a, beta, packed_c):
-    # whole and partial row tiles (avx2: 6 rows; avx512: 8 rows of a row-major A, 12 of a
-    # transposed one, with remainders of 8, 4, 2 and 1: 23 = 12 + 8 + 2 + 1 = 2 * 8 + 4 + 2 + 1),
-    # whole and partial 16-column panels, k = 0
-    rng = np.random.default_rng([m, n, k])
-    A_ = rng.standard_normal((k, m) if trans_a else (m, k)).astype(np.float32)
-    B = rng.standard_normal((k, n)).astype(np.float32)
-    C0 = rng.standard_normal((m, n)).astype(np.float32)
-    want = (A_.T if trans_a else A_).astype(np.float64) @ B + beta * C0.astype(np.float64)
-    got = _product(A_, B, trans_a, beta, C0, packed_c)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * max(1.0, np.sqrt(k)))
-
-
-def test_kernel_blocks_of_rows():
-    # k large enough that a block of A's rows holds fewer rows than the matrix (FM_PK_A_BLOCK)
-    rng = np.random.default_rng(7)
-    A_ = rng.standard_normal((37, 20000)).astype(np.float32)
-    B = rng.standard_normal((20000, 21)).astype(np.float32)
-    C = np.full((37, 21), np.nan, np.float32)  # beta == 0: C is not read
-    G._packed_product(A_, B, False, 0.0, C)
-    np.testing.assert_allclose(C, A_.astype(np.float64) @ B, rtol=1e-4, atol=1e-3)
-
-
-def test_kernel_checks_shapes():
-    a = np.zeros((3, 4), np.float32)
-    with pytest.raises(ValueError, match="rows"):
-        G._packed_product(a, np.zeros((5, 2), np.float32), False, 0.0, np.zeros((3, 2), np.float32))
-    with pytest.raises(ValueError, match="wrong for an"):
-        G._packed_product(a, np.zeros((4, 2), np.float32), False, 0.0, np.zeros((3, 3), np.float32))
 
 
 # Dense(d->120, tanh), Dense(120->288, tanh, L2), Dense(288->k): the first two packed (several

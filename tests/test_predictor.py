@@ -1,5 +1,6 @@
 """The per-request inference path (make_predictor, Sequential.predict on small
-batches) and the Cython backend's OpenMP paths, against the reference."""
+batches) and the Cython training loop's OpenMP path, against the reference
+(the kernels' OpenMP paths: test_kernels.py, on conftest.KERNEL_THREADS)."""
 import pickle
 
 import numpy as np
@@ -170,49 +171,6 @@ def omp():
     K.set_num_threads(old_threads)
     K._set_parallel_min_work(old_work)
     K._set_loop_parallel(old_loop)
-
-
-@pytest.mark.parametrize("dt", DTYPES, ids=["float32", "float64"])
-def test_cython_parallel_kernels_match_reference(omp, dt):
-    cy = fm.get_backend("cython")
-    rng = np.random.default_rng(5)
-    n, k = 37, 11
-    Z = rng.standard_normal((n, k)).astype(dt)
-    b = rng.standard_normal(k).astype(dt)
-    for act in ALL_CODES:
-        got, want = np.empty_like(Z), np.empty_like(Z)
-        z1, z2 = Z.copy(), Z.copy()
-        cy.bias_act_forward(z1, b, act, 0.2, got)
-        ref.bias_act_forward(z2, b, act, 0.2, want)
-        assert_close(got, want, dt, rtol=1e-5 if dt == np.float32 else 1e-12, err_msg=f"act {act}")
-        if act != A.STEP:
-            dA = rng.standard_normal((n, k)).astype(dt)
-            g1, g2 = np.empty_like(dA), np.empty_like(dA)
-            cy.act_backward(z1, got, dA, act, 0.2, g1)
-            ref.act_backward(z2, want, dA, act, 0.2, g2)
-            assert_close(g1, g2, dt, rtol=1e-5 if dt == np.float32 else 1e-12, err_msg=f"act {act}")
-    y = rng.integers(0, k, n).astype(np.int64)
-    sw = np.empty(0, dt)
-    P1, P2, d1, d2 = (np.empty((n, k), dt) for _ in range(4))
-    l1 = cy.softmax_cross_entropy(Z, y, sw, P1, d1)
-    l2 = ref.softmax_cross_entropy(Z, y, sw, P2, d2)
-    assert_close(l1, l2, dt)
-    assert_close(d1, d2, dt)
-    p0, g = rng.standard_normal(1000).astype(dt), rng.standard_normal(1000).astype(dt)
-    p1, p2, m1, m2, v1, v2 = p0.copy(), p0.copy(), *(np.zeros(1000, dt) for _ in range(4))
-    for step in (1, 2):
-        cy.adam_update(p1, g, m1, v1, 0.01, 0.9, 0.999, 1e-8, step)
-        ref.adam_update(p2, g, m2, v2, 0.01, 0.9, 0.999, 1e-8, step)
-    assert_close(p1, p2, dt, rtol=1e-6 if dt == np.float32 else 1e-13)
-    q1, q2, s1, s2 = p0.copy(), p0.copy(), np.zeros(1000, dt), np.zeros(1000, dt)
-    cy.sgd_update(q1, g, s1, 0.1, 0.9, True)
-    ref.sgd_update(q2, g, s2, 0.1, 0.9, True)
-    assert_close(q1, q2, dt)
-    s1, s2 = np.zeros(1000, dt), np.zeros(1000, dt)
-    cy.rmsprop_update(q1, g, s1, 0.1, 0.9, 1e-8)
-    ref.rmsprop_update(q2, g, s2, 0.1, 0.9, 1e-8)
-    assert_close(q1, q2, dt, rtol=1e-5 if dt == np.float32 else 1e-12)
-    assert_close(cy.sum_squares(p0), ref.sum_squares(p0), dt, rtol=1e-5 if dt == np.float32 else 1e-12)
 
 
 def test_cython_parallel_training_loop_matches_serial(omp):
