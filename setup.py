@@ -23,7 +23,9 @@ HEADERS = ("barrier.h", "fastmath.h", "smallgemm.h", "packgemm.h")
 def _render_templates():
     """Render every fastmlp/_native/*.tp next to it (only when the output would change)."""
     codes = runpy.run_path(str(NATIVE / "codes.py"))
+    twins = runpy.run_path(str(NATIVE / "twins.py"))
     names = dict(
+        twin=twins["twin"], chunks=twins["chunks"],
         enums=codes["ENUMS"], Act=codes["Act"], Phase=codes["Phase"],
         prefix={"Unit": "UNIT", "Act": "ACT", "Loss": "LOSS", "Opt": "OPT", "Phase": "PH"},
         unit_fields=codes["UNIT_FIELDS"], hyper_fields=codes["HYPER_FIELDS"],
@@ -86,7 +88,7 @@ extensions = [
     Extension(
         f"fastmlp._native.{name}",
         [f"fastmlp/_native/{name}.pyx"],
-        depends=[f"fastmlp/_native/{h}" for h in HEADERS] + ["fastmlp/_native/codes.py"],
+        depends=[f"fastmlp/_native/{h}" for h in HEADERS] + ["fastmlp/_native/codes.py", "fastmlp/_native/twins.py"],
         include_dirs=[np.get_include(), "fastmlp/_native"],
         extra_compile_args=[*_opt_flags(), *compile_args],
         extra_link_args=link_args,

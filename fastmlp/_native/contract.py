@@ -99,9 +99,11 @@ def check(kernel, *arrays):
                 continue
             want = sizes.setdefault(sym, got)
             if got != want:
-                expected = tuple(str(sizes.get(s.split("|")[0], s)) for s in shape)
-                raise ValueError(f"{kernel}: {name} has shape {a.shape}, expected ({', '.join(expected)})"
-                                 + (" or empty" if optional else "") + ".")
+                tail = " or 0" if optional else ""
+                if a.ndim == 1:
+                    raise ValueError(f"{kernel}: {name} has length {got}, expected {want}{tail}.")
+                expected = ", ".join(str(sizes.get(s.split("|")[0], s)) for s in shape)
+                raise ValueError(f"{kernel}: {name} has shape {a.shape}, expected ({expected}){tail}.")
     for (name, shape, kind), a in zip(spec, arrays):
         if kind == "lab" and a.size and (int(a.min()) < 0 or int(a.max()) >= sizes["k"]):
             bad = int(np.flatnonzero((a < 0) | (a >= sizes["k"]))[0])

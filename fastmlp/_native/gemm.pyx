@@ -1,15 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """Matrix products (see gemm.pxd): the BLAS choice, the small-product
 threshold, and the test hooks of the small and packed kernels."""
-from libc.stdint cimport int64_t
 from libc.stdlib cimport calloc, free
-from scipy.linalg.cython_blas cimport dgemm, sgemm
-
-# Products of at most this many multiply-adds go to the register-blocked
-# kernels of smallgemm.h instead of BLAS: OpenBLAS runs them on one thread
-# too (above, it uses all of n_threads), and at these sizes its interface
-# and packing cost as much as the arithmetic.
-cdef Py_ssize_t _small_gemm_max = 262144
 
 # Whether this build has the small-matrix kernels (x86-64 with AVX2 and FMA).
 _HAVE_SMALL_GEMM = bool(FM_HAVE_SMALLGEMM)
@@ -25,9 +17,8 @@ _PACKED_GEMM_ZMM = bool(FM_PK_ZMM)
 def _set_small_gemm_max(Py_ssize_t n):
     """Largest m*n*k product run by the small-matrix kernels (0: always BLAS); returns the old value.
     For tests and benchmarks."""
-    global _small_gemm_max
-    old = _small_gemm_max
-    _small_gemm_max = n
+    old = _blas.small_gemm_max
+    _blas.small_gemm_max = n
     return old
 
 
@@ -83,22 +74,21 @@ def _packed_product(const float[:, ::1] A, const float[:, ::1] B, bint trans_a, 
 # fastmlp.backends.cython_backend switches to the OpenBLAS that NumPy's wheel
 # bundles when it finds it (a newer build, and the library the GEMM bound is
 # measured with). Its interface takes 64-bit integers.
-ctypedef void (*sgemm64_t)(const char*, const char*, const int64_t*, const int64_t*, const int64_t*,
-                           const float*, const float*, const int64_t*, const float*, const int64_t*,
-                           const float*, float*, const int64_t*) noexcept nogil
-ctypedef void (*dgemm64_t)(const char*, const char*, const int64_t*, const int64_t*, const int64_t*,
-                           const double*, const double*, const int64_t*, const double*,
-                           const int64_t*, const double*, double*, const int64_t*) noexcept nogil
-cdef sgemm64_t _sgemm64 = NULL
-cdef dgemm64_t _dgemm64 = NULL
-cdef BlasThreads _threads
-_threads.set_threads = NULL
-_threads.get_threads = NULL
+cdef Blas _blas
+_blas.sgemm64 = NULL
+_blas.dgemm64 = NULL
+_blas.set_threads = NULL
+_blas.get_threads = NULL
+# Products of at most this many multiply-adds go to the register-blocked
+# kernels of smallgemm.h instead of BLAS: OpenBLAS runs them on one thread
+# too (above, it uses all of n_threads), and at these sizes its interface
+# and packing cost as much as the arithmetic.
+_blas.small_gemm_max = 262144
 _blas_name = "scipy"
 
 
-cdef BlasThreads* blas_threads() noexcept nogil:
-    return &_threads
+cdef Blas* blas() noexcept nogil:
+    return &_blas
 
 
 def _use_blas64(size_t sgemm_address, size_t dgemm_address, str name,
@@ -106,17 +96,17 @@ def _use_blas64(size_t sgemm_address, size_t dgemm_address, str name,
     """Send the products to the ILP64 ?gemm_ at these addresses (from ctypes), or back
     to scipy's BLAS with (0, 0, "scipy"); with the library's thread-count setter and
     getter the training loop may run its own threads. Returns the previous name."""
-    global _sgemm64, _dgemm64, _blas_name
+    global _blas_name
     if (sgemm_address == 0) != (dgemm_address == 0):
         raise ValueError("give both ?gemm addresses, or neither")
     if (set_threads_address == 0) != (get_threads_address == 0) or (
             set_threads_address and not sgemm_address):
         raise ValueError("give both thread-count functions, with the ?gemm addresses, or neither")
     old = _blas_name
-    _sgemm64 = <sgemm64_t>sgemm_address
-    _dgemm64 = <dgemm64_t>dgemm_address
-    _threads.set_threads = <set_threads_t>set_threads_address
-    _threads.get_threads = <get_threads_t>get_threads_address
+    _blas.sgemm64 = <sgemm64_t>sgemm_address
+    _blas.dgemm64 = <dgemm64_t>dgemm_address
+    _blas.set_threads = <set_threads_t>set_threads_address
+    _blas.get_threads = <get_threads_t>get_threads_address
     _blas_name = name if sgemm_address else "scipy"
     return old
 
@@ -124,38 +114,3 @@ def _use_blas64(size_t sgemm_address, size_t dgemm_address, str name,
 def blas_name():
     """Which BLAS the compiled kernels call: "scipy" or the library set by _use_blas64."""
     return _blas_name
-
-
-cdef void gemm_ld(const floating* A, int lda, const floating* B, int ldb, floating* C, int ldc,
-                  int m, int n, int kk, bint trans_a, bint trans_b, double beta) noexcept nogil:
-    """C (m, n) = op(A) (m, kk) @ op(B) (kk, n) + beta * C, on row-major pointers whose
-    rows lie lda, ldb, ldc elements apart (the training loop's threads take column
-    blocks of a matrix this way)."""
-    # Row-major C is column-major C^T = op(B)^T op(A)^T: swap the operands.
-    cdef char ta = b'T' if trans_b else b'N'
-    cdef char tb = b'T' if trans_a else b'N'
-    cdef floating one = 1
-    cdef floating fbeta = <floating>beta
-    cdef Py_ssize_t i, j
-    if m == 0 or n == 0:
-        return
-    if kk == 0:  # empty product: BLAS would reject the leading dimensions
-        for i in range(m):
-            for j in range(n):
-                C[i * ldc + j] = 0 if beta == 0.0 else fbeta * C[i * ldc + j]
-        return
-    if (<Py_ssize_t>m * n * kk <= _small_gemm_max and ldc == n
-            and lda == (m if trans_a else kk) and ldb == (kk if trans_b else n)
-            and small_gemm(A, B, C, m, n, kk, trans_a, trans_b, beta)):
-        return
-    cdef int64_t m8 = m, n8 = n, k8 = kk, lda8 = ldb, ldb8 = lda, ldc8 = ldc
-    if floating is float:
-        if _sgemm64 != NULL:
-            _sgemm64(&ta, &tb, &n8, &m8, &k8, &one, B, &lda8, A, &ldb8, &fbeta, C, &ldc8)
-        else:
-            sgemm(&ta, &tb, &n, &m, &kk, &one, <float*>B, &ldb, <float*>A, &lda, &fbeta, C, &ldc)
-    else:
-        if _dgemm64 != NULL:
-            _dgemm64(&ta, &tb, &n8, &m8, &k8, &one, B, &lda8, A, &ldb8, &fbeta, C, &ldc8)
-        else:
-            dgemm(&ta, &tb, &n, &m, &kk, &one, <double*>B, &ldb, <double*>A, &lda, &fbeta, C, &ldc)

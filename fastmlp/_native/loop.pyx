@@ -27,9 +27,9 @@ cimport numpy as cnp
 
 from fastmlp._native.common cimport *
 from fastmlp._native.gemm cimport (
-    BlasThreads, FM_HAVE_PACKGEMM, blas_threads, gemm_ld, gemm_p, pk_floats, pk_gemm, pk_gemm_dw, pk_pack, pk_take,
+    Blas, FM_HAVE_PACKGEMM, blas, gemm_ld, gemm_p, pk_floats, pk_gemm, pk_gemm_dw, pk_pack, pk_take,
 )
-from fastmlp._native.kernels cimport rows_act_grad, rows_bias_act
+from fastmlp._native.rowloops cimport rows_act_grad, rows_bias_act
 from fastmlp._native.optim cimport _opt_span, _scale_p, _sumsq_span
 from fastmlp._native.policy cimport MAX_LOOP_THREADS, LoopPolicy, loop_policy, pk_unit, threads_for
 from fastmlp._native.rows cimport _col_sums, _count_correct, _loss_rows
@@ -51,7 +51,7 @@ from fastmlp._native.policy import (  # noqa: F401
 cnp.import_array()
 
 cdef Runtime* RT = runtime()
-cdef BlasThreads* BLAS = blas_threads()
+cdef Blas* BLAS = blas()
 
 cdef extern from "barrier.h" nogil:
     int FM_HAVE_BARRIER
@@ -159,7 +159,7 @@ cdef inline void _fwd_product(Ctx* c, const UnitPtrs* u, const floating* inp, fl
     if u.Wp != NULL:
         pk_gemm(nr, fo, fi, inp, fi, u.Wp, <floating*>u.Z + c.r0 * fo, fo)
     else:
-        gemm_p(inp, params + u.r.w_off, <floating*>u.Z + c.r0 * fo, <int>nr, <int>fo, <int>fi, False, False, 0.0)
+        gemm_p(BLAS, inp, params + u.r.w_off, <floating*>u.Z + c.r0 * fo, <int>nr, <int>fo, <int>fi, False, False, 0.0)
     if c.timing:
         RT.product_s[PH_FORWARD] += now() - t
 
@@ -171,7 +171,7 @@ cdef inline void _dA_product(Ctx* c, const UnitPtrs* u, floating* dA_prev, float
     if u.Wp != NULL:
         pk_gemm(nr, fi, fo, <floating*>u.dA + c.r0 * fo, fo, u.Wtp, dA_prev + c.r0 * fi, fi)
     else:
-        gemm_p(<floating*>u.dA + c.r0 * fo, params + u.r.w_off, dA_prev + c.r0 * fi, <int>nr, <int>fi, <int>fo,
+        gemm_p(BLAS, <floating*>u.dA + c.r0 * fo, params + u.r.w_off, dA_prev + c.r0 * fi, <int>nr, <int>fi, <int>fo,
                False, True, 0.0)
     if c.timing:
         RT.product_s[PH_BACKWARD] += now() - t
@@ -185,7 +185,7 @@ cdef inline void _dW_product(Ctx* c, const UnitPtrs* u, const floating* inp, flo
     if u.Wp != NULL:
         pk_gemm_dw(f1 - f0, fo, c.rows, inp + f0, fi, u.dZp, beta, u.dWp + f0 * 16, 16 * fi)
     else:
-        gemm_ld(inp + f0, <int>fi, <floating*>u.dA, <int>fo, grads + u.r.w_off + f0 * fo, <int>fo, <int>(f1 - f0),
+        gemm_ld(BLAS, inp + f0, <int>fi, <floating*>u.dA, <int>fo, grads + u.r.w_off + f0 * fo, <int>fo, <int>(f1 - f0),
                 <int>fo, <int>c.rows, True, False, beta)
     if c.timing:
         RT.product_s[PH_PARAM_GRADS] += now() - t
@@ -234,7 +234,7 @@ cdef int _forward(Ctx* c, Py_ssize_t s, floating* params) noexcept nogil:
         fo = u.r.fan_out
         if u.r.kind == UNIT_DENSE:
             _fwd_product(c, u, inp, params)
-            rows_bias_act(<floating*>u.Z + r0 * fo, params + u.r.b_off, <floating*>u.A + r0 * fo, nr, fo,
+            rows_bias_act(RT, <floating*>u.Z + r0 * fo, params + u.r.b_off, <floating*>u.A + r0 * fo, nr, fo,
                           u.r.use_bias != 0, <int>u.r.act, <floating>u.r.alpha)
         elif u.r.kind == UNIT_DROPOUT:
             _dropout_mask_p(c.seed, <uint64_t>(c.t0 + s), <uint64_t>i, u.r.rate, <floating*>u.M + r0 * fo,
@@ -246,7 +246,7 @@ cdef int _forward(Ctx* c, Py_ssize_t s, floating* params) noexcept nogil:
                             <floating*>u.A, c.rows, fo):
                 return -1
         elif u.r.act != ACT_IDENTITY:
-            rows_bias_act(<floating*>u.Z + r0 * fo, params, <floating*>u.A + r0 * fo, nr, fo, False,
+            rows_bias_act(RT, <floating*>u.Z + r0 * fo, params, <floating*>u.A + r0 * fo, nr, fo, False,
                           <int>u.r.act, <floating>u.r.alpha)
         inp = <floating*>u.A + r0 * fo
     return 0
@@ -278,7 +278,7 @@ cdef int _backward(Ctx* c, floating* params) noexcept nogil:
         u = &c.units[i]
         fo = u.r.fan_out
         if u.r.act != ACT_IDENTITY and (u.r.kind == UNIT_DENSE or i > 0):
-            rows_act_grad(<floating*>u.Z + r0 * fo, <floating*>u.A + r0 * fo, <floating*>u.dA + r0 * fo,
+            rows_act_grad(RT, <floating*>u.Z + r0 * fo, <floating*>u.A + r0 * fo, <floating*>u.dA + r0 * fo,
                           <floating*>u.dA + r0 * fo, nr, fo, <int>u.r.act, <floating>u.r.alpha)
         if u.r.kind == UNIT_DROPOUT and i > 0:
             _mul_mask_p(<const floating*>u.dA + r0 * fo, <const floating*>u.M + r0 * fo, <floating*>u.dA + r0 * fo,

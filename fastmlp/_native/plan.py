@@ -171,8 +171,11 @@ class LoopState:
 
 
 # ---------------------------------------------------------------- checks
-def _buf(who, name, b, dt, shape):
-    if not (isinstance(b, np.ndarray) and b.dtype == dt and b.flags.c_contiguous and b.shape == shape):
+def _buf(who, name, b, dt, shape, i=None):
+    # name (with [i] when given) is formatted only for the error: the checks run at every call
+    if not (isinstance(b, np.ndarray) and b.dtype == dt and b.shape == shape and b.flags.c_contiguous):
+        name = name if i is None else f"{name}[{i}]{' (the dropout mask)' if name == 'M' and shape[0] != 2 else ''}"
+        name += " (the batch-norm statistics)" if name.startswith("M[") and shape[0] == 2 else ""
         got = (f"{b.dtype} array of shape {b.shape}{'' if b.flags.c_contiguous else ', not C-contiguous'}"
                if isinstance(b, np.ndarray) else type(b).__name__)
         raise ValueError(f"{who}: {name} must be a C-contiguous {dt} array of shape {shape}, got {got}")
@@ -181,6 +184,19 @@ def _buf(who, name, b, dt, shape):
 def _writeable(who, name, b):
     if not b.flags.writeable:
         raise ValueError(f"{who}: {name} must be writeable")
+
+
+_KINDS = frozenset(int(u) for u in Unit)
+_OPTS = frozenset(int(o) for o in Opt)
+_DENSE, _ACTIVATION, _DROPOUT, _BATCHNORM = int(Unit.DENSE), int(Unit.ACTIVATION), int(Unit.DROPOUT), int(Unit.BATCHNORM)
+_IDENTITY = int(Act.IDENTITY)
+assert tuple(name for name, _ in UNIT_FIELDS) == (
+    "kind", "fan_in", "fan_out", "act", "use_bias", "w_off", "b_off", "alpha", "l2", "rate", "eps", "momentum")
+
+
+def _rows(units):
+    """The records as tuples, in UNIT_FIELDS' order (read once: a field of a NumPy record is slow)."""
+    return units.tolist()
 
 
 def _check_records(who, plan, training):
@@ -197,90 +213,88 @@ def _check_records(who, plan, training):
         _writeable(who, "params", params)
         _writeable(who, "grads", grads)
     n_params = params.shape[0]
-    fan_in = int(units[0]["fan_in"])
-    for i, u in enumerate(units):
-        kind, act, k = int(u["kind"]), int(u["act"]), int(u["fan_out"])
-        if kind not in Unit.__members__.values():
+    rows = _rows(units)
+    fan_in = rows[0][1]
+    for i, (kind, fi, k, act, use_bias, w_off, b_off, _, l2, rate, eps, momentum) in enumerate(rows):
+        if kind not in _KINDS:
             raise ValueError(f"{who}: unit {i} has an unknown kind {kind}")
         if not 0 <= act < _N_ACTS:
             raise ValueError(f"{who}: unit {i} has an unknown activation code {act}")
-        if int(u["fan_in"]) != fan_in or k < 1 or fan_in < 1:
-            raise ValueError(f"{who}: unit {i} takes {int(u['fan_in'])} inputs and gives {k} outputs, but the "
+        if fi != fan_in or k < 1 or fan_in < 1:
+            raise ValueError(f"{who}: unit {i} takes {fi} inputs and gives {k} outputs, but the "
                              f"unit before gives {fan_in} (every width must be >= 1)")
-        if kind != Unit.DENSE and (k != fan_in or (kind != Unit.ACTIVATION and act != Act.IDENTITY)):
+        if kind != _DENSE and (k != fan_in or (kind != _ACTIVATION and act != _IDENTITY)):
             raise ValueError(f"{who}: unit {i} ({Unit(kind).name.lower()}) must have fan_in == fan_out"
-                             + ("" if kind == Unit.ACTIVATION else " and the identity activation"))
-        if kind == Unit.DENSE:
-            w_off, b_off = int(u["w_off"]), int(u["b_off"])
-            if w_off < 0 or w_off + fan_in * k > n_params or (
-                    u["use_bias"] and (b_off < 0 or b_off + k > n_params)):
+                             + ("" if kind == _ACTIVATION else " and the identity activation"))
+        if kind == _DENSE:
+            if w_off < 0 or w_off + fan_in * k > n_params or (use_bias and (b_off < 0 or b_off + k > n_params)):
                 raise ValueError(f"{who}: dense unit {i}'s W or b reaches outside params ({n_params} values)")
-            if not math.isfinite(u["l2"]) or u["l2"] < 0:
-                raise ValueError(f"{who}: dense unit {i} needs l2 >= 0, got {u['l2']}")
-        elif kind == Unit.DROPOUT:
-            if not 0.0 <= u["rate"] < 1.0:
-                raise ValueError(f"{who}: the dropout rate of unit {i} must be in [0, 1), got {u['rate']}")
-        elif kind == Unit.BATCHNORM:
-            w_off = int(u["w_off"])
+            if not (l2 >= 0 and math.isfinite(l2)):
+                raise ValueError(f"{who}: dense unit {i} needs l2 >= 0, got {l2}")
+        elif kind == _DROPOUT:
+            if not 0.0 <= rate < 1.0:
+                raise ValueError(f"{who}: the dropout rate of unit {i} must be in [0, 1), got {rate}")
+        elif kind == _BATCHNORM:
             if w_off < 0 or w_off + 4 * k > n_params:
                 raise ValueError(f"{who}: batch-norm unit {i} needs its (4, {k}) block inside params")
-            if not (u["eps"] > 0.0 and 0.0 <= u["momentum"] <= 1.0):
+            if not (eps > 0.0 and 0.0 <= momentum <= 1.0):
                 raise ValueError(f"{who}: batch-norm unit {i} needs eps > 0 and momentum in [0, 1], "
-                                 f"got {u['eps']}, {u['momentum']}")
+                                 f"got {eps}, {momentum}")
         fan_in = k
+    return rows
 
 
-def _check_unit_buffers(who, plan, training):
-    units, dt, n = plan.units, plan.params.dtype, plan.rows
+def _check_unit_buffers(who, plan, training, rows):
+    dt, n = plan.params.dtype, plan.rows
     if n < 1:
         raise ValueError(f"{who}: the plan's batches need at least 1 row, got {n}")
-    _buf(who, "x", plan.x, dt, (n, int(units[0]["fan_in"])))
-    L = units.shape[0] - 1
-    for name in ("Z", "A") + (("dA", "M") if training else ()):
-        seq = getattr(plan, name)
-        if not isinstance(seq, (list, tuple)) or len(seq) != L + 1:
+    _buf(who, "x", plan.x, dt, (n, rows[0][1]))
+    L = len(rows) - 1
+    Z, A = plan.Z, plan.A
+    dA, M = (plan.dA, plan.M) if training else (None, None)
+    for name, seq in (("Z", Z), ("A", A), ("dA", dA), ("M", M)):
+        if (seq is not None or name in ("Z", "A")) and not (isinstance(seq, (list, tuple)) and len(seq) == L + 1):
             raise ValueError(f"{who}: plan.{name} must be a list of {L + 1} arrays")
     prev = plan.x
-    for i, u in enumerate(units):
-        kind, k = int(u["kind"]), int(u["fan_out"])
-        _buf(who, f"Z[{i}]", plan.Z[i], dt, (n, k))
-        _buf(who, f"A[{i}]", plan.A[i], dt, (n, k))
-        if kind in (Unit.ACTIVATION, Unit.DROPOUT) and plan.Z[i] is not prev:
+    for i, r in enumerate(rows):
+        kind, shape = r[0], (n, r[2])
+        _buf(who, "Z", Z[i], dt, shape, i)
+        _buf(who, "A", A[i], dt, shape, i)
+        if (kind == _ACTIVATION or kind == _DROPOUT) and Z[i] is not prev:
             raise ValueError(f"{who}: Z[{i}] of an activation or dropout unit must be the buffer before it")
-        if kind == Unit.BATCHNORM and plan.A[i] is plan.Z[i]:
+        if kind == _BATCHNORM and A[i] is Z[i]:
             raise ValueError(f"{who}: a batch-norm unit's A[{i}] must be a buffer of its own")
-        prev = plan.A[i]
+        prev = A[i]
         if not training:
             continue
-        if kind == Unit.DROPOUT and plan.A[i] is plan.Z[i]:
+        if kind == _DROPOUT and A[i] is Z[i]:
             raise ValueError(f"{who}: a dropout unit's A[{i}] must be a buffer of its own in training")
-        _buf(who, f"dA[{i}]", plan.dA[i], dt, (n, k))
-        if i > 0 and kind in (Unit.ACTIVATION, Unit.DROPOUT) and plan.dA[i - 1] is not plan.dA[i]:
+        _buf(who, "dA", dA[i], dt, shape, i)
+        if i > 0 and (kind == _ACTIVATION or kind == _DROPOUT) and dA[i - 1] is not dA[i]:
             raise ValueError(f"{who}: dA[{i - 1}] below an activation or dropout unit must be dA[{i}]")
-        if kind == Unit.DROPOUT:
-            _buf(who, f"M[{i}] (the dropout mask)", plan.M[i], dt, (n, k))
-        elif kind == Unit.BATCHNORM:
-            _buf(who, f"M[{i}] (the batch-norm statistics)", plan.M[i], dt, (2, k))
+        if kind == _DROPOUT:
+            _buf(who, "M", M[i], dt, shape, i)
+        elif kind == _BATCHNORM:
+            _buf(who, "M", M[i], dt, (2, r[2]), i)
 
 
 def check_predict(plan, who="make_predictor"):
     """Raise unless ``plan`` is fit for a forward pass (records, parameters, Z and A buffers)."""
-    _check_records(who, plan, training=False)
-    _check_unit_buffers(who, plan, training=False)
+    _check_unit_buffers(who, plan, False, _check_records(who, plan, training=False))
 
 
 def check_loop(plan, loop, who="train_steps"):
     """Raise unless the loop state fits the plan: optimizer kind, hyperparameters, state vectors."""
     opt = int(loop.opt) if isinstance(loop, LoopState) else None
-    if opt not in Opt.__members__.values():
+    if opt not in _OPTS:
         raise ValueError(f"{who}: loop must be a LoopState with a known optimizer kind")
     h = loop.hyper
     if not (isinstance(h, np.ndarray) and h.dtype == HYPER_DTYPE and h.shape == (1,)):
         raise ValueError(f"{who}: loop.hyper must be one plan.HYPER_DTYPE record")
-    h = h[0]
-    for name, _ in HYPER_FIELDS:
-        if not math.isfinite(h[name]):
-            raise ValueError(f"{who}: the optimizer's {name} must be finite, got {h[name]}")
+    h = dict(zip(HYPER_DTYPE.names, h[0].tolist()))  # plain floats: a NumPy record's fields are slow
+    for name, value in h.items():
+        if not math.isfinite(value):
+            raise ValueError(f"{who}: the optimizer's {name} must be finite, got {value}")
     if opt != Opt.NONE and not h["lr"] > 0:
         raise ValueError(f"{who}: the learning rate must be > 0, got {h['lr']}")
     if opt == Opt.SGD and not 0.0 <= h["momentum"] <= 1.0:
@@ -323,13 +337,12 @@ def check_train(plan, loop, X, targets, sw, order, start, n_steps, losses_out, c
     """
     if not isinstance(plan, Plan) or not plan.training:
         raise ValueError(f"{who}: plan must be a training Plan")
-    _check_records(who, plan, training=True)
-    _check_unit_buffers(who, plan, training=True)
-    if any(int(u["act"]) == Act.STEP for u in plan.units):
+    recs = _check_records(who, plan, training=True)
+    _check_unit_buffers(who, plan, True, recs)
+    if any(r[3] == Act.STEP for r in recs):
         raise ValueError("step has a zero derivative everywhere; it cannot be trained through")
     check_loop(plan, loop, who)
-    units, dt, rows = plan.units, plan.params.dtype, plan.rows
-    k = int(units[-1]["fan_out"])
+    dt, rows, k = plan.params.dtype, plan.rows, recs[-1][2]
     loss = plan.loss
     if not (type(X) is np.ndarray and X.dtype == dt and X.ndim == 2 and X.flags.c_contiguous
             and X.shape[1] == plan.x.shape[1]):
@@ -357,9 +370,9 @@ def check_train(plan, loop, X, targets, sw, order, start, n_steps, losses_out, c
     _buf(who, "P", plan.P, dt, (rows, k))
     if loss not in FUSED_LOSSES and loss not in (Loss.NLL, Loss.MSE):  # pragma: no cover - Loss is closed
         raise ValueError(f"{who}: unknown loss kind {loss}")
-    if units[-1]["kind"] == Unit.DROPOUT or units[-1]["kind"] == Unit.BATCHNORM:
+    if recs[-1][0] == _DROPOUT or recs[-1][0] == _BATCHNORM:
         raise ValueError(f"{who}: the last unit must be dense or an activation")
-    if any(u["kind"] == Unit.BATCHNORM for u in units) and rows < 2:
+    if any(r[0] == _BATCHNORM for r in recs) and rows < 2:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size "
                          f"({rows}, {k}) (batch normalization needs batches of at least 2 rows)")
     if not (isinstance(order, np.ndarray) and order.dtype == _INT64 and order.ndim == 1 and order.flags.c_contiguous):

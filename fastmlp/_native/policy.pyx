@@ -11,7 +11,7 @@ not block k, so huge batches lose; AVX2 tiles win only at small batches
 and large layers).
 """
 from fastmlp._native.common cimport UNIT_BATCHNORM, UNIT_DENSE
-from fastmlp._native.gemm cimport BlasThreads, FM_PK_ZMM, blas_threads
+from fastmlp._native.gemm cimport FM_PK_ZMM, Blas, blas
 from fastmlp._native.runtime cimport Runtime, runtime
 
 cdef extern from "barrier.h" nogil:
@@ -19,7 +19,7 @@ cdef extern from "barrier.h" nogil:
     int FM_HAVE_OPENMP
 
 cdef Runtime* RT = runtime()
-cdef BlasThreads* BLAS = blas_threads()
+cdef Blas* BLAS = blas()
 cdef LoopPolicy _pol
 _pol.mt_min_work = 262144
 _pol.mt_min_rows = 16

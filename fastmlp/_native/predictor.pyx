@@ -8,13 +8,15 @@ from libc.string cimport memcpy
 cimport numpy as cnp
 
 from fastmlp._native.common cimport *
-from fastmlp._native.gemm cimport gemm_p
+from fastmlp._native.gemm cimport Blas, blas, gemm_p
 from fastmlp._native.rows cimport _bias_act_row
 from fastmlp._native.units cimport UnitPtrs, bn_forward_p, fill_units
 
 from fastmlp._native.plan import check_predict
 
 cnp.import_array()
+
+cdef Blas* BLAS = blas()
 
 
 cdef bint _predict_rows(const floating* X, Py_ssize_t n, Py_ssize_t d, UnitPtrs* units,
@@ -37,7 +39,7 @@ cdef bint _predict_rows(const floating* X, Py_ssize_t n, Py_ssize_t d, UnitPtrs*
         k = u.r.fan_out
         if u.r.kind == UNIT_DENSE:
             # small products: the register-blocked kernels of smallgemm.h, no BLAS call
-            gemm_p(inp, params + u.r.w_off, <floating*>u.Z, <int>n, <int>k, <int>u.r.fan_in, False, False, 0.0)
+            gemm_p(BLAS, inp, params + u.r.w_off, <floating*>u.Z, <int>n, <int>k, <int>u.r.fan_in, False, False, 0.0)
             for r in range(n):
                 _bias_act_row(<floating*>u.Z + r * k, params + u.r.b_off, <floating*>u.A + r * k, k,
                               u.r.use_bias != 0, <int>u.r.act, <floating>u.r.alpha)

@@ -142,7 +142,7 @@ static inline void NAME##_block1x1(ptrdiff_t k, const T *a0, ptrdiff_t acs, cons
     if (p < k) s0 += a0[p * acs] * NAME##_ld(bp + p * ldb);                                         \
     NAME##_stn(c0, s0 + t0, nc);                                                                    \
 }                                                                                                   \
-static int NAME(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const T *A, int trans_a,                     \
+static inline __attribute__((always_inline)) int NAME(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const T *A, int trans_a, \
                 const T *B, int trans_b, T beta, T *C) {                                            \
     ptrdiff_t ars = trans_a ? 1 : k, acs = trans_a ? m : 1, i, j, p, q, nv = n - n % W;             \
     T bt[FM_SMALL_TBUF], tail[FM_SMALL_TAIL];                                                       \
