@@ -1,5 +1,5 @@
 """fastmlp: train multilayer perceptrons on the CPU at native speed."""
-from . import activations, datasets, initializers, losses, optim
+from . import activations, callbacks, datasets, initializers, losses, optim
 from .backends import available_backends, get_backend, use_backend
 from .layers import Activation, BatchNorm, Dense, Dropout
 from .model import History, Sequential
@@ -15,6 +15,7 @@ __all__ = [
     "Sequential",
     "activations",
     "available_backends",
+    "callbacks",
     "datasets",
     "get_backend",
     "initializers",

@@ -21,6 +21,7 @@ import weakref
 import numpy as np
 
 from . import _config, _validation
+from . import callbacks as _callbacks
 from . import activations as _act
 from . import initializers as _init
 from . import losses as _losses
@@ -374,7 +375,7 @@ class Sequential:
 
     # -------------------------------------------------------------------- fit
     def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, verbose=1,
-            sample_weight=None, n_threads=None, callbacks=None):
+            sample_weight=None, n_threads=None, callbacks=None, initial_epoch=0):
         """Train the model.
 
         Parameters
@@ -391,7 +392,13 @@ class Sequential:
         verbose : 0 or 1
         sample_weight : (n_samples,), optional; the loss is the weighted mean
         n_threads : int, optional; overrides the model's setting for this fit
-        callbacks : list of callables ``f(model, epoch, logs)``; returning True stops training
+        callbacks : list of :class:`fastmlp.callbacks.Callback` (Keras' hooks; setting
+            ``model.stop_training = True`` stops after the epoch), or of functions
+            ``f(model, epoch, logs)`` run after each epoch (returning True stops training)
+        initial_epoch : int; as Keras: the epoch to start from (``epochs`` is the index of
+            the last one, so ``fit(epochs=4, initial_epoch=2)`` trains epochs 2 and 3). A
+            callback's ``on_train_begin`` may move it by setting ``model._initial_epoch``
+            (:class:`fastmlp.callbacks.BackupAndRestore` does)
 
         Returns
         -------
@@ -400,6 +407,11 @@ class Sequential:
         if self._loss is None:
             raise RuntimeError("Call model.compile(loss=..., optimizer=...) before fit.")
         epochs = _validation.check_positive_int(epochs, "epochs")
+        initial_epoch = _validation.check_nonnegative_int(initial_epoch, "initial_epoch")
+        if initial_epoch >= epochs:
+            raise ValueError(f"initial_epoch ({initial_epoch}) must be below epochs ({epochs}): epochs is the "
+                             "index of the last epoch, as in Keras, not a count of epochs to add.")
+        cbs = _callbacks.CallbackList(callbacks, self)
         batch_size = _validation.check_positive_int(batch_size, "batch_size")
         if n_threads is not None:
             _validation.check_positive_int(n_threads, "n_threads")
@@ -429,12 +441,17 @@ class Sequential:
         if opt.state is None:
             opt.init_state(self._params.size, self.dtype)
         history = History()
+        self.stop_training = False
+        self._initial_epoch = initial_epoch
+        cbs.on_train_begin({})
+        first_epoch, self._initial_epoch = self._initial_epoch, None
         with self._threads(self._fit_threads(n_threads, batch_size)):
             plans = {}
-            for epoch in range(epochs):
+            for epoch in range(first_epoch, epochs):
+                cbs.on_epoch_begin(epoch, {})
                 t0 = time.perf_counter()
                 snapshot = self._params.copy()
-                logs = self._train_epoch(X, target, sw, batch_size, shuffle, plans, epoch, snapshot)
+                logs = self._train_epoch(X, target, sw, batch_size, shuffle, plans, epoch, snapshot, cbs)
                 if val is not None:
                     v = self._evaluate_arrays(val[0], val[1], val[2], np.empty(0, self.dtype))
                     logs["val_loss"] = v["loss"]
@@ -445,12 +462,14 @@ class Sequential:
                 if verbose:
                     print(f"Epoch {epoch + 1}/{epochs} - {logs['time']:.2f}s - "
                           + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items() if k != "time"), flush=True)
-                if callbacks and any(cb(self, epoch, logs) for cb in callbacks):
+                cbs.on_epoch_end(epoch, logs)
+                if self.stop_training:
                     break
         self.history = history
+        cbs.on_train_end(dict(history.history and {k: v[-1] for k, v in history.history.items()}))
         return history
 
-    def _train_epoch(self, X, target, sw, batch_size, shuffle, plans, epoch, snapshot):
+    def _train_epoch(self, X, target, sw, batch_size, shuffle, plans, epoch, snapshot, cbs):
         n = X.shape[0]
         order = self._rng.permutation(n) if shuffle else np.arange(n, dtype=np.int64)
         # a fresh base seed of the dropout masks per epoch (drawn only when
@@ -473,6 +492,8 @@ class Sequential:
             opt.t += done
             if done < steps:
                 self._diverged(epoch, first + done, losses[first + done], snapshot)
+            if cbs.batch_hooks:
+                cbs.on_train_batch_end(first + done - 1, {"loss": float(losses[first + done - 1])})
         if not np.isfinite(self._params).all():
             self._diverged(epoch, len(losses) - 1, math.nan, snapshot)
         if sw.shape[0]:
