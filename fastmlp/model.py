@@ -566,7 +566,7 @@ class Sequential:
         ndarray of shape (n_samples, n_outputs), of the model's dtype.
         """
         out = self._predict_small(X, batch_size, n_threads)
-        if out is not None:
+        if out is not None:  # finite: the predictor returns None on a non-finite output
             return out
         batch_size = _validation.check_positive_int(batch_size, "batch_size")
         if n_threads is not None:
@@ -577,15 +577,26 @@ class Sequential:
         # converted small inputs take the same path, so give the same numbers
         out = self._predict_small(X, n, None)
         if out is not None:
-            return out
+            return self._check_outputs(out, X)
         out = np.empty((n, self._units[-1].fan_out), dtype=self.dtype)
-        with self._threads(n_threads):
+        with self._threads(n_threads), np.errstate(over="ignore", invalid="ignore"):
             for start in range(0, n, batch_size):
                 chunk = X[start:start + batch_size]
                 plan = self._infer_plan(chunk.shape[0])
                 plan.x[...] = chunk
                 out[start:start + chunk.shape[0]] = self._forward(plan)
-        return out
+        return self._check_outputs(out, X)
+
+    def _check_outputs(self, out, X, what="outputs"):
+        """Raise rather than return NaN or infinity computed from finite inputs."""
+        if _validation.all_finite(out):
+            return out
+        kind, (row, col) = _validation._first_nonfinite(out)
+        big = float(np.abs(np.asarray(X, dtype=np.float64)).max()) if np.size(X) else 0.0
+        raise ValueError(
+            f"The model's {what} on X are not finite ({kind} at row {row}, output {col}): X (largest |value| "
+            f"{big:.3g}) overflows the model's {self.dtype} arithmetic with these weights. Scale X "
+            "(standardise the features)" + (", or use dtype='float64'." if self.dtype == np.float32 else "."))
 
     def _predict_small(self, X, batch_size, n_threads):
         """The per-request path: one native call for a C-contiguous batch of up
@@ -627,8 +638,15 @@ class Sequential:
         X = self._check_X(X)
         target, kind = self._check_targets(y, X.shape[0])
         sw = _validation.check_sample_weight(sample_weight, X.shape[0], self.dtype)
-        with self._threads(n_threads):
-            return self._evaluate_arrays(X, target, kind, sw, batch_size)
+        with self._threads(n_threads), np.errstate(over="ignore", invalid="ignore"):
+            result = self._evaluate_arrays(X, target, kind, sw, batch_size)
+        if not all(math.isfinite(v) for v in result.values()):
+            self._check_outputs(self.predict(X, batch_size), X)
+            raise ValueError(
+                f"The loss on X, y is {result['loss']}: the targets y (largest |value| "
+                f"{float(np.abs(target).max()):.3g}) or the outputs overflow the model's {self.dtype} "
+                "arithmetic. Scale y" + (", or use dtype='float64'." if self.dtype == np.float32 else "."))
+        return result
 
     def _evaluate_arrays(self, X, target, kind, sw, batch_size=4096):
         n = X.shape[0]
