@@ -292,3 +292,26 @@ def check_probability_rows(target, name="y", loss="cross_entropy"):
         raise ValueError(
             f"Loss {loss!r} takes one-hot or probability rows that sum to 1, but row {row} of {name} sums to "
             f"{sums[row]:g}. Normalise the rows (divide by their sum), or pass integer class labels.")
+
+
+def _dtype_hint(dtype):
+    return ", or use dtype='float64'." if np.dtype(dtype) == np.float32 else "."
+
+
+def check_outputs(out, X, dtype):
+    """Raise rather than return NaN or infinity that a model computed from finite (validated) X."""
+    if all_finite(out):
+        return out
+    kind, (row, col) = _first_nonfinite(out)
+    big = float(np.abs(np.asarray(X, dtype=np.float64)).max()) if np.size(X) else 0.0
+    raise ValueError(
+        f"The model's outputs on X are not finite ({kind} at row {row}, output {col}): X (largest |value| "
+        f"{big:.3g}) overflows the model's {np.dtype(dtype)} arithmetic with these weights. Scale X "
+        "(standardise the features)" + _dtype_hint(dtype))
+
+
+def raise_nonfinite_loss(loss, target, dtype):
+    """evaluate's loss is not finite although the outputs are: the targets overflow."""
+    raise ValueError(
+        f"The loss on X, y is {loss}: the targets y (largest |value| {float(np.abs(target).max()):.3g}) or "
+        f"the outputs overflow the model's {np.dtype(dtype)} arithmetic. Scale y" + _dtype_hint(dtype))

@@ -1,6 +1,6 @@
 """Sequential: compile / fit / predict / evaluate / get_weights / set_weights.
 
-(About 680 lines: one class, the public model, whose methods share its compiled units and
+(About 750 lines: one class, the public model, whose methods share its compiled units and
 their plans; the maths and the buffers live in fastmlp._native and the backends.)
 
 The model compiles its layers into a plan of units, each an optional dense
@@ -587,16 +587,8 @@ class Sequential:
                 out[start:start + chunk.shape[0]] = self._forward(plan)
         return self._check_outputs(out, X)
 
-    def _check_outputs(self, out, X, what="outputs"):
-        """Raise rather than return NaN or infinity computed from finite inputs."""
-        if _validation.all_finite(out):
-            return out
-        kind, (row, col) = _validation._first_nonfinite(out)
-        big = float(np.abs(np.asarray(X, dtype=np.float64)).max()) if np.size(X) else 0.0
-        raise ValueError(
-            f"The model's {what} on X are not finite ({kind} at row {row}, output {col}): X (largest |value| "
-            f"{big:.3g}) overflows the model's {self.dtype} arithmetic with these weights. Scale X "
-            "(standardise the features)" + (", or use dtype='float64'." if self.dtype == np.float32 else "."))
+    def _check_outputs(self, out, X):
+        return _validation.check_outputs(out, X, self.dtype)
 
     def _predict_small(self, X, batch_size, n_threads):
         """The per-request path: one native call for a C-contiguous batch of up
@@ -642,10 +634,7 @@ class Sequential:
             result = self._evaluate_arrays(X, target, kind, sw, batch_size)
         if not all(math.isfinite(v) for v in result.values()):
             self._check_outputs(self.predict(X, batch_size), X)
-            raise ValueError(
-                f"The loss on X, y is {result['loss']}: the targets y (largest |value| "
-                f"{float(np.abs(target).max()):.3g}) or the outputs overflow the model's {self.dtype} "
-                "arithmetic. Scale y" + (", or use dtype='float64'." if self.dtype == np.float32 else "."))
+            _validation.raise_nonfinite_loss(result["loss"], target, self.dtype)
         return result
 
     def _evaluate_arrays(self, X, target, kind, sw, batch_size=4096):
