@@ -4,6 +4,7 @@ Data is validated once, before any work, and converted once to the model's
 dtype and C order; nothing is cast or dropped silently.
 """
 import numbers
+import sys
 
 import numpy as np
 
@@ -73,9 +74,47 @@ def _first_nonfinite(a):
     return kind, pos
 
 
+def _from_pandas(a, name):
+    """A pandas DataFrame / Series as a NumPy array (None if ``a`` is neither).
+
+    Nullable extension dtypes (``Float64``, ``Int64``, ``boolean``) have no
+    NumPy dtype of their own (``np.asarray`` gives ``object``): without a
+    missing value they convert to their NumPy dtype; ``pd.NA`` is named with
+    its row and column."""
+    pd = sys.modules.get("pandas")
+    if pd is None or not isinstance(a, (pd.DataFrame, pd.Series)):
+        return None
+    frame = a if isinstance(a, pd.DataFrame) else a.to_frame()
+    dtypes = list(frame.dtypes)
+    if not any(isinstance(dt, pd.api.extensions.ExtensionDtype) for dt in dtypes):
+        return np.asarray(a)
+    if not all(pd.api.types.is_numeric_dtype(dt) or pd.api.types.is_bool_dtype(dt) for dt in dtypes):
+        return np.asarray(a)  # strings or categories: the dtype message below
+    missing = frame.isna().to_numpy()
+    for j, dt in enumerate(dtypes):
+        if isinstance(dt, pd.api.extensions.ExtensionDtype) and missing[:, j].any():
+            row = int(np.argmax(missing[:, j]))
+            label = f" ({frame.columns[j]!r})" if isinstance(a, pd.DataFrame) else ""
+            where = f"at row {row}, column {j}{label}" if isinstance(a, pd.DataFrame) else f"at row {row}"
+            raise ValueError(f"{name} contains a missing value (pd.NA) {where}; clean or impute it first.")
+    np_types = [getattr(dt, "numpy_dtype", dt) for dt in dtypes]
+    return a.to_numpy(dtype=np.result_type(*np_types))
+
+
+def _is_sparse(a):
+    sparse = sys.modules.get("scipy.sparse")  # no sparse matrix exists unless it was imported
+    return sparse is not None and sparse.issparse(a)
+
+
 def _as_numeric(a, name):
     if isinstance(a, np.ndarray):
         arr = a
+    elif _is_sparse(a):
+        raise TypeError(
+            f"{name} is a scipy sparse matrix ({type(a).__name__}, shape {a.shape}); fastmlp trains on dense "
+            f"arrays: pass {name}.toarray() (it takes {a.shape[0]} x {a.shape[1]} values of memory).")
+    elif (arr := _from_pandas(a, name)) is not None:
+        pass
     else:
         try:
             arr = np.asarray(a)
@@ -89,6 +128,29 @@ def _as_numeric(a, name):
             "Encode strings or categories as numbers first."
         )
     return arr
+
+
+def _check_cast(src, out, name):
+    """Raise if finite values of ``src`` became infinite in ``out`` (the model's
+    dtype): a float64 value beyond float32's range. Checked after the cast."""
+    if out.dtype.itemsize >= src.dtype.itemsize or not np.issubdtype(src.dtype, np.floating):
+        return out
+    if all_finite(out):
+        return out
+    flat = out.reshape(out.shape[0], -1) if out.ndim > 1 else out.reshape(-1, 1)
+    pos = np.unravel_index(int(np.argmax(~np.isfinite(flat))), flat.shape)
+    value = np.asarray(src).reshape(flat.shape)[pos].item()
+    where = f"at row {pos[0]}, column {pos[1]}" if out.ndim > 1 else f"at row {pos[0]}"
+    raise ValueError(
+        f"{name} holds {value!r} {where}, which does not fit in {out.dtype} (largest "
+        f"{float(np.finfo(out.dtype).max):.4g}); scale it down or use dtype='float64'.")
+
+
+def cast(arr, dtype, name):
+    """``arr`` as a C-contiguous array of ``dtype``; a value that does not fit is an error, not infinity."""
+    with np.errstate(over="ignore"):  # the check below names the value instead of NumPy's warning
+        out = np.ascontiguousarray(arr, dtype=dtype)
+    return _check_cast(arr, out, name)
 
 
 def check_X(X, dtype, name="X"):
@@ -112,7 +174,7 @@ def check_X(X, dtype, name="X"):
     if np.issubdtype(arr.dtype, np.floating) and not all_finite(arr):
         kind, (row, col) = _first_nonfinite(arr)
         raise ValueError(f"{name} contains {kind} at row {row}, column {col}; clean or impute it first.")
-    return np.ascontiguousarray(arr, dtype=dtype)
+    return cast(arr, dtype, name)
 
 
 def check_labels(y, n_samples, n_classes, name="y"):
@@ -130,8 +192,9 @@ def check_labels(y, n_samples, n_classes, name="y"):
                 f"{name} must hold integer class labels for this loss, got {arr[row].item()!r} at row {row}. "
                 "Use loss='mse' for regression, or encode classes as 0..n_classes-1."
             )
+    lo, hi = arr.min().item(), arr.max().item()
+    lo, hi = (int(lo) if lo > -2**62 else -2**62), (int(hi) if hi < 2**62 else 2**62)
     lab = arr.astype(np.int64)
-    lo, hi = int(lab.min()), int(lab.max())
     if lo < 0 or hi >= n_classes:
         bad = lo if lo < 0 else hi
         raise ValueError(
@@ -155,7 +218,7 @@ def check_targets(y, n_samples, n_outputs, dtype, name="y"):
     if np.issubdtype(arr.dtype, np.floating) and not all_finite(arr):
         kind, (row, col) = _first_nonfinite(arr)
         raise ValueError(f"{name} contains {kind} at row {row}, column {col}; clean it first.")
-    return np.ascontiguousarray(arr, dtype=dtype)
+    return cast(arr, dtype, name)
 
 
 def check_nonnegative_targets(target, name="y", loss="poisson"):
@@ -180,7 +243,12 @@ def check_sample_weight(sample_weight, n_samples, dtype):
         raise ValueError("sample_weight must be finite and >= 0.")
     if w.sum() <= 0:
         raise ValueError("sample_weight sums to 0; at least one sample needs a positive weight.")
-    return np.ascontiguousarray(w, dtype=dtype)
+    out = cast(w, dtype, "sample_weight")
+    with np.errstate(over="ignore"):
+        if not np.isfinite(out.sum()):
+            raise ValueError(f"sample_weight sums to more than {out.dtype} holds; scale the weights down "
+                             "(only their ratios matter).")
+    return out
 
 
 def check_length(arr, n_samples, name):
@@ -194,3 +262,62 @@ def _squeeze_column(arr, name):
     if arr.ndim != 1:
         raise ValueError(f"{name} must be 1-D integer class labels, got shape {arr.shape}.")
     return arr
+
+
+def as_array(a, name):
+    """``a`` as a NumPy array, reading pandas and refusing sparse input as the checks above do."""
+    return a if isinstance(a, np.ndarray) else _as_numeric(a, name)
+
+
+def check_binary_targets(target, name="y", loss="binary_cross_entropy"):
+    """Raise if a validated (finite) target array has an entry outside [0, 1]."""
+    bad = (target < 0) | (target > 1)
+    if bad.any():
+        row, col = np.unravel_index(int(np.argmax(bad)), target.shape)
+        raise ValueError(
+            f"Loss {loss!r} needs targets in [0, 1] (labels 0 / 1 or probabilities), but {name} has "
+            f"{target[row, col].item()!r} at row {row}, column {col}. Use loss='cross_entropy' with an "
+            "output unit per class for more than two classes.")
+
+
+def check_probability_rows(target, name="y", loss="cross_entropy"):
+    """Raise unless every row of a validated (finite) target array is a
+    probability vector: entries in [0, 1] summing to 1 (within 1e-3); one-hot
+    rows and soft targets are both accepted, as in PyTorch."""
+    bad = (target < 0) | (target > 1)
+    if bad.any():
+        row, col = np.unravel_index(int(np.argmax(bad)), target.shape)
+        raise ValueError(
+            f"Loss {loss!r} takes one-hot or probability rows (entries in [0, 1] that sum to 1), but {name} "
+            f"has {target[row, col].item()!r} at row {row}, column {col}. Pass integer class labels, or fix "
+            "the row.")
+    sums = target.sum(axis=1, dtype=np.float64)
+    off = np.abs(sums - 1.0) > 1e-3
+    if off.any():
+        row = int(np.argmax(off))
+        raise ValueError(
+            f"Loss {loss!r} takes one-hot or probability rows that sum to 1, but row {row} of {name} sums to "
+            f"{sums[row]:g}. Normalise the rows (divide by their sum), or pass integer class labels.")
+
+
+def _dtype_hint(dtype):
+    return ", or use dtype='float64'." if np.dtype(dtype) == np.float32 else "."
+
+
+def check_outputs(out, X, dtype):
+    """Raise rather than return NaN or infinity that a model computed from finite (validated) X."""
+    if all_finite(out):
+        return out
+    kind, (row, col) = _first_nonfinite(out)
+    big = float(np.abs(np.asarray(X, dtype=np.float64)).max()) if np.size(X) else 0.0
+    raise ValueError(
+        f"The model's outputs on X are not finite ({kind} at row {row}, output {col}): X (largest |value| "
+        f"{big:.3g}) overflows the model's {np.dtype(dtype)} arithmetic with these weights. Scale X "
+        "(standardise the features)" + _dtype_hint(dtype))
+
+
+def raise_nonfinite_loss(loss, target, dtype):
+    """evaluate's loss is not finite although the outputs are: the targets overflow."""
+    raise ValueError(
+        f"The loss on X, y is {loss}: the targets y (largest |value| {float(np.abs(target).max()):.3g}) or "
+        f"the outputs overflow the model's {np.dtype(dtype)} arithmetic. Scale y" + _dtype_hint(dtype))

@@ -53,7 +53,7 @@ ALIASES = {
 
 def resolve(name):
     """Return the :class:`LossSpec` for a loss name; unknown names list the valid ones."""
-    key = ALIASES.get(name, name)
+    key = ALIASES.get(name, name) if isinstance(name, str) else None
     if not isinstance(key, str) or key not in LOSSES:
         raise ValueError(f"Unknown loss {name!r}. Valid losses: {', '.join(sorted(LOSSES))}.")
     return LOSSES[key]

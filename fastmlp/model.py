@@ -1,6 +1,6 @@
 """Sequential: compile / fit / predict / evaluate / get_weights / set_weights.
 
-(About 680 lines: one class, the public model, whose methods share its compiled units and
+(About 750 lines: one class, the public model, whose methods share its compiled units and
 their plans; the maths and the buffers live in fastmlp._native and the backends.)
 
 The model compiles its layers into a plan of units, each an optional dense
@@ -319,15 +319,19 @@ class Sequential:
         """Validated targets and the loss kind they select (one-hot rows or labels)."""
         spec, k = self._loss, self._units[-1].fan_out
         if spec.labels:
-            arr = y if isinstance(y, np.ndarray) else np.asarray(y)
+            arr = _validation.as_array(y, name)
             if arr.ndim == 2 and arr.shape[1] == k and k > 1:
                 if spec.onehot_kind < 0:
                     raise ValueError(f"Loss {spec.name!r} takes integer class labels, not one-hot rows.")
-                return _validation.check_targets(arr, n, k, self.dtype, name), spec.onehot_kind
+                target = _validation.check_targets(arr, n, k, self.dtype, name)
+                _validation.check_probability_rows(target, name, spec.name)
+                return target, spec.onehot_kind
             return _validation.check_labels(arr, n, k, name), spec.kind
         target = _validation.check_targets(y, n, k, self.dtype, name)
         if spec.kind == Loss.POISSON:
             _validation.check_nonnegative_targets(target, name, spec.name)
+        elif spec.kind == Loss.BCE:
+            _validation.check_binary_targets(target, name, spec.name)
         return target, spec.kind
 
     # ------------------------------------------------------------ one step
@@ -406,6 +410,46 @@ class Sequential:
         """
         if self._loss is None:
             raise RuntimeError("Call model.compile(loss=..., optimizer=...) before fit.")
+        with self._unchanged_on_error():
+            X, target, kind, sw, val, batch_size, cbs = self._check_fit(
+                X, y, epochs, batch_size, validation_data, sample_weight, n_threads, callbacks, initial_epoch)
+        epochs = int(epochs)
+        n, opt = X.shape[0], self.optimizer
+        self._loss_kind, self._weighted = kind, sw.shape[0] > 0
+        if opt.state is None:
+            opt.init_state(self._params.size, self.dtype)
+        history = History()
+        self.stop_training = False
+        self._initial_epoch = int(initial_epoch)
+        cbs.on_train_begin({})
+        first_epoch, self._initial_epoch = self._initial_epoch, None
+        with self._threads(self._fit_threads(n_threads, batch_size)):
+            plans = {}
+            for epoch in range(first_epoch, epochs):
+                cbs.on_epoch_begin(epoch, {})
+                t0 = time.perf_counter()
+                snapshot = self._params.copy()
+                logs = self._train_epoch(X, target, sw, batch_size, shuffle, plans, epoch, snapshot, cbs)
+                if val is not None:
+                    v = self._evaluate_arrays(val[0], val[1], val[2], np.empty(0, self.dtype))
+                    logs["val_loss"] = v["loss"]
+                    if "accuracy" in v:
+                        logs["val_accuracy"] = v["accuracy"]
+                logs["time"] = time.perf_counter() - t0
+                history._append(epoch, logs)
+                if verbose:
+                    print(f"Epoch {epoch + 1}/{epochs} - {logs['time']:.2f}s - "
+                          + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items() if k != "time"), flush=True)
+                cbs.on_epoch_end(epoch, logs)
+                if self.stop_training:
+                    break
+        self.history = history
+        cbs.on_train_end(dict(history.history and {k: v[-1] for k, v in history.history.items()}))
+        return history
+
+    def _check_fit(self, X, y, epochs, batch_size, validation_data, sample_weight, n_threads, callbacks,
+                   initial_epoch):
+        """Every check of a fit, before any work: (X, target, kind, sw, val, batch_size, callbacks)."""
         epochs = _validation.check_positive_int(epochs, "epochs")
         initial_epoch = _validation.check_nonnegative_int(initial_epoch, "initial_epoch")
         if initial_epoch >= epochs:
@@ -437,37 +481,20 @@ class Sequential:
                 f"The optimizer's state ({', '.join(opt.state_names)}) was made for another model: it has "
                 f"{next(iter(opt.state.values())).size} values, this model {self._params.size} parameters of "
                 f"{self.dtype}. Compile this model with an optimizer of its own.")
-        self._loss_kind, self._weighted = kind, sw.shape[0] > 0
-        if opt.state is None:
-            opt.init_state(self._params.size, self.dtype)
-        history = History()
-        self.stop_training = False
-        self._initial_epoch = initial_epoch
-        cbs.on_train_begin({})
-        first_epoch, self._initial_epoch = self._initial_epoch, None
-        with self._threads(self._fit_threads(n_threads, batch_size)):
-            plans = {}
-            for epoch in range(first_epoch, epochs):
-                cbs.on_epoch_begin(epoch, {})
-                t0 = time.perf_counter()
-                snapshot = self._params.copy()
-                logs = self._train_epoch(X, target, sw, batch_size, shuffle, plans, epoch, snapshot, cbs)
-                if val is not None:
-                    v = self._evaluate_arrays(val[0], val[1], val[2], np.empty(0, self.dtype))
-                    logs["val_loss"] = v["loss"]
-                    if "accuracy" in v:
-                        logs["val_accuracy"] = v["accuracy"]
-                logs["time"] = time.perf_counter() - t0
-                history._append(epoch, logs)
-                if verbose:
-                    print(f"Epoch {epoch + 1}/{epochs} - {logs['time']:.2f}s - "
-                          + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items() if k != "time"), flush=True)
-                cbs.on_epoch_end(epoch, logs)
-                if self.stop_training:
-                    break
-        self.history = history
-        cbs.on_train_end(dict(history.history and {k: v[-1] for k, v in history.history.items()}))
-        return history
+        return X, target, kind, sw, val, batch_size, cbs
+
+    @contextlib.contextmanager
+    def _unchanged_on_error(self):
+        """A call whose checks fail leaves the model as it was: its attributes
+        (a model built by the call is unbuilt again) and its random state."""
+        saved, rng = dict(self.__dict__), self._rng.bit_generator.state
+        try:
+            yield
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(saved)
+            self._rng.bit_generator.state = rng
+            raise
 
     def _train_epoch(self, X, target, sw, batch_size, shuffle, plans, epoch, snapshot, cbs):
         n = X.shape[0]
@@ -491,11 +518,11 @@ class Sequential:
                                             correct[first:])
             opt.t += done
             if done < steps:
-                self._diverged(epoch, first + done, losses[first + done], snapshot)
+                self._diverged(epoch, first + done, losses[first + done], snapshot, X)
             if cbs.batch_hooks:
                 cbs.on_train_batch_end(first + done - 1, {"loss": float(losses[first + done - 1])})
         if not np.isfinite(self._params).all():
-            self._diverged(epoch, len(losses) - 1, math.nan, snapshot)
+            self._diverged(epoch, len(losses) - 1, math.nan, snapshot, X)
         if sw.shape[0]:
             weights = np.add.reduceat(sw[order], np.arange(0, n, batch_size))
         else:
@@ -507,17 +534,35 @@ class Sequential:
             logs["accuracy"] = float(correct.sum()) / n
         return logs
 
-    def _diverged(self, epoch, step, loss, snapshot):
-        where = "the last finite weights"
-        if not np.isfinite(self._params).all():
-            self._params[...] = snapshot
-            where = f"the weights from the start of epoch {epoch + 1}"
+    def _diverged(self, epoch, step, loss, snapshot, X):
+        """Keep the last weights if they are finite and their predictions on the
+        training data are too (finite weights of 1e22 can give NaN logits), else
+        the weights from the start of the epoch; the message says which."""
         self._infer_cache = self._predictor = None
+        where = "the last finite weights (their predictions on X are finite)"
+        if not (np.isfinite(self._params).all() and self._finite_outputs(X)):
+            self._params[...] = snapshot
+            self._infer_cache = self._predictor = None
+            where = f"the weights from the start of epoch {epoch + 1}"
+            if not self._finite_outputs(X):
+                where += (", but even their predictions on X are not finite: X holds values up to "
+                          f"{float(np.abs(X).max()):.3g}; scale the inputs")
         raise TrainingDivergedError(
             f"The loss became {loss} at epoch {epoch + 1}, step {step + 1}. The model keeps {where}. "
             f"Try a lower learning rate (now {self.optimizer.lr:g}), gradient clipping "
             "(compile(clip_norm=1.0)), or scaling the inputs."
         )
+
+    def _finite_outputs(self, X, batch_size=4096):
+        """Whether the model's outputs on the validated X are all finite."""
+        with np.errstate(all="ignore"):
+            for start in range(0, X.shape[0], batch_size):
+                chunk = X[start:start + batch_size]
+                plan = self._infer_plan(chunk.shape[0])
+                plan.x[...] = chunk
+                if not _validation.all_finite(self._forward(plan)):
+                    return False
+        return True
 
     # ---------------------------------------------------------- inference
     def _check_X(self, X, name="X"):
@@ -543,7 +588,7 @@ class Sequential:
         ndarray of shape (n_samples, n_outputs), of the model's dtype.
         """
         out = self._predict_small(X, batch_size, n_threads)
-        if out is not None:
+        if out is not None:  # finite: the predictor returns None on a non-finite output
             return out
         batch_size = _validation.check_positive_int(batch_size, "batch_size")
         if n_threads is not None:
@@ -554,15 +599,18 @@ class Sequential:
         # converted small inputs take the same path, so give the same numbers
         out = self._predict_small(X, n, None)
         if out is not None:
-            return out
+            return self._check_outputs(out, X)
         out = np.empty((n, self._units[-1].fan_out), dtype=self.dtype)
-        with self._threads(n_threads):
+        with self._threads(n_threads), np.errstate(over="ignore", invalid="ignore"):
             for start in range(0, n, batch_size):
                 chunk = X[start:start + batch_size]
                 plan = self._infer_plan(chunk.shape[0])
                 plan.x[...] = chunk
                 out[start:start + chunk.shape[0]] = self._forward(plan)
-        return out
+        return self._check_outputs(out, X)
+
+    def _check_outputs(self, out, X):
+        return _validation.check_outputs(out, X, self.dtype)
 
     def _predict_small(self, X, batch_size, n_threads):
         """The per-request path: one native call for a C-contiguous batch of up
@@ -604,8 +652,12 @@ class Sequential:
         X = self._check_X(X)
         target, kind = self._check_targets(y, X.shape[0])
         sw = _validation.check_sample_weight(sample_weight, X.shape[0], self.dtype)
-        with self._threads(n_threads):
-            return self._evaluate_arrays(X, target, kind, sw, batch_size)
+        with self._threads(n_threads), np.errstate(over="ignore", invalid="ignore"):
+            result = self._evaluate_arrays(X, target, kind, sw, batch_size)
+        if not all(math.isfinite(v) for v in result.values()):
+            self._check_outputs(self.predict(X, batch_size), X)
+            _validation.raise_nonfinite_loss(result["loss"], target, self.dtype)
+        return result
 
     def _evaluate_arrays(self, X, target, kind, sw, batch_size=4096):
         n = X.shape[0]
@@ -665,7 +717,10 @@ class Sequential:
 
     def set_weights(self, weights):
         """Set the parameters from a list shaped as :meth:`get_weights` returns."""
-        weights = list(weights)
+        with self._unchanged_on_error():
+            self._set_weights(list(weights))
+
+    def _set_weights(self, weights):
         if not self.built:
             first_bn = isinstance(next(layer for layer in self.layers if not isinstance(layer, Dropout)),
                                   BatchNorm)
@@ -678,11 +733,16 @@ class Sequential:
             raise ValueError(f"set_weights expected {len(targets)} arrays, got {len(weights)}.")
         arrays = []
         for i, (dst, src) in enumerate(zip(targets, weights)):
-            src = np.asarray(src)
+            src = _validation.as_array(src, f"Weight {i}")
             if src.shape != dst.shape:
                 raise ValueError(f"Weight {i} has shape {src.shape}, expected {dst.shape}.")
+            if np.iscomplexobj(src):
+                raise TypeError(f"Weight {i} is complex ({src.dtype}); weights are real numbers: pass "
+                                "np.real(w) if the imaginary parts are meant to be dropped.")
             if not np.issubdtype(src.dtype, np.number) or not np.isfinite(src).all():
                 raise ValueError(f"Weight {i} must be finite numbers.")
+            if src.ndim and src.size:
+                src = _validation.cast(src, self.dtype, f"Weight {i}")
             arrays.append(src)
         for dst, src in zip(targets, arrays):
             dst[...] = src

@@ -23,7 +23,7 @@ cdef bint _predict_rows(const floating* X, Py_ssize_t n, Py_ssize_t d, UnitPtrs*
                         Py_ssize_t n_units, const floating* params, floating* x_buf,
                         floating* out) noexcept nogil:
     # One forward pass over n <= capacity rows, serial (small batches: a
-    # parallel region would cost more than the work). False on NaN/inf in X.
+    # parallel region would cost more than the work). False on NaN/inf in X or in the outputs.
     cdef Py_ssize_t i, r, k
     cdef UnitPtrs* u
     cdef const floating* inp
@@ -55,6 +55,9 @@ cdef bint _predict_rows(const floating* X, Py_ssize_t n, Py_ssize_t d, UnitPtrs*
             memcpy(u.A, u.Z, n * k * sizeof(floating))
         inp = <floating*>u.A
     memcpy(out, inp, n * units[n_units - 1].r.fan_out * sizeof(floating))
+    for i in range(n * units[n_units - 1].r.fan_out):
+        if not isfinite(out[i]):
+            return False  # an output that overflowed: the caller raises, naming X
     return True
 
 

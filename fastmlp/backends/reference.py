@@ -735,8 +735,9 @@ class _Predictor:
         view.rows, view.x = n, plan.x[:n]
         view.Z, view.A = [z[:n] for z in plan.Z], [a[:n] for a in plan.A]
         view.x[...] = X
-        out[...] = forward_units(sys.modules[__name__], view)
-        return True
+        with np.errstate(over="ignore", invalid="ignore"):
+            out[...] = forward_units(sys.modules[__name__], view)
+        return bool(np.isfinite(out).all())
 
 
 def make_predictor(plan):
@@ -747,7 +748,8 @@ def make_predictor(plan):
     buffers). ``run(X, out)`` checks X (C-contiguous, the plan's dtype,
     ``1 <= len(X) <= plan.rows`` rows) and out (``(len(X), n_outputs)``),
     returns False without touching out when X holds a NaN or an infinity,
-    else writes the forward pass of X into out and returns True. Native
+    else writes the forward pass of X into out and returns whether all of
+    it is finite (False: an output overflowed; the model then raises). Native
     backends run it in one call with no allocation: the per-request path of
     an application that embeds a model. Raises ValueError when the plan's
     records or buffers do not fit (``fastmlp._native.plan.check_predict``).

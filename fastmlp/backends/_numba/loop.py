@@ -178,7 +178,7 @@ def _unit_views(plan):
 
 @jit
 def _predict_rows(X, units, Ws, bs, x_buf, Z, A, empty2, out):
-    # One forward pass over buffers of exactly X's rows; False on NaN/inf in X.
+    # One forward pass over buffers of exactly X's rows; False on NaN/inf in X or in the outputs.
     # The calls and their argument types are the training loop's, so their
     # compiled code is shared instead of compiled again for sliced arrays.
     n, d = X.shape
@@ -198,6 +198,10 @@ def _predict_rows(X, units, Ws, bs, x_buf, Z, A, empty2, out):
         else:
             _act_forward(Z[i], u.act, u.alpha, A[i])
     out[...] = A[L]
+    for r in range(out.shape[0]):  # an output that overflowed: the caller raises, naming X
+        for j in range(out.shape[1]):
+            if not math.isfinite(out[r, j]):
+                return False
     return True
 
 
