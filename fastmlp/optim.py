@@ -17,6 +17,24 @@ def _no_owner():
     return None
 
 
+class _Hyper:
+    """A hyperparameter that is checked whenever it is set (in ``__init__`` and
+    after, e.g. ``optimizer.lr = -0.1`` from a callback), so that the native
+    loop never reads a value that would train uphill or divide by zero."""
+
+    def __init__(self, check):
+        self.check = check
+
+    def __set_name__(self, owner, name):
+        self.name, self.slot = name, "_" + name
+
+    def __get__(self, obj, objtype=None):
+        return self if obj is None else obj.__dict__[self.slot]
+
+    def __set__(self, obj, value):
+        obj.__dict__[self.slot] = self.check(value, f"{type(obj).__name__}.{self.name}")
+
+
 class Optimizer:
     """Base class: hyperparameters, per-fit state, and the step.
 
@@ -32,9 +50,10 @@ class Optimizer:
     kind = Opt.NONE
     state = None
     _owner = staticmethod(_no_owner)
+    lr = _Hyper(_validation.check_positive)
 
     def __init__(self, lr):
-        self.lr = _validation.check_positive(lr, "lr")
+        self.lr = lr
         self.t = 0
 
     def init_state(self, n_params, dtype, np=np):
@@ -76,13 +95,25 @@ class Optimizer:
     def step(self, backend, params, grads):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _hypers(self):
+        return [name for name in dir(type(self)) if isinstance(getattr(type(self), name), _Hyper)]
+
     def get_config(self):
-        return {k: v for k, v in vars(self).items() if k not in ("state", "t", "_owner")}
+        config = {name: getattr(self, name) for name in self._hypers()}
+        config.update({k: v for k, v in vars(self).items()
+                       if not k.startswith("_") and k not in ("state", "t")})
+        return config
 
     def __getstate__(self):
         state = dict(self.__dict__)
         state.pop("_owner", None)  # a weak reference; the model that unpickles it binds it again
         return state
+
+    def __setstate__(self, state):
+        for name in self._hypers():  # pickles of before the checked hyperparameters
+            if name in state:
+                state["_" + name] = state.pop(name)
+        self.__dict__.update(state)
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
@@ -97,10 +128,11 @@ class SGD(Optimizer):
 
     state_names = ("buf",)
     kind = Opt.SGD
+    momentum = _Hyper(lambda v, name: _validation.check_in_range(v, name, 0.0, 1.0, hi_open=False))
 
     def __init__(self, lr=0.01, momentum=0.0, nesterov=False):
         super().__init__(lr)
-        self.momentum = _validation.check_in_range(momentum, "momentum", 0.0, 1.0, hi_open=False)
+        self.momentum = momentum
         if nesterov and momentum == 0.0:
             raise ValueError("Nesterov momentum requires momentum > 0, got momentum=0.0.")
         self.nesterov = bool(nesterov)
@@ -118,11 +150,12 @@ class RMSprop(Optimizer):
 
     state_names = ("sq",)
     kind = Opt.RMSPROP
+    rho = _Hyper(lambda v, name: _validation.check_in_range(v, name, 0.0, 1.0))
+    eps = _Hyper(_validation.check_positive)
 
     def __init__(self, lr=0.01, rho=0.99, eps=1e-8):
         super().__init__(lr)
-        self.rho = _validation.check_in_range(rho, "rho", 0.0, 1.0)
-        self.eps = _validation.check_positive(eps, "eps")
+        self.rho, self.eps = rho, eps
 
     def hyper(self):
         return _plan.hyper(lr=self.lr, rho=self.rho, eps=self.eps)
@@ -137,12 +170,13 @@ class Adam(Optimizer):
 
     state_names = ("m", "v")
     kind = Opt.ADAM
+    beta1 = _Hyper(lambda v, name: _validation.check_in_range(v, name, 0.0, 1.0))
+    beta2 = _Hyper(lambda v, name: _validation.check_in_range(v, name, 0.0, 1.0))
+    eps = _Hyper(_validation.check_positive)
 
     def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
         super().__init__(lr)
-        self.beta1 = _validation.check_in_range(beta1, "beta1", 0.0, 1.0)
-        self.beta2 = _validation.check_in_range(beta2, "beta2", 0.0, 1.0)
-        self.eps = _validation.check_positive(eps, "eps")
+        self.beta1, self.beta2, self.eps = beta1, beta2, eps
 
     def hyper(self):
         return _plan.hyper(lr=self.lr, beta1=self.beta1, beta2=self.beta2, eps=self.eps)

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastmlp
+import fastmlp as fm
 from fastmlp import Dense
 from fastmlp.model import TrainingDivergedError
 from fastmlp.optim import SGD
@@ -375,3 +376,30 @@ def test_outputs_that_overflow_from_finite_inputs_raise(backend_name):
             m.evaluate(X, np.ones((rows, 2)))
     assert_same(state(m), before)
     assert np.isfinite(m.predict(np.ones((2, 3), dtype=np.float32))).all()
+
+
+@pytest.mark.parametrize("cls, name, bad", [
+    ("SGD", "lr", -0.1), ("SGD", "lr", float("nan")), ("SGD", "momentum", 1.5), ("RMSprop", "rho", 1.0),
+    ("RMSprop", "eps", 0.0), ("Adam", "beta1", -0.5), ("Adam", "beta2", 1.0), ("Adam", "eps", -1e-8),
+    ("Adam", "lr", "0.1")])
+def test_hyperparameters_set_after_construction_are_checked(cls, name, bad):
+    opt = getattr(fm.optim, cls)()
+    before = getattr(opt, name)
+    with pytest.raises(ValueError, match=rf"{cls}\.{name} must be"):
+        setattr(opt, name, bad)
+    assert getattr(opt, name) == before
+
+
+def test_a_callback_that_sets_a_negative_rate_stops_the_fit_with_the_trained_epochs():
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((40, 4)), rng.integers(0, 2, 40)
+    model = fm.Sequential([fm.Dense(5, activation="relu"), fm.Dense(2)], input_dim=4, seed=0)
+    model.compile(loss="cross_entropy", optimizer=fm.optim.SGD(lr=0.1))
+
+    def uphill(m, epoch, logs):
+        m.optimizer.lr = -0.1
+
+    with pytest.raises(ValueError, match=r"SGD\.lr must be a finite number > 0, got -0\.1"):
+        model.fit(X, y, epochs=3, verbose=0, callbacks=[uphill])
+    assert model.optimizer.lr == 0.1 and model.optimizer.t == 2  # 40 rows at 32: 2 steps, one epoch
+    assert all(np.isfinite(w).all() for w in model.get_weights())
