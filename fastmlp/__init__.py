@@ -2,7 +2,9 @@
 from . import activations, datasets, initializers, losses, optim
 from .backends import available_backends, get_backend, use_backend
 from .layers import Activation, BatchNorm, Dense, Dropout
+from ._container import ModelFileError
 from .model import History, Sequential
+from .saving import load_model
 
 __version__ = "0.1.0"
 
@@ -12,12 +14,14 @@ __all__ = [
     "Dense",
     "Dropout",
     "History",
+    "ModelFileError",
     "Sequential",
     "activations",
     "available_backends",
     "datasets",
     "get_backend",
     "initializers",
+    "load_model",
     "losses",
     "optim",
     "use_backend",

@@ -448,6 +448,7 @@ class Sequential:
                 if callbacks and any(cb(self, epoch, logs) for cb in callbacks):
                     break
         self.history = history
+        self._epochs_done = getattr(self, "_epochs_done", 0) + len(history.epoch)
         return history
 
     def _train_epoch(self, X, target, sw, batch_size, shuffle, plans, epoch, snapshot):
@@ -666,6 +667,12 @@ class Sequential:
         for dst, src in zip(targets, arrays):
             dst[...] = src
         self._infer_cache = self._predictor = None
+
+    def save(self, path, include_optimizer=True):
+        """Write the model to one safetensors file; see :func:`fastmlp.load_model` and
+        :mod:`fastmlp.saving`."""
+        from .saving import save_model
+        save_model(self, path, include_optimizer)
 
     # ------------------------------------------------------------- pickling
     def __getstate__(self):
