@@ -323,7 +323,7 @@ def _write(path, kind, body, tensors):
     _container.write_atomic(path, _container.encode(tensors, meta))
 
 
-def save_model(obj, path, include_optimizer=True):
+def save_model(obj, path, include_optimizer=True, extra=None):
     """Write a Sequential, MLPClassifier or MLPRegressor to ``path`` (see the module docstring).
 
     Parameters
@@ -333,19 +333,22 @@ def save_model(obj, path, include_optimizer=True):
     include_optimizer : bool
         Save the optimizer's state and step counter, so that training resumes exactly;
         without it a loaded model trains on with a fresh optimizer of the same settings.
+    extra : dict or None
+        A JSON object stored as the document's ``"extra"`` (the callbacks' bookkeeping).
     """
     from .model import Sequential
 
     if not isinstance(include_optimizer, bool):
         raise ValueError(f"include_optimizer must be True or False, got {include_optimizer!r}.")
+    more = {} if extra is None else {"extra": dict(extra)}
     if isinstance(obj, Sequential):
         doc, tensors = sequential_state(obj, include_optimizer)
-        _write(path, "Sequential", {"model": doc}, tensors)
+        _write(path, "Sequential", {"model": doc, **more}, tensors)
         return
     from . import _saving_estimators
 
     kind, body, tensors = _saving_estimators.estimator_state(obj, include_optimizer)
-    _write(path, kind, body, tensors)
+    _write(path, kind, {**body, **more}, tensors)
 
 
 def read_document(path):
@@ -382,7 +385,10 @@ def load_model(path):
     doc, tensors = read_document(path)
     try:
         kind = doc.get("kind")
-        _check_keys(doc, {"format", "format_version", "fastmlp_version", "kind", "model", "estimator"}, "the document")
+        _check_keys(doc, {"format", "format_version", "fastmlp_version", "kind", "model", "estimator", "extra"},
+                    "the document")
+        if not isinstance(doc.get("extra", {}), dict):
+            _fail("extra must be a JSON object.")
         if kind == "Sequential":
             model = build_sequential(doc.get("model"), tensors)
         elif kind in ("MLPClassifier", "MLPRegressor"):
