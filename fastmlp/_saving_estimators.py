@@ -8,12 +8,7 @@ import math
 
 import numpy as np
 
-from ._container import ModelFileError
 from .saving import _fail, _get, _is_int, _is_real, _nonneg_int, build_sequential, sequential_state
-
-
-def _real(v):
-    return _is_real(v) and not (isinstance(v, float) and math.isnan(v) and False)
 
 
 def _opt_real(v):
@@ -197,6 +192,4 @@ def build_estimator(kind, doc, tensors):
     est._model = model
     est._best_weights = best
     est.coefs_, est.intercepts_, est.batch_norm_params_ = _split_weights(model)
-    if not isinstance(est, estimators.MLPClassifier) and lb is not None:  # pragma: no cover
-        raise ModelFileError("a regressor has no classes.")
     return est
