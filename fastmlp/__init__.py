@@ -2,7 +2,9 @@
 from . import activations, callbacks, datasets, initializers, losses, optim
 from .backends import available_backends, get_backend, use_backend
 from .layers import Activation, BatchNorm, Dense, Dropout
+from ._container import ModelFileError
 from .model import History, Sequential
+from .saving import load_model
 
 __version__ = "0.1.0"
 
@@ -12,6 +14,7 @@ __all__ = [
     "Dense",
     "Dropout",
     "History",
+    "ModelFileError",
     "Sequential",
     "activations",
     "available_backends",
@@ -19,6 +22,7 @@ __all__ = [
     "datasets",
     "get_backend",
     "initializers",
+    "load_model",
     "losses",
     "optim",
     "use_backend",
@@ -29,4 +33,7 @@ def __getattr__(name):  # MLPClassifier / MLPRegressor load on first use: scikit
     if name in ("MLPClassifier", "MLPRegressor"):
         from . import estimators
         return getattr(estimators, name)
+    if name == "onnx":  # the onnx package is optional
+        import importlib
+        return importlib.import_module(".onnx", __name__)
     raise AttributeError(f"module 'fastmlp' has no attribute {name!r}")

@@ -104,3 +104,6 @@ class CallbackList:
     def on_train_batch_end(self, batch, logs):
         for cb in self.batch_hooks:
             cb.on_train_batch_end(batch, logs)
+
+
+from .checkpoints import BackupAndRestore, ModelCheckpoint  # noqa: E402  (they subclass Callback)

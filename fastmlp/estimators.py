@@ -184,6 +184,11 @@ class _BaseMLP(BaseEstimator):
             _init.resolve(self.init, _act.RELU)  # raises on unknown names, listing the valid ones
         return [int(s) for s in sizes], acts
 
+    def save(self, path, include_optimizer=True):
+        """Write the fitted estimator to one safetensors file (:func:`fastmlp.load_model` reads it)."""
+        from .saving import save_model
+        save_model(self, path, include_optimizer)
+
     def _loss_scale(self):
         """scikit-learn's gradient over fastmlp's (see the module docstring)."""
         if _is_regressor(self):

@@ -444,6 +444,7 @@ class Sequential:
                 if self.stop_training:
                     break
         self.history = history
+        self._epochs_done = getattr(self, "_epochs_done", 0) + len(history.epoch)
         cbs.on_train_end(dict(history.history and {k: v[-1] for k, v in history.history.items()}))
         return history
 
@@ -747,6 +748,12 @@ class Sequential:
         for dst, src in zip(targets, arrays):
             dst[...] = src
         self._infer_cache = self._predictor = None
+
+    def save(self, path, include_optimizer=True):
+        """Write the model to one safetensors file; see :func:`fastmlp.load_model` and
+        :mod:`fastmlp.saving`."""
+        from .saving import save_model
+        save_model(self, path, include_optimizer)
 
     # ------------------------------------------------------------- pickling
     def __getstate__(self):
