@@ -149,3 +149,16 @@ def test_errors(tmp_path):
     _ok("train", "d.csv", "--target", "label", "--epochs", "1", "-o", "m.safetensors", "--quiet", cwd=tmp_path)
     (tmp_path / "other.csv").write_text("x0,x9,x2\n1,2,3\n")
     _fails(1, "predict", "m.safetensors", "other.csv", "-o", "p.csv", cwd=tmp_path, match="x1")
+
+
+def test_console_script_and_bench(tmp_path):
+    # the entry point pip installs beside the interpreter runs the same main
+    script = os.path.join(os.path.dirname(sys.executable), "fastmlp")
+    assert os.path.exists(script), "pip install -e . installs the fastmlp console script"
+    r = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "train" in r.stdout and "bench" in r.stdout
+    # bench runs compare.py from the checkout: its smoke table names every workload
+    out = _ok("bench", "--smoke", cwd=tmp_path)
+    for row in ("A b128", "A b32", "A b512", "B b32", "C predict"):
+        assert f"| {row} |" in out
+    assert "cython" in out
