@@ -176,15 +176,43 @@ def _train(a):
                   batch_size=a.batch_size, learning_rate_init=a.lr, random_state=a.seed,
                   early_stopping=a.validation_split > 0, validation_fraction=a.validation_split or 0.1,
                   n_iter_no_change=a.epochs, dtype=a.dtype, verbose=not a.quiet)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        est.fit(X, y)
+    bar = None if a.quiet else _progress_bar(a.epochs)
+    if bar is not None:
+        est.verbose = False
+
+        def tick(epoch, loss):
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            bar.update(1)
+
+        est._epoch_hook = tick
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            est.fit(X, y)
+    finally:
+        if bar is not None:
+            bar.close()
+            del est._epoch_hook
     if names is not None:
         est.feature_names_in_ = np.array(names, dtype=object)
     est.save(a.output)
     score = est.score(X, y) if names is None else _score_quiet(est, X, y)
     print(f"saved {a.output}: {task}, {X.shape[0]} rows, {X.shape[1]} features, training "
           f"{'accuracy' if task == 'classification' else 'R^2'} {score:.4f}")
+
+
+def _progress_bar(epochs):
+    """A tqdm bar over the epochs on a terminal (``pip install "fastmlp[cli]"``); None elsewhere
+    or without tqdm, where the estimator's per-epoch lines are printed instead."""
+    if not sys.stderr.isatty():
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    # mininterval=0: an epoch is rarely shorter than tqdm's default redraw interval, and each
+    # one should show
+    return tqdm(total=epochs, unit="epoch", desc="train", file=sys.stderr, dynamic_ncols=True, mininterval=0)
 
 
 def _score_quiet(est, X, y):

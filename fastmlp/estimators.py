@@ -455,6 +455,8 @@ class _BaseMLP(BaseEstimator):
         self.loss_curve_.append(self.loss_)
         if self.verbose:
             print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
+        if getattr(self, "_epoch_hook", None) is not None:  # the command line's progress bar
+            self._epoch_hook(self.n_iter_, self.loss_)
         if early:
             score = self._score(X_val, y_val, sample_weight=sw_val)
             self.validation_scores_.append(score)

@@ -162,3 +162,56 @@ def test_console_script_and_bench(tmp_path):
     for row in ("A b128", "A b32", "A b512", "B b32", "C predict"):
         assert f"| {row} |" in out
     assert "cython" in out
+
+
+def _train_on_a_terminal(tmp_path, *extra):
+    """Run `fastmlp train` with its stderr on a pseudo-terminal; (returncode, what the terminal showed)."""
+    import pty
+    import select
+
+    data = tmp_path / "d.csv"
+    _csv_data(data)
+    import fcntl
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
+    proc = subprocess.Popen([sys.executable, "-m", "fastmlp", "train", str(data), "--target", "label",
+                             "--layers", "8", "--epochs", "6", "-o", str(tmp_path / "m.safetensors"), *extra],
+                            stdout=subprocess.PIPE, stderr=slave, cwd=tmp_path,
+                            env={**os.environ, "FASTMLP_NUM_THREADS": "1"})
+    os.close(slave)
+    shown = b""
+    while True:
+        ready, _, _ = select.select([master], [], [], 120)
+        if not ready:
+            proc.kill()
+            break
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    proc.wait(timeout=120)
+    os.close(master)
+    return proc.returncode, shown.decode(errors="replace"), proc.stdout.read().decode()
+
+
+def test_train_shows_a_progress_bar_on_a_terminal_and_lines_elsewhere(tmp_path):
+    rc, shown, out = _train_on_a_terminal(tmp_path)
+    assert rc == 0 and "saved" in out
+    # tqdm redraws the bar after each epoch: every count up to 6/6 appears, with the loss
+    for k in range(1, 7):
+        assert f"{k}/6" in shown, shown
+    assert "epoch" in shown and "loss=" in shown
+    assert "Iteration" not in shown + out  # the bar replaces the estimator's lines
+    rc, shown, out = _train_on_a_terminal(tmp_path, "--quiet")
+    assert rc == 0 and "6/6" not in shown
+    # not a terminal: one line per epoch on stdout, no bar
+    data = tmp_path / "d.csv"
+    out = _ok("train", data, "--target", "label", "--layers", "8", "--epochs", "3", "-o", tmp_path / "n.safetensors",
+              cwd=tmp_path)
+    assert [line.split(",")[0] for line in out.splitlines() if line.startswith("Iteration")] == \
+        ["Iteration 1", "Iteration 2", "Iteration 3"]
