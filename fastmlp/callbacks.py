@@ -12,6 +12,11 @@ after each such call, with ``batch`` the index of the last step it made
 (today one call per epoch, plus one for a last partial batch). A fit whose
 callbacks have no batch hook pays nothing for them.
 """
+import csv
+import math
+import numbers
+import os
+import warnings
 
 
 class Callback:
@@ -43,6 +48,11 @@ class Callback:
 
     def on_train_batch_end(self, batch, logs=None):
         pass
+
+
+def _overrides(cb, hook):
+    method = getattr(cb, hook)
+    return getattr(method, "__func__", method) is not getattr(Callback, hook)
 
 
 class _Function(Callback):
@@ -79,8 +89,7 @@ class CallbackList:
         for cb in items:
             cb.set_model(model)
         self.callbacks = items
-        self.batch_hooks = [cb for cb in items
-                            if type(cb).on_train_batch_end is not Callback.on_train_batch_end]
+        self.batch_hooks = [cb for cb in items if _overrides(cb, "on_train_batch_end")]
 
     def __bool__(self):
         return bool(self.callbacks)
@@ -104,6 +113,143 @@ class CallbackList:
     def on_train_batch_end(self, batch, logs):
         for cb in self.batch_hooks:
             cb.on_train_batch_end(batch, logs)
+
+
+def _monitor_op(monitor, mode, who):
+    """(better(a, b), mode) for a monitored value: Keras' rule for mode="auto"."""
+    if mode not in ("auto", "min", "max"):
+        raise ValueError(f"{who}: mode must be 'auto', 'min' or 'max', got {mode!r}.")
+    if mode == "auto":
+        name = monitor[4:] if monitor.startswith("val_") else monitor
+        if name == "loss":
+            mode = "min"
+        elif name == "accuracy":
+            mode = "max"
+        else:
+            raise ValueError(f"{who}: cannot tell whether {monitor!r} should go down or up; pass mode='min' "
+                             "or mode='max'.")
+    return (lambda a, b: a < b) if mode == "min" else (lambda a, b: a > b), mode
+
+
+class EarlyStopping(Callback):
+    """Stop when ``monitor`` has not improved for ``patience`` epochs (Keras' EarlyStopping).
+
+    An epoch improves when its value beats the best by more than ``min_delta``;
+    with ``baseline``, the wait restarts only on values that also beat it.
+    ``restore_best_weights=True`` sets the weights of the best epoch at the end
+    of training (those of the first monitored epoch if none improved).
+    Epochs before ``start_from_epoch`` are not monitored.
+    """
+
+    def __init__(self, monitor="val_loss", min_delta=0.0, patience=0, mode="auto", baseline=None,
+                 restore_best_weights=False, start_from_epoch=0):
+        from . import _validation
+
+        self.monitor = str(monitor)
+        self._better, self.mode = _monitor_op(self.monitor, mode, "EarlyStopping")
+        if isinstance(min_delta, bool) or not isinstance(min_delta, numbers.Real) or not math.isfinite(min_delta):
+            raise ValueError(f"EarlyStopping: min_delta must be a finite number, got {min_delta!r}.")
+        self.min_delta = abs(float(min_delta))
+        self.patience = _validation.check_nonnegative_int(patience, "patience")
+        self.baseline = None if baseline is None else float(baseline)
+        self.restore_best_weights = bool(restore_best_weights)
+        self.start_from_epoch = _validation.check_nonnegative_int(start_from_epoch, "start_from_epoch")
+
+    def _improves(self, value, reference):
+        delta = self.min_delta if self.mode == "max" else -self.min_delta
+        return self._better(value - delta, reference)
+
+    def on_train_begin(self, logs=None):
+        self.wait, self.stopped_epoch, self.best_epoch = 0, 0, 0
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.best_weights = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        current = (logs or {}).get(self.monitor)
+        if current is None:
+            warnings.warn(f"EarlyStopping monitors {self.monitor!r}, which this fit does not report (it reports "
+                          f"{', '.join(sorted(logs or {}))}); pass validation_data for val_ metrics.", stacklevel=2)
+            return
+        if epoch < self.start_from_epoch:
+            return
+        if self.restore_best_weights and self.best_weights is None:
+            self.best_weights, self.best_epoch = self.model.get_weights(), epoch
+        self.wait += 1
+        if self._improves(current, self.best):
+            self.best, self.best_epoch = current, epoch
+            if self.restore_best_weights:
+                self.best_weights = self.model.get_weights()
+            if self.baseline is None or self._improves(current, self.baseline):
+                self.wait = 0
+            return
+        if self.wait >= self.patience and epoch > 0:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self.restore_best_weights and self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
+
+
+class TerminateOnNaN(Callback):
+    """Stop training when a step's loss is NaN or infinite (Keras' TerminateOnNaN).
+
+    fastmlp's loop already stops at a non-finite loss and raises
+    :class:`fastmlp.model.TrainingDivergedError`; this callback is for losses
+    that other callbacks put in the logs, and for Keras code that uses it."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            self.model.stop_training = True
+
+
+class LambdaCallback(Callback):
+    """A callback from functions (Keras' LambdaCallback): ``on_epoch_begin(epoch, logs)``,
+    ``on_epoch_end(epoch, logs)``, ``on_train_begin(logs)``, ``on_train_end(logs)``,
+    ``on_train_batch_end(batch, logs)``; the ones not given do nothing."""
+
+    def __init__(self, on_epoch_begin=None, on_epoch_end=None, on_train_begin=None, on_train_end=None,
+                 on_train_batch_end=None):
+        given = dict(on_epoch_begin=on_epoch_begin, on_epoch_end=on_epoch_end, on_train_begin=on_train_begin,
+                     on_train_end=on_train_end, on_train_batch_end=on_train_batch_end)
+        for name, fn in given.items():
+            if fn is None:
+                continue
+            if not callable(fn):
+                raise TypeError(f"LambdaCallback: {name} must be a function, got {type(fn).__name__}.")
+            setattr(self, name, fn)
+
+
+class CSVLogger(Callback):
+    """Write each epoch's logs as a row of a CSV file (Keras' CSVLogger): a column
+    ``epoch``, then the logs' keys in sorted order. ``append=True`` adds to an
+    existing file (its header is kept)."""
+
+    def __init__(self, filename, separator=",", append=False):
+        if not isinstance(filename, (str, os.PathLike)) or not os.fspath(filename):
+            raise ValueError(f"CSVLogger: filename must be a path, got {filename!r}.")
+        self.filename, self.sep, self.append = os.fspath(filename), str(separator), bool(append)
+        self._file = self._writer = None
+
+    def on_train_begin(self, logs=None):
+        exists = self.append and os.path.exists(self.filename) and os.path.getsize(self.filename) > 0
+        self._file = open(self.filename, "a" if self.append else "w", newline="")
+        self._writer, self._keys, self._header = csv.writer(self._file, delimiter=self.sep), None, exists
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if self._keys is None:
+            self._keys = sorted(logs)
+            if not self._header:
+                self._writer.writerow(["epoch", *self._keys])
+        self._writer.writerow([epoch, *(logs.get(k, "NA") for k in self._keys)])
+        self._file.flush()
+
+    def on_train_end(self, logs=None):
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 from .checkpoints import BackupAndRestore, ModelCheckpoint  # noqa: E402  (they subclass Callback)

@@ -110,3 +110,96 @@ def test_bad_initial_epoch(initial_epoch):
     X, y = _data()
     with pytest.raises(ValueError, match="initial_epoch"):
         _model().fit(X, y, epochs=3, initial_epoch=initial_epoch, verbose=0)
+
+
+class Script(fm.callbacks.Callback):
+    """Puts a scripted val_loss into each epoch's logs and keeps each epoch's weights."""
+
+    def __init__(self, values):
+        self.values, self.weights = values, []
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["val_loss"] = self.values[epoch]
+        self.weights.append(self.model.get_weights())
+
+
+@pytest.mark.parametrize("values, patience, min_delta, baseline, stops_after, best_epoch", [
+    ([1.0, 1.0, 1.0, 1.0, 1.0, 1.0], 3, 0.0, None, 4, 0),     # Keras' docstring: flat loss, patience 3: 4 epochs
+    ([3.0, 2.0, 2.5, 2.4, 1.0, 0.9, 0.95], 2, 0.0, None, 4, 1),
+    ([3.0, 2.0, 1.95, 1.9, 1.85, 1.8], 1, 0.1, None, 3, 1),    # improvements under min_delta do not count
+    ([3.0, 2.0, 1.5, 1.6, 1.7, 1.0], 2, 0.0, 1.05, 4, 2),      # the wait restarts only below the baseline
+    ([3.0, 2.0, 1.5, 1.6, 1.7, 1.0], 2, 0.0, None, 5, 2),      # (without it: one epoch more)
+    ([5.0, 4.0, 3.0, 2.0, 1.0], 0, 0.0, None, 5, 4),           # always improving: runs to the end
+])
+def test_early_stopping_stops_where_keras_does_and_restores_the_best_epoch(values, patience, min_delta, baseline,
+                                                                           stops_after, best_epoch):
+    X, y = _data()
+    script = Script(values)
+    stop = fm.callbacks.EarlyStopping(patience=patience, min_delta=min_delta, baseline=baseline,
+                                      restore_best_weights=True)
+    m = _model()
+    h = m.fit(X, y, epochs=len(values), verbose=0, callbacks=[script, stop])
+    assert len(h.epoch) == stops_after
+    assert stop.best == values[best_epoch] and stop.best_epoch == best_epoch
+    for w, w_best in zip(m.get_weights(), script.weights[best_epoch]):
+        np.testing.assert_array_equal(w, w_best)
+    assert not all(np.array_equal(a, b) for a, b in zip(script.weights[-1], script.weights[best_epoch])) \
+        or best_epoch == stops_after - 1
+
+
+def test_early_stopping_on_real_validation_loss_restores_weights_with_that_loss():
+    rng = np.random.default_rng(1)
+    X, y = rng.standard_normal((200, 5)), rng.integers(0, 3, 200)   # noise: val_loss soon rises
+    Xv, yv = rng.standard_normal((100, 5)), rng.integers(0, 3, 100)
+    m = fm.Sequential([fm.Dense(64, activation="relu"), fm.Dense(3)], input_dim=5, seed=0, dtype="float64")
+    m.compile(loss="cross_entropy", optimizer=fm.optim.Adam(lr=0.02))
+    stop = fm.callbacks.EarlyStopping(monitor="val_loss", patience=2, restore_best_weights=True)
+    h = m.fit(X, y, epochs=60, batch_size=20, validation_data=(Xv, yv), verbose=0, callbacks=[stop])
+    assert len(h.epoch) < 60
+    vl = h.history["val_loss"]
+    assert stop.best == min(vl)
+    np.testing.assert_allclose(m.evaluate(Xv, yv)["loss"], min(vl), rtol=1e-12)
+
+
+def test_early_stopping_modes_and_bad_arguments():
+    assert fm.callbacks.EarlyStopping(monitor="val_accuracy").mode == "max"
+    assert fm.callbacks.EarlyStopping(monitor="loss").mode == "min"
+    with pytest.raises(ValueError, match="mode='min' or mode='max'"):
+        fm.callbacks.EarlyStopping(monitor="f1")
+    with pytest.raises(ValueError, match="mode must be"):
+        fm.callbacks.EarlyStopping(mode="best")
+    with pytest.raises(ValueError, match="patience"):
+        fm.callbacks.EarlyStopping(patience=-1)
+    with pytest.raises(ValueError, match="min_delta"):
+        fm.callbacks.EarlyStopping(min_delta=float("nan"))
+    X, y = _data()
+    with pytest.warns(UserWarning, match="pass validation_data"):
+        _model().fit(X, y, epochs=2, verbose=0, callbacks=[fm.callbacks.EarlyStopping()])
+
+
+def test_lambda_callback_csv_logger_and_terminate_on_nan(tmp_path):
+    X, y = _data()
+    seen = []
+    lam = fm.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: seen.append((e, logs["loss"])),
+                                      on_train_end=lambda logs: seen.append("end"))
+    path = tmp_path / "log.csv"
+    h = _model().fit(X, y, epochs=3, verbose=0, callbacks=[lam, fm.callbacks.CSVLogger(path)])
+    assert seen == [(0, h.history["loss"][0]), (1, h.history["loss"][1]), (2, h.history["loss"][2]), "end"]
+    rows = path.read_text().splitlines()
+    assert rows[0] == "epoch,accuracy,loss,time"
+    assert [float(r.split(",")[2]) for r in rows[1:]] == h.history["loss"]
+    _model().fit(X, y, epochs=2, verbose=0, callbacks=[fm.callbacks.CSVLogger(path, append=True)])
+    rows = path.read_text().splitlines()
+    assert len(rows) == 6 and rows.count("epoch,accuracy,loss,time") == 1
+    with pytest.raises(TypeError, match="on_epoch_end must be a function"):
+        fm.callbacks.LambdaCallback(on_epoch_end=3)
+    # no batch hook given: the lambda callback is not called per native call
+    assert fm.callbacks.CallbackList([lam], _model()).batch_hooks == []
+    t = fm.callbacks.TerminateOnNaN()
+    m = _model()
+    t.set_model(m)
+    m.stop_training = False
+    t.on_train_batch_end(0, {"loss": 1.0})
+    assert m.stop_training is False
+    t.on_train_batch_end(1, {"loss": float("nan")})
+    assert m.stop_training is True
