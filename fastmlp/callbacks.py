@@ -252,4 +252,83 @@ class CSVLogger(Callback):
             self._file = None
 
 
+class ReduceLROnPlateau(Callback):
+    """Multiply the learning rate by ``factor`` when ``monitor`` has not improved
+    for ``patience`` epochs (Keras' ReduceLROnPlateau): an improvement beats the
+    best by more than ``min_delta``; after a reduction, ``cooldown`` epochs pass
+    before the wait counts again; the rate never goes below ``min_lr``. Each
+    epoch's logs get its ``learning_rate``."""
+
+    def __init__(self, monitor="val_loss", factor=0.1, patience=10, mode="auto", min_delta=1e-4, cooldown=0,
+                 min_lr=0.0):
+        from . import _validation
+
+        self.monitor = str(monitor)
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f"ReduceLROnPlateau: mode must be 'auto', 'min' or 'max', got {mode!r}.")
+        # Keras' auto rule here: a monitor with "acc" in its name goes up, any other down
+        self.mode = mode if mode != "auto" else ("max" if "acc" in self.monitor else "min")
+        self.factor = _validation.check_in_range(factor, "ReduceLROnPlateau: factor", 0.0, 1.0)
+        if self.factor == 0.0:
+            raise ValueError("ReduceLROnPlateau: factor must be in (0, 1): a rate of 0 does not train.")
+        self.patience = _validation.check_nonnegative_int(patience, "patience")
+        self.min_delta = _validation.check_nonnegative(min_delta, "min_delta")
+        self.cooldown = _validation.check_nonnegative_int(cooldown, "cooldown")
+        self.min_lr = _validation.check_nonnegative(min_lr, "min_lr")
+
+    def _improves(self, value):
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+    def on_train_begin(self, logs=None):
+        self.wait, self.cooldown_counter = 0, 0
+        self.best = math.inf if self.mode == "min" else -math.inf
+
+    def on_epoch_end(self, epoch, logs=None):
+        opt = self.model.optimizer
+        logs["learning_rate"] = opt.lr
+        current = logs.get(self.monitor)
+        if current is None:
+            warnings.warn(f"ReduceLROnPlateau monitors {self.monitor!r}, which this fit does not report (it "
+                          f"reports {', '.join(sorted(logs))}).", stacklevel=2)
+            return
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if self._improves(current):
+            self.best, self.wait = current, 0
+        elif self.cooldown_counter == 0:
+            self.wait += 1
+            if self.wait >= self.patience and opt.lr > self.min_lr:
+                opt.lr = max(opt.lr * self.factor, self.min_lr)
+                self.cooldown_counter, self.wait = self.cooldown, 0
+
+
+class LearningRateScheduler(Callback):
+    """Set the learning rate at the start of each epoch to ``schedule(epoch, lr)``
+    (Keras' LearningRateScheduler; ``schedule(epoch)`` also works). The new rate
+    is checked: a schedule that returns 0, a negative number or NaN stops the fit
+    with a ValueError that names it. Each epoch's logs get its ``learning_rate``."""
+
+    def __init__(self, schedule):
+        if not callable(schedule):
+            raise TypeError(f"LearningRateScheduler: schedule must be a function, got {type(schedule).__name__}.")
+        self.schedule = schedule
+
+    def on_epoch_begin(self, epoch, logs=None):
+        opt = self.model.optimizer
+        try:
+            lr = self.schedule(epoch, opt.lr)
+        except TypeError:
+            lr = self.schedule(epoch)
+        try:
+            opt.lr = lr
+        except ValueError as exc:
+            raise ValueError(f"LearningRateScheduler: schedule({epoch}, ...) returned {lr!r}: {exc}") from None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["learning_rate"] = self.model.optimizer.lr
+
+
 from .checkpoints import BackupAndRestore, ModelCheckpoint  # noqa: E402  (they subclass Callback)

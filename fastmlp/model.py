@@ -436,11 +436,11 @@ class Sequential:
                     if "accuracy" in v:
                         logs["val_accuracy"] = v["accuracy"]
                 logs["time"] = time.perf_counter() - t0
+                cbs.on_epoch_end(epoch, logs)  # before the history, as Keras: a callback may add to logs
                 history._append(epoch, logs)
                 if verbose:
                     print(f"Epoch {epoch + 1}/{epochs} - {logs['time']:.2f}s - "
                           + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items() if k != "time"), flush=True)
-                cbs.on_epoch_end(epoch, logs)
                 if self.stop_training:
                     break
         self.history = history

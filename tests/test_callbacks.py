@@ -203,3 +203,45 @@ def test_lambda_callback_csv_logger_and_terminate_on_nan(tmp_path):
     assert m.stop_training is False
     t.on_train_batch_end(1, {"loss": float("nan")})
     assert m.stop_training is True
+
+
+@pytest.mark.parametrize("kw, logged, final", [
+    # flat val_loss, patience 2, cooldown 1: reductions at epochs 2, 4 and 6 (Keras' rule worked by hand)
+    (dict(factor=0.5, patience=2, cooldown=1), [0.1, 0.1, 0.1, 0.05, 0.05, 0.025, 0.025], 0.0125),
+    # patience 0: every epoch without improvement, down to min_lr and no further
+    (dict(factor=0.1, patience=0, min_lr=0.005), [0.1, 0.1, 0.01, 0.005, 0.005, 0.005, 0.005], 0.005),
+])
+def test_reduce_lr_on_plateau_changes_the_rate_at_kerass_epochs(kw, logged, final):
+    X, y = _data()
+    m = _model()
+    h = m.fit(X, y, epochs=7, verbose=0,
+              callbacks=[Script([1.0] * 7), fm.callbacks.ReduceLROnPlateau(**kw)])
+    np.testing.assert_allclose(h.history["learning_rate"], logged, rtol=1e-15)
+    assert m.optimizer.lr == pytest.approx(final, rel=1e-15)
+    with pytest.raises(ValueError, match="factor"):
+        fm.callbacks.ReduceLROnPlateau(factor=1.0)
+    with pytest.raises(ValueError, match="factor"):
+        fm.callbacks.ReduceLROnPlateau(factor=0.0)
+
+
+def test_learning_rate_scheduler_trains_as_setting_the_rate_by_hand():
+    X, y = _data()
+    rates = [0.1, 0.05, 0.025, 0.0125]
+    a = _model()
+    h = a.fit(X, y, epochs=4, verbose=0, n_threads=1,
+              callbacks=[fm.callbacks.LearningRateScheduler(lambda epoch, lr: rates[epoch])])
+    assert h.history["learning_rate"] == rates
+    b = _model()
+    for r in rates:
+        b.optimizer.lr = r
+        b.fit(X, y, epochs=1, verbose=0, n_threads=1)
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(wa, wb)
+    one_arg = fm.callbacks.LearningRateScheduler(lambda epoch: 0.2 / (epoch + 1))
+    h = _model().fit(X, y, epochs=2, verbose=0, callbacks=[one_arg])
+    assert h.history["learning_rate"] == [0.2, 0.1]
+    m = _model()
+    with pytest.raises(ValueError, match=r"schedule\(1, ...\) returned -0.1: SGD.lr must be"):
+        m.fit(X, y, epochs=3, verbose=0, callbacks=[fm.callbacks.LearningRateScheduler(
+            lambda epoch, lr: 0.1 if epoch == 0 else -0.1)])
+    assert m.optimizer.lr == 0.1
