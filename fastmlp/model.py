@@ -379,7 +379,7 @@ class Sequential:
 
     # -------------------------------------------------------------------- fit
     def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, verbose=1,
-            sample_weight=None, n_threads=None, callbacks=None, initial_epoch=0):
+            sample_weight=None, n_threads=None, callbacks=None, initial_epoch=0, validation_split=0.0):
         """Train the model.
 
         Parameters
@@ -393,12 +393,15 @@ class Sequential:
             gradient descent. A last partial batch is trained, not dropped.
         shuffle : bool
         validation_data : (X_val, y_val), optional; evaluated after every epoch
-        verbose : 0 or 1
+        verbose : 0 or 1 (a line per epoch)
         sample_weight : (n_samples,), optional; the loss is the weighted mean
         n_threads : int, optional; overrides the model's setting for this fit
         callbacks : list of :class:`fastmlp.callbacks.Callback` (Keras' hooks; setting
             ``model.stop_training = True`` stops after the epoch), or of functions
             ``f(model, epoch, logs)`` run after each epoch (returning True stops training)
+        validation_split : float in [0, 1); as Keras: the last fraction of the rows (taken
+            before shuffling) is held out and evaluated after every epoch; ignored when
+            validation_data is given
         initial_epoch : int; as Keras: the epoch to start from (``epochs`` is the index of
             the last one, so ``fit(epochs=4, initial_epoch=2)`` trains epochs 2 and 3). A
             callback's ``on_train_begin`` may move it by setting ``model._initial_epoch``
@@ -412,7 +415,8 @@ class Sequential:
             raise RuntimeError("Call model.compile(loss=..., optimizer=...) before fit.")
         with self._unchanged_on_error():
             X, target, kind, sw, val, batch_size, cbs = self._check_fit(
-                X, y, epochs, batch_size, validation_data, sample_weight, n_threads, callbacks, initial_epoch)
+                X, y, epochs, batch_size, validation_data, sample_weight, n_threads, callbacks, initial_epoch,
+                validation_split, verbose)
         epochs = int(epochs)
         n, opt = X.shape[0], self.optimizer
         self._loss_kind, self._weighted = kind, sw.shape[0] > 0
@@ -449,7 +453,7 @@ class Sequential:
         return history
 
     def _check_fit(self, X, y, epochs, batch_size, validation_data, sample_weight, n_threads, callbacks,
-                   initial_epoch):
+                   initial_epoch, validation_split, verbose):
         """Every check of a fit, before any work: (X, target, kind, sw, val, batch_size, callbacks)."""
         epochs = _validation.check_positive_int(epochs, "epochs")
         initial_epoch = _validation.check_nonnegative_int(initial_epoch, "initial_epoch")
@@ -457,6 +461,9 @@ class Sequential:
             raise ValueError(f"initial_epoch ({initial_epoch}) must be below epochs ({epochs}): epochs is the "
                              "index of the last epoch, as in Keras, not a count of epochs to add.")
         cbs = _callbacks.CallbackList(callbacks, self)
+        if isinstance(verbose, bool) or verbose not in (0, 1):
+            raise ValueError(f"verbose must be 0 (silent) or 1 (a line per epoch), got {verbose!r}.")
+        split = _validation.check_in_range(validation_split, "validation_split", 0.0, 1.0)
         batch_size = _validation.check_positive_int(batch_size, "batch_size")
         if n_threads is not None:
             _validation.check_positive_int(n_threads, "n_threads")
@@ -470,6 +477,17 @@ class Sequential:
                 raise ValueError("validation_data must be a tuple (X_val, y_val).")
             Xv = self._check_X(validation_data[0], "X_val")
             val = (Xv, *self._check_targets(validation_data[1], Xv.shape[0], "y_val"))
+        elif split > 0:
+            cut = int(n * (1.0 - split))  # Keras' split point
+            if cut == 0:
+                raise ValueError(f"validation_split={validation_split} of {n} rows leaves no rows to train on; "
+                                 "choose a smaller fraction or pass validation_data.")
+            val = (X[cut:], target[cut:], kind)
+            X, target, n = X[:cut], target[:cut], cut
+            sw = sw[:cut] if sw.shape[0] else sw
+            if sw.shape[0] and not sw.sum() > 0:
+                raise ValueError("sample_weight is 0 on every training row left by validation_split; at least "
+                                 "one of them needs a positive weight.")
         batch_size = min(batch_size, n)
         if self._has_batchnorm and (batch_size < 2 or n % batch_size == 1):
             raise ValueError(

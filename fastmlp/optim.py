@@ -52,8 +52,12 @@ class Optimizer:
     _owner = staticmethod(_no_owner)
     lr = _Hyper(_validation.check_positive)
 
-    def __init__(self, lr):
-        self.lr = lr
+    def __init__(self, lr, learning_rate=None):
+        if learning_rate is not None:  # Keras' spelling
+            if lr is not None:
+                raise ValueError(f"Pass lr or learning_rate, not both (got lr={lr!r}, learning_rate={learning_rate!r}).")
+            lr = learning_rate
+        self.lr = self.default_lr if lr is None else lr
         self.t = 0
 
     def init_state(self, n_params, dtype, np=np):
@@ -130,8 +134,10 @@ class SGD(Optimizer):
     kind = Opt.SGD
     momentum = _Hyper(lambda v, name: _validation.check_in_range(v, name, 0.0, 1.0, hi_open=False))
 
-    def __init__(self, lr=0.01, momentum=0.0, nesterov=False):
-        super().__init__(lr)
+    default_lr = 0.01
+
+    def __init__(self, lr=None, momentum=0.0, nesterov=False, learning_rate=None):
+        super().__init__(lr, learning_rate)
         self.momentum = momentum
         if nesterov and momentum == 0.0:
             raise ValueError("Nesterov momentum requires momentum > 0, got momentum=0.0.")
@@ -153,8 +159,10 @@ class RMSprop(Optimizer):
     rho = _Hyper(lambda v, name: _validation.check_in_range(v, name, 0.0, 1.0))
     eps = _Hyper(_validation.check_positive)
 
-    def __init__(self, lr=0.01, rho=0.99, eps=1e-8):
-        super().__init__(lr)
+    default_lr = 0.01
+
+    def __init__(self, lr=None, rho=0.99, eps=1e-8, learning_rate=None):
+        super().__init__(lr, learning_rate)
         self.rho, self.eps = rho, eps
 
     def hyper(self):
@@ -174,8 +182,10 @@ class Adam(Optimizer):
     beta2 = _Hyper(lambda v, name: _validation.check_in_range(v, name, 0.0, 1.0))
     eps = _Hyper(_validation.check_positive)
 
-    def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
-        super().__init__(lr)
+    default_lr = 1e-3
+
+    def __init__(self, lr=None, beta1=0.9, beta2=0.999, eps=1e-8, learning_rate=None):
+        super().__init__(lr, learning_rate)
         self.beta1, self.beta2, self.eps = beta1, beta2, eps
 
     def hyper(self):

@@ -245,3 +245,36 @@ def test_learning_rate_scheduler_trains_as_setting_the_rate_by_hand():
         m.fit(X, y, epochs=3, verbose=0, callbacks=[fm.callbacks.LearningRateScheduler(
             lambda epoch, lr: 0.1 if epoch == 0 else -0.1)])
     assert m.optimizer.lr == 0.1
+
+
+def test_validation_split_holds_out_the_last_rows_before_shuffling():
+    X, y = _data(100)
+    a = _model()
+    h = a.fit(X, y, epochs=3, validation_split=0.2, verbose=0, n_threads=1)
+    b = _model()
+    hb = b.fit(X[:80], y[:80], epochs=3, validation_data=(X[80:], y[80:]), verbose=0, n_threads=1)
+    assert h.history == {k: v for k, v in hb.history.items() if k != "time"} | {"time": h.history["time"]}
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(wa, wb)
+    with pytest.raises(ValueError, match="validation_split"):
+        _model().fit(X, y, validation_split=1.0, verbose=0)
+    with pytest.raises(ValueError, match="no rows to train on"):
+        _model().fit(X[:3], y[:3], validation_split=0.9, verbose=0)
+    with pytest.raises(ValueError, match="every training row left by validation_split"):
+        _model().fit(X, y, validation_split=0.5, sample_weight=np.r_[np.zeros(50), np.ones(50)], verbose=0)
+
+
+@pytest.mark.parametrize("verbose", [2, -1, True, "1"])
+def test_verbose_other_than_0_or_1_is_an_error(verbose):
+    X, y = _data()
+    with pytest.raises(ValueError, match="verbose must be 0"):
+        _model().fit(X, y, verbose=verbose)
+
+
+def test_learning_rate_is_keras_spelling_of_lr():
+    assert fm.optim.Adam(learning_rate=0.02).lr == 0.02
+    assert fm.optim.SGD().lr == 0.01 and fm.optim.Adam().lr == 1e-3 and fm.optim.RMSprop().lr == 0.01
+    with pytest.raises(ValueError, match="not both"):
+        fm.optim.SGD(0.1, learning_rate=0.2)
+    with pytest.raises(ValueError, match="lr must be"):
+        fm.optim.RMSprop(learning_rate=-1.0)
