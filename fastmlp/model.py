@@ -1,6 +1,6 @@
 """Sequential: compile / fit / predict / evaluate / get_weights / set_weights.
 
-(About 750 lines: one class, the public model, whose methods share its compiled units and
+(About 800 lines: one class, the public model, whose methods share its compiled units and
 their plans; the maths and the buffers live in fastmlp._native and the backends.)
 
 The model compiles its layers into a plan of units, each an optional dense
