@@ -269,11 +269,19 @@ def as_array(a, name):
     return a if isinstance(a, np.ndarray) else _as_numeric(a, name)
 
 
+def _outside_unit_interval(target):
+    """(row, col) of the first entry of a 2-D array outside [0, 1], or None."""
+    bad = (target < 0) | (target > 1)
+    if not bad.any():
+        return None
+    return np.unravel_index(int(np.argmax(bad)), target.shape)
+
+
 def check_binary_targets(target, name="y", loss="binary_cross_entropy"):
     """Raise if a validated (finite) target array has an entry outside [0, 1]."""
-    bad = (target < 0) | (target > 1)
-    if bad.any():
-        row, col = np.unravel_index(int(np.argmax(bad)), target.shape)
+    where = _outside_unit_interval(target)
+    if where is not None:
+        row, col = where
         raise ValueError(
             f"Loss {loss!r} needs targets in [0, 1] (labels 0 / 1 or probabilities), but {name} has "
             f"{target[row, col].item()!r} at row {row}, column {col}. Use loss='cross_entropy' with an "
@@ -284,9 +292,9 @@ def check_probability_rows(target, name="y", loss="cross_entropy"):
     """Raise unless every row of a validated (finite) target array is a
     probability vector: entries in [0, 1] summing to 1 (within 1e-3); one-hot
     rows and soft targets are both accepted, as in PyTorch."""
-    bad = (target < 0) | (target > 1)
-    if bad.any():
-        row, col = np.unravel_index(int(np.argmax(bad)), target.shape)
+    where = _outside_unit_interval(target)
+    if where is not None:
+        row, col = where
         raise ValueError(
             f"Loss {loss!r} takes one-hot or probability rows (entries in [0, 1] that sum to 1), but {name} "
             f"has {target[row, col].item()!r} at row {row}, column {col}. Pass integer class labels, or fix "

@@ -18,6 +18,8 @@ import numbers
 import os
 import warnings
 
+from . import _validation
+
 
 class Callback:
     """Base class of the callbacks that ``Sequential.fit`` calls.
@@ -143,8 +145,6 @@ class EarlyStopping(Callback):
 
     def __init__(self, monitor="val_loss", min_delta=0.0, patience=0, mode="auto", baseline=None,
                  restore_best_weights=False, start_from_epoch=0):
-        from . import _validation
-
         self.monitor = str(monitor)
         self._better, self.mode = _monitor_op(self.monitor, mode, "EarlyStopping")
         if isinstance(min_delta, bool) or not isinstance(min_delta, numbers.Real) or not math.isfinite(min_delta):
@@ -261,8 +261,6 @@ class ReduceLROnPlateau(Callback):
 
     def __init__(self, monitor="val_loss", factor=0.1, patience=10, mode="auto", min_delta=1e-4, cooldown=0,
                  min_lr=0.0):
-        from . import _validation
-
         self.monitor = str(monitor)
         if mode not in ("auto", "min", "max"):
             raise ValueError(f"ReduceLROnPlateau: mode must be 'auto', 'min' or 'max', got {mode!r}.")
