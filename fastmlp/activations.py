@@ -12,7 +12,7 @@ loss, whose output layer produces the log-rate. The codes are the members of
 :class:`fastmlp._native.codes.Act`.
 """
 
-from ._native.codes import ROWWISE_ACTS as ROWWISE
+from ._native.codes import ROWWISE_ACTS as ROWWISE  # noqa: F401  (the row-wise codes, by this module's names)
 from ._native.codes import Act
 
 # The codes, by their names in this module (the enum is their one owner).

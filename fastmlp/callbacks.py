@@ -329,4 +329,4 @@ class LearningRateScheduler(Callback):
         logs["learning_rate"] = self.model.optimizer.lr
 
 
-from .checkpoints import BackupAndRestore, ModelCheckpoint  # noqa: E402  (they subclass Callback)
+from .checkpoints import BackupAndRestore, ModelCheckpoint  # noqa: E402, F401  (re-exported; they subclass Callback)

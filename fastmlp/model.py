@@ -418,7 +418,7 @@ class Sequential:
                 X, y, epochs, batch_size, validation_data, sample_weight, n_threads, callbacks, initial_epoch,
                 validation_split, verbose)
         epochs = int(epochs)
-        n, opt = X.shape[0], self.optimizer
+        opt = self.optimizer
         self._loss_kind, self._weighted = kind, sw.shape[0] > 0
         if opt.state is None:
             opt.init_state(self._params.size, self.dtype)

@@ -55,7 +55,8 @@ class Optimizer:
     def __init__(self, lr, learning_rate=None):
         if learning_rate is not None:  # Keras' spelling
             if lr is not None:
-                raise ValueError(f"Pass lr or learning_rate, not both (got lr={lr!r}, learning_rate={learning_rate!r}).")
+                raise ValueError(
+                    f"Pass lr or learning_rate, not both (got lr={lr!r}, learning_rate={learning_rate!r}).")
             lr = learning_rate
         self.lr = self.default_lr if lr is None else lr
         self.t = 0

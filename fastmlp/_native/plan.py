@@ -188,7 +188,8 @@ def _writeable(who, name, b):
 
 _KINDS = frozenset(int(u) for u in Unit)
 _OPTS = frozenset(int(o) for o in Opt)
-_DENSE, _ACTIVATION, _DROPOUT, _BATCHNORM = int(Unit.DENSE), int(Unit.ACTIVATION), int(Unit.DROPOUT), int(Unit.BATCHNORM)
+_DENSE, _ACTIVATION = int(Unit.DENSE), int(Unit.ACTIVATION)
+_DROPOUT, _BATCHNORM = int(Unit.DROPOUT), int(Unit.BATCHNORM)
 _IDENTITY = int(Act.IDENTITY)
 assert tuple(name for name, _ in UNIT_FIELDS) == (
     "kind", "fan_in", "fan_out", "act", "use_bias", "w_off", "b_off", "alpha", "l2", "rate", "eps", "momentum")
