@@ -61,6 +61,19 @@ CODE_TO_NAME = {code: name for name, (code, _, _) in ACTIVATIONS.items()}
 def resolve(name):
     """Return ``(canonical_name, code, alpha)`` for an activation name.
 
+    Parameters
+    ----------
+    name : str or None
+        A name of :data:`ACTIVATIONS` or of :data:`ALIASES` (None is the identity).
+
+    Returns
+    -------
+    canonical_name : str
+    code : int
+        The activation's code (:class:`fastmlp._native.codes.Act`).
+    alpha : float
+        Its parameter (leaky_relu's slope, elu's alpha; 0 for the others).
+
     Raises
     ------
     ValueError

@@ -11,7 +11,7 @@ from . import initializers as _init
 
 
 class Layer:
-    """Base class of layer specifications."""
+    """Base class of layer specifications: settings only, no maths."""
 
     def get_config(self):
         return dict(vars(self))
@@ -48,7 +48,13 @@ class Dense(Layer):
 
 
 class Activation(Layer):
-    """Activation as a layer of its own: ``Dense(300, use_bias=False)`` then ``Activation("relu")``."""
+    """Activation as a layer of its own: ``Dense(300, use_bias=False)`` then ``Activation("relu")``.
+
+    Parameters
+    ----------
+    activation : str or None
+        Name from :data:`fastmlp.activations.ACTIVATIONS`; None is the identity.
+    """
 
     def __init__(self, activation):
         self.activation = _act.resolve(activation)[0]

@@ -38,7 +38,15 @@ class TrainingDivergedError(FloatingPointError):
 
 
 class History:
-    """What ``fit`` returns: ``history.history`` maps metric names to per-epoch lists."""
+    """What ``fit`` returns: ``history.history`` maps metric names to per-epoch lists.
+
+    Attributes
+    ----------
+    history : dict of str to list of float
+        "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", ... per epoch.
+    epoch : list of int
+        The epochs trained (0-based; they start at ``initial_epoch``).
+    """
 
     def __init__(self):
         self.history = {}
@@ -179,7 +187,17 @@ class Sequential:
         return units
 
     def build(self, input_dim):
-        """Create the weights for ``input_dim`` features (done by ``fit`` when omitted)."""
+        """Create the weights for ``input_dim`` features (done by ``fit`` when omitted).
+
+        Parameters
+        ----------
+        input_dim : int
+            Number of input features.
+
+        Returns
+        -------
+        self : Sequential
+        """
         self.input_dim = input_dim
         self._units = self._compile_units(input_dim)
         offset = 0
@@ -224,6 +242,7 @@ class Sequential:
 
     @property
     def built(self):
+        """Whether the weights exist (``input_dim`` given, or after the first ``fit``)."""
         return self._units is not None
 
     @property
@@ -235,6 +254,7 @@ class Sequential:
         return self._units is not None and any(u.dropout for u in self._units)
 
     def count_params(self):
+        """Number of parameters (0 before the model is built), BatchNorm's running statistics included."""
         return 0 if not self.built else int(self._params.size)
 
     def _output_act(self):
@@ -384,32 +404,42 @@ class Sequential:
 
         Parameters
         ----------
-        X : array of shape (n_samples, n_features) or (n_samples, ...) (flattened)
-        y : integer labels (n_samples,) or one-hot (n_samples, n_classes) for
-            classification losses; (n_samples,) or (n_samples, n_outputs) for mse
-            and poisson (counts or rates >= 0)
-        epochs : int
-        batch_size : int; ``len(X)`` gives batch gradient descent, 1 stochastic
-            gradient descent. A last partial batch is trained, not dropped.
-        shuffle : bool
-        validation_data : (X_val, y_val), optional; evaluated after every epoch
-        verbose : 0 or 1 (a line per epoch)
-        sample_weight : (n_samples,), optional; the loss is the weighted mean
-        n_threads : int, optional; overrides the model's setting for this fit
-        callbacks : list of :class:`fastmlp.callbacks.Callback` (Keras' hooks; setting
-            ``model.stop_training = True`` stops after the epoch), or of functions
-            ``f(model, epoch, logs)`` run after each epoch (returning True stops training)
-        validation_split : float in [0, 1); as Keras: the last fraction of the rows (taken
-            before shuffling) is held out and evaluated after every epoch; ignored when
-            validation_data is given
-        initial_epoch : int; as Keras: the epoch to start from (``epochs`` is the index of
-            the last one, so ``fit(epochs=4, initial_epoch=2)`` trains epochs 2 and 3). A
-            callback's ``on_train_begin`` may move it by setting ``model._initial_epoch``
-            (:class:`fastmlp.callbacks.BackupAndRestore` does)
+        X : array-like of shape (n_samples, n_features) or (n_samples, ...)
+            Inputs (more dimensions are flattened); converted to the model's dtype once.
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            Integer labels (n_samples,) or one-hot rows (n_samples, n_classes) for the
+            classification losses; (n_samples,) or (n_samples, n_outputs) for mse and poisson
+            (counts or rates >= 0).
+        epochs : int, default=1
+            Index of the last epoch (Keras' rule with ``initial_epoch``).
+        batch_size : int, default=32
+            ``len(X)`` gives batch gradient descent, 1 stochastic gradient descent. A last
+            partial batch is trained, not dropped.
+        shuffle : bool, default=True
+            Draw a new order of the rows every epoch.
+        validation_data : tuple (X_val, y_val), optional
+            Evaluated after every epoch ("val_loss", "val_accuracy" in the history).
+        verbose : {0, 1}, default=1
+            1 prints a line per epoch.
+        sample_weight : array-like of shape (n_samples,), optional
+            The loss is the weighted mean.
+        n_threads : int, optional
+            Overrides the model's thread bound for this fit.
+        callbacks : list of fastmlp.callbacks.Callback or of callables, optional
+            Keras' hooks (setting ``model.stop_training = True`` stops after the epoch), or
+            functions ``f(model, epoch, logs)`` run after each epoch (returning True stops).
+        initial_epoch : int, default=0
+            As Keras: the epoch to start from (``fit(epochs=4, initial_epoch=2)`` trains
+            epochs 2 and 3). A callback's ``on_train_begin`` may move it by setting
+            ``model._initial_epoch`` (:class:`fastmlp.callbacks.BackupAndRestore` does).
+        validation_split : float in [0, 1), default=0.0
+            As Keras: the last fraction of the rows (taken before shuffling) is held out and
+            evaluated after every epoch; ignored when ``validation_data`` is given.
 
         Returns
         -------
         History
+            Per-epoch logs in ``history.history``.
         """
         if self._loss is None:
             raise RuntimeError("Call model.compile(loss=..., optimizer=...) before fit.")
@@ -602,6 +632,17 @@ class Sequential:
         """Model outputs: probabilities for cross_entropy / binary_cross_entropy, rates exp(z) for
         poisson, else the raw output.
 
+        A C-contiguous batch of up to 64 rows of the model's dtype takes the per-request path:
+        one native call with no allocation but the output.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features) or (n_samples, ...) (flattened)
+        batch_size : int, default=4096
+            Rows per forward pass (bounds the work buffers' memory).
+        n_threads : int, optional
+            Overrides the model's thread bound for this call.
+
         Returns
         -------
         ndarray of shape (n_samples, n_outputs), of the model's dtype.
@@ -663,7 +704,26 @@ class Sequential:
         return self._infer_cache
 
     def evaluate(self, X, y, sample_weight=None, batch_size=4096, n_threads=None):
-        """Loss (and accuracy for classification) on a data set: ``{"loss": ..., "accuracy": ...}``."""
+        """Loss (and accuracy for classification) on a data set.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            Targets as for :meth:`fit`.
+        sample_weight : array-like of shape (n_samples,), optional
+            The loss is the weighted mean.
+        batch_size : int, default=4096
+            Rows per forward pass.
+        n_threads : int, optional
+            Overrides the model's thread bound for this call.
+
+        Returns
+        -------
+        dict
+            ``{"loss": float, "accuracy": float}``; no "accuracy" for mse and poisson. The loss
+            includes the L2 penalty, as in training.
+        """
         if self._loss is None:
             raise RuntimeError("Call model.compile(...) before evaluate.")
         batch_size = _validation.check_positive_int(batch_size, "batch_size")
@@ -735,7 +795,15 @@ class Sequential:
         return [w.copy() for w in self._weight_views()]
 
     def set_weights(self, weights):
-        """Set the parameters from a list shaped as :meth:`get_weights` returns."""
+        """Set the parameters from a list shaped as :meth:`get_weights` returns.
+
+        Parameters
+        ----------
+        weights : list of array-like
+            ``[W0, b0, W1, b1, ...]`` with W of shape (fan_in, fan_out) (BatchNorm layers:
+            gamma, beta, running_mean, running_var of shape (features,)); cast to the model's
+            dtype. An unbuilt model is built from W0's shape. On an error nothing is changed.
+        """
         with self._unchanged_on_error():
             self._set_weights(list(weights))
 
@@ -769,7 +837,15 @@ class Sequential:
 
     def save(self, path, include_optimizer=True):
         """Write the model to one safetensors file; see :func:`fastmlp.load_model` and
-        :mod:`fastmlp.saving`."""
+        :mod:`fastmlp.saving`.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file to write (atomically: a temporary file, then a rename).
+        include_optimizer : bool, default=True
+            Also save the optimizer's state and step counter, so that training resumes exactly.
+        """
         from .saving import save_model
         save_model(self, path, include_optimizer)
 

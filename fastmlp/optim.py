@@ -42,6 +42,13 @@ class Optimizer:
     parameters of one model: the model whose ``compile`` it was given owns it,
     and giving the same instance to another model's ``compile`` is an error
     while the first model lives.
+
+    Parameters
+    ----------
+    lr : float > 0 or None
+        The learning rate; None takes the class's ``default_lr``.
+    learning_rate : float > 0 or None
+        Keras' spelling of ``lr`` (give one of the two).
     """
 
     #: names of the state vectors, each the size of the parameter vector
@@ -62,7 +69,17 @@ class Optimizer:
         self.t = 0
 
     def init_state(self, n_params, dtype, np=np):
-        """Allocate the state vectors (zeros), once per model."""
+        """Allocate the state vectors (zeros), once per model.
+
+        Parameters
+        ----------
+        n_params : int
+            Size of the model's flat parameter vector.
+        dtype : numpy dtype
+            The model's dtype.
+        np : module, default=numpy
+            The array module that allocates them.
+        """
         self.t = 0
         self.state = {name: np.zeros(n_params, dtype=dtype) for name in self.state_names}
 
@@ -88,16 +105,43 @@ class Optimizer:
         raise NotImplementedError
 
     def states(self, np=np):
-        """The two state vectors the native step loop updates ((0,) where unused)."""
+        """The two state vectors the native step loop updates ((0,) where unused).
+
+        Parameters
+        ----------
+        np : module, default=numpy
+            The array module that allocates the empty ones.
+
+        Returns
+        -------
+        list of two ndarray of shape (n_params,) or (0,)
+        """
         vecs = [self.state[name] for name in self.state_names]
         empty = np.empty(0, dtype=vecs[0].dtype)
         return (vecs + [empty, empty])[:2]
 
     def loop_state(self, clip_norm=0.0, seed=0):
-        """The :class:`fastmlp._native.plan.LoopState` of a training call from the current state."""
+        """The :class:`fastmlp._native.plan.LoopState` of a training call from the current state.
+
+        Parameters
+        ----------
+        clip_norm : float, default=0.0
+            Global gradient-norm bound (0: no clipping).
+        seed : int, default=0
+            Seed of the dropout masks.
+        """
         return _plan.LoopState(self.kind, self.hyper(), *self.states(), self.t, clip_norm, seed)
 
     def step(self, backend, params, grads):  # pragma: no cover - abstract
+        """One update of ``params`` in place from ``grads`` (both of shape (n_params,)) with ``backend``'s kernel.
+
+        Parameters
+        ----------
+        backend : module
+            A backend from :func:`fastmlp.get_backend`.
+        params, grads : ndarray of shape (n_params,)
+            The flat parameter vector (updated in place) and its gradient.
+        """
         raise NotImplementedError
 
     def _hypers(self):
@@ -129,6 +173,17 @@ class SGD(Optimizer):
     """Stochastic gradient descent as ``torch.optim.SGD`` (dampening 0).
 
     v = momentum * v + g; p -= lr * (g + momentum * v if nesterov else v).
+
+    Parameters
+    ----------
+    lr : float > 0, default=0.01
+        The learning rate.
+    momentum : float in [0, 1], default=0.0
+        The velocity's decay; 0 is plain gradient descent.
+    nesterov : bool, default=False
+        Nesterov's momentum (needs ``momentum > 0``).
+    learning_rate : float > 0, optional
+        Keras' spelling of ``lr``.
     """
 
     state_names = ("buf",)
@@ -153,7 +208,21 @@ class SGD(Optimizer):
 
 
 class RMSprop(Optimizer):
-    """RMSprop as ``torch.optim.RMSprop`` (alpha=rho, not centered)."""
+    """RMSprop as ``torch.optim.RMSprop`` (alpha=rho, not centered).
+
+    sq = rho * sq + (1 - rho) * g**2; p -= lr * g / (sqrt(sq) + eps).
+
+    Parameters
+    ----------
+    lr : float > 0, default=0.01
+        The learning rate.
+    rho : float in [0, 1), default=0.99
+        Decay of the running mean of squared gradients.
+    eps : float > 0, default=1e-8
+        Added to the denominator.
+    learning_rate : float > 0, optional
+        Keras' spelling of ``lr``.
+    """
 
     state_names = ("sq",)
     kind = Opt.RMSPROP
@@ -175,7 +244,19 @@ class RMSprop(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adam as ``torch.optim.Adam`` (bias-corrected, no AMSGrad)."""
+    """Adam as ``torch.optim.Adam`` (bias-corrected, no AMSGrad).
+
+    Parameters
+    ----------
+    lr : float > 0, default=1e-3
+        The learning rate.
+    beta1, beta2 : float in [0, 1), default=0.9 and 0.999
+        Decays of the first and second moment estimates.
+    eps : float > 0, default=1e-8
+        Added to the denominator.
+    learning_rate : float > 0, optional
+        Keras' spelling of ``lr``.
+    """
 
     state_names = ("m", "v")
     kind = Opt.ADAM
@@ -202,7 +283,17 @@ OPTIMIZERS = {"sgd": SGD, "rmsprop": RMSprop, "adam": Adam}
 
 
 def get(optimizer):
-    """An :class:`Optimizer` from an instance or a name ("sgd", "rmsprop", "adam")."""
+    """An :class:`Optimizer` from an instance or a name.
+
+    Parameters
+    ----------
+    optimizer : Optimizer or {"sgd", "rmsprop", "adam"}
+        An instance is returned as is; a name gives a new instance with the defaults.
+
+    Returns
+    -------
+    Optimizer
+    """
     if isinstance(optimizer, Optimizer):
         return optimizer
     if isinstance(optimizer, str) and optimizer.lower() in OPTIMIZERS:
