@@ -19,7 +19,7 @@ __all__ = ["load_idx", "load_fashion_mnist"]
 _GZIP_MAGIC = b"\x1f\x8b"
 
 # IDX type byte -> big-endian element dtype.
-_IDX_DTYPES = {
+_IDX_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype(">u1"),
     0x09: np.dtype(">i1"),
     0x0B: np.dtype(">i2"),

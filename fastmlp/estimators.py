@@ -50,9 +50,11 @@ How the numbers line up with scikit-learn's
   (scikit-learn weighs batches by their row count).
 """
 import numbers
+import os
 import warnings
 
 import numpy as np
+from numpy.typing import ArrayLike
 import scipy
 import scipy.optimize
 import scipy.special
@@ -184,7 +186,7 @@ class _BaseMLP(BaseEstimator):
             _init.resolve(self.init, _act.RELU)  # raises on unknown names, listing the valid ones
         return [int(s) for s in sizes], acts
 
-    def save(self, path, include_optimizer=True):
+    def save(self, path: str | os.PathLike, include_optimizer: bool = True) -> None:
         """Write the fitted estimator to one safetensors file (:func:`fastmlp.load_model` reads it).
 
         Parameters
@@ -637,7 +639,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     _score_function = staticmethod(accuracy_score)
 
-    def fit(self, X, y, sample_weight=None, validation_data=None):
+    def fit(self, X: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None,
+            validation_data: tuple[ArrayLike, ArrayLike] | None = None) -> "MLPClassifier":
         """Fit the model to X (n_samples, n_features) and class labels y.
 
         Parameters
@@ -675,7 +678,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return X, self._label_binarizer.transform(y).astype(bool)
 
     @available_if(lambda est: est._check_solver())
-    def partial_fit(self, X, y, sample_weight=None, classes=None):
+    def partial_fit(self, X: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None,
+                    classes: ArrayLike | None = None) -> "MLPClassifier":
         """One epoch over (X, y); ``classes`` (all labels) is required on the first call.
 
         Parameters
@@ -704,7 +708,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             y_pred = y_pred.ravel()
         return self._label_binarizer.inverse_transform(y_pred)
 
-    def predict(self, X):
+    def predict(self, X: ArrayLike) -> np.ndarray:
         """Predicted classes, of shape (n_samples,) or (n_samples, n_labels) for multilabel.
 
         Parameters
@@ -718,7 +722,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         check_is_fitted(self)
         return self._predict(X)
 
-    def predict_proba(self, X):
+    def predict_proba(self, X: ArrayLike) -> np.ndarray:
         """Class probabilities of shape (n_samples, n_classes), in the order of ``classes_``.
 
         Parameters
@@ -737,7 +741,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             return np.vstack([1 - y_pred, y_pred]).T
         return y_pred
 
-    def predict_log_proba(self, X):
+    def predict_log_proba(self, X: ArrayLike) -> np.ndarray:
         """``log(predict_proba(X))``.
 
         Parameters
@@ -782,7 +786,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     _score_function = staticmethod(r2_score)
 
-    def fit(self, X, y, sample_weight=None, validation_data=None):
+    def fit(self, X: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None,
+            validation_data: tuple[ArrayLike, ArrayLike] | None = None) -> "MLPRegressor":
         """Fit the model to X (n_samples, n_features) and targets y (n_samples,) or (n_samples, n_outputs).
 
         Parameters
@@ -808,7 +813,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return X, y
 
     @available_if(lambda est: est._check_solver())
-    def partial_fit(self, X, y, sample_weight=None):
+    def partial_fit(self, X: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None) -> "MLPRegressor":
         """One epoch over (X, y).
 
         Parameters
@@ -827,7 +832,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         y_pred = self._forward(X, check_input)
         return y_pred.ravel() if y_pred.shape[1] == 1 else y_pred
 
-    def predict(self, X):
+    def predict(self, X: ArrayLike) -> np.ndarray:
         """Predicted values, of shape (n_samples,) or (n_samples, n_outputs).
 
         Parameters

@@ -5,6 +5,8 @@ A :class:`~fastmlp.Sequential` compiles its layers into a plan of units
 activation; a dropout unit; or a batch-norm unit. A Dense layer followed by
 an Activation layer fuses into one unit.
 """
+from typing import Any
+
 from . import _validation
 from . import activations as _act
 from . import initializers as _init
@@ -13,7 +15,7 @@ from . import initializers as _init
 class Layer:
     """Base class of layer specifications: settings only, no maths."""
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return dict(vars(self))
 
     def __repr__(self):
@@ -38,7 +40,8 @@ class Dense(Layer):
         L2 penalty ``l2 * sum(W**2)`` added to the loss (Keras' kernel_regularizer).
     """
 
-    def __init__(self, units, activation=None, use_bias=True, kernel_initializer="auto", l2=0.0):
+    def __init__(self, units: int, activation: str | None = None, use_bias: bool = True,
+                 kernel_initializer: str = "auto", l2: float = 0.0) -> None:
         self.units = _validation.check_positive_int(units, "units")
         self.activation = _act.resolve(activation)[0]
         self.use_bias = bool(use_bias)
@@ -56,7 +59,7 @@ class Activation(Layer):
         Name from :data:`fastmlp.activations.ACTIVATIONS`; None is the identity.
     """
 
-    def __init__(self, activation):
+    def __init__(self, activation: str | None) -> None:
         self.activation = _act.resolve(activation)[0]
 
 
@@ -74,7 +77,7 @@ class Dropout(Layer):
         Probability of dropping an element; 0 makes the layer a no-op.
     """
 
-    def __init__(self, rate=0.5):
+    def __init__(self, rate: float = 0.5) -> None:
         self.rate = _validation.check_in_range(rate, "Dropout rate", 0.0, 1.0)
 
 
@@ -100,7 +103,7 @@ class BatchNorm(Layer):
     eps : float > 0
     """
 
-    def __init__(self, momentum=0.1, eps=1e-5):
+    def __init__(self, momentum: float = 0.1, eps: float = 1e-5) -> None:
         momentum = _validation.check_nonnegative(momentum, "BatchNorm momentum")
         if momentum > 1.0:
             raise ValueError(f"BatchNorm momentum must be in [0, 1], got {momentum}.")

@@ -15,10 +15,14 @@ size; a training step only calls backend kernels on them.
 """
 import contextlib
 import math
+import os
 import time
 import weakref
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from . import _config, _validation
 from . import callbacks as _callbacks
@@ -30,7 +34,7 @@ from ._native import plan as _plan
 from ._native.codes import FUSED_LOSSES, REGRESSION_LOSSES, Loss, Unit
 from .backends import get_backend
 from .backends import reference as _ref
-from .layers import Activation, BatchNorm, Dense, Dropout
+from .layers import Activation, BatchNorm, Dense, Dropout, Layer
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -68,7 +72,8 @@ class _Unit:
     rate = 0.0  # the drop rate of a dropout unit (class default: older pickles)
     bn = False  # a batch-norm unit: params block [gamma, beta, running_mean, running_var]
     eps = momentum = 0.0
-    G = dG = None
+    G: Any = None  # (4, fan_out) views of a batch-norm unit's block, and of its gradient
+    dG: Any = None
 
     def __init__(self, dense, fan_in, fan_out, act, alpha, use_bias=False, init="auto", l2=0.0):
         self.dense, self.fan_in, self.fan_out = dense, fan_in, fan_out
@@ -127,8 +132,9 @@ class Sequential:
         Bound on BLAS, Numba and OpenMP threads; None leaves the libraries' defaults.
     """
 
-    def __init__(self, layers, input_dim=None, dtype=_config.DEFAULT_DTYPE, seed=None, backend=None,
-                 n_threads=None):
+    def __init__(self, layers: Iterable[Layer], input_dim: int | None = None,
+                 dtype: DTypeLike = _config.DEFAULT_DTYPE, seed: int | None = None, backend: str | None = None,
+                 n_threads: int | None = None) -> None:
         layers = list(layers)
         if not layers:
             raise ValueError("Sequential needs at least one layer.")
@@ -151,14 +157,14 @@ class Sequential:
         self.backend = get_backend(backend)
         self.n_threads = None if n_threads is None else _validation.check_positive_int(n_threads, "n_threads")
         self._rng = np.random.default_rng(seed)
-        self._units = None
+        self._units: list[_Unit] | None = None
         self._loss = None
         self._loss_kind = None
         self._weighted = False
-        self.optimizer = None
+        self.optimizer: _optim.Optimizer | None = None
         self._alpha_per_batch = 0.0  # scikit-learn's L2 scaling: alpha / (2 n_batch) * ||W||^2
         self._infer_cache = self._predictor = None
-        self.input_dim = None
+        self.input_dim: int | None = None
         if input_dim is not None:
             self.build(_validation.check_positive_int(input_dim, "input_dim"))
 
@@ -186,7 +192,7 @@ class Sequential:
                 units.append(_Unit(False, fan_in, fan_in, code, alpha))
         return units
 
-    def build(self, input_dim):
+    def build(self, input_dim: int) -> "Sequential":
         """Create the weights for ``input_dim`` features (done by ``fit`` when omitted).
 
         Parameters
@@ -241,7 +247,7 @@ class Sequential:
             self._infer_acts[-1] = spec.predict_act
 
     @property
-    def built(self):
+    def built(self) -> bool:
         """Whether the weights exist (``input_dim`` given, or after the first ``fit``)."""
         return self._units is not None
 
@@ -253,7 +259,7 @@ class Sequential:
     def _has_dropout(self):
         return self._units is not None and any(u.dropout for u in self._units)
 
-    def count_params(self):
+    def count_params(self) -> int:
         """Number of parameters (0 before the model is built), BatchNorm's running statistics included."""
         return 0 if not self.built else int(self._params.size)
 
@@ -268,7 +274,8 @@ class Sequential:
         return code
 
     # ---------------------------------------------------------------- compile
-    def compile(self, loss="cross_entropy", optimizer="adam", clip_norm=None):
+    def compile(self, loss: str = "cross_entropy", optimizer: "str | _optim.Optimizer" = "adam",
+                clip_norm: float | None = None) -> "Sequential":
         """Choose the loss and the optimizer.
 
         Parameters
@@ -398,8 +405,11 @@ class Sequential:
         return _ref.loss_and_grads(self.backend, plan, y, Y, sw)
 
     # -------------------------------------------------------------------- fit
-    def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, verbose=1,
-            sample_weight=None, n_threads=None, callbacks=None, initial_epoch=0, validation_split=0.0):
+    def fit(self, X: ArrayLike, y: ArrayLike, epochs: int = 1, batch_size: int = 32, shuffle: bool = True,
+            validation_data: tuple[ArrayLike, ArrayLike] | None = None, verbose: int = 1,
+            sample_weight: ArrayLike | None = None, n_threads: int | None = None,
+            callbacks: Sequence[Any] | None = None, initial_epoch: int = 0,
+            validation_split: float = 0.0) -> History:
         """Train the model.
 
         Parameters
@@ -628,7 +638,7 @@ class Sequential:
         if not self.built:
             raise RuntimeError("The model has no weights yet: pass input_dim=... or call fit first.")
 
-    def predict(self, X, batch_size=4096, n_threads=None):
+    def predict(self, X: ArrayLike, batch_size: int = 4096, n_threads: int | None = None) -> np.ndarray:
         """Model outputs: probabilities for cross_entropy / binary_cross_entropy, rates exp(z) for
         poisson, else the raw output.
 
@@ -660,7 +670,7 @@ class Sequential:
         out = self._predict_small(X, n, None)
         if out is not None:
             return self._check_outputs(out, X)
-        out = np.empty((n, self._units[-1].fan_out), dtype=self.dtype)
+        out = np.empty((n, self._units[-1].fan_out), dtype=self.dtype)  # type: ignore[index]  # built: checked above
         with self._threads(n_threads), np.errstate(over="ignore", invalid="ignore"):
             for start in range(0, n, batch_size):
                 chunk = X[start:start + batch_size]
@@ -703,7 +713,8 @@ class Sequential:
             self._infer_cache = self._make_plan(self._infer_acts, n)
         return self._infer_cache
 
-    def evaluate(self, X, y, sample_weight=None, batch_size=4096, n_threads=None):
+    def evaluate(self, X: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None, batch_size: int = 4096,
+                 n_threads: int | None = None) -> dict[str, float]:
         """Loss (and accuracy for classification) on a data set.
 
         Parameters
@@ -783,7 +794,7 @@ class Sequential:
                     out.append(u.b)
         return out
 
-    def get_weights(self):
+    def get_weights(self) -> list[np.ndarray]:
         """Copies of the parameters: ``[W0, b0, W1, b1, ...]``, W of shape (fan_in, fan_out).
 
         A Dense layer with ``use_bias=False`` contributes its W only; a
@@ -794,7 +805,7 @@ class Sequential:
         self._require_built()
         return [w.copy() for w in self._weight_views()]
 
-    def set_weights(self, weights):
+    def set_weights(self, weights: Sequence[ArrayLike]) -> None:
         """Set the parameters from a list shaped as :meth:`get_weights` returns.
 
         Parameters
@@ -835,7 +846,7 @@ class Sequential:
             dst[...] = src
         self._infer_cache = self._predictor = None
 
-    def save(self, path, include_optimizer=True):
+    def save(self, path: str | os.PathLike, include_optimizer: bool = True) -> None:
         """Write the model to one safetensors file; see :func:`fastmlp.load_model` and
         :mod:`fastmlp.saving`.
 

@@ -5,8 +5,10 @@ and b are views into it) and all gradients in another, so one optimizer
 step is one fused kernel call over the whole network.
 """
 import weakref
+from typing import Any
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from . import _validation
 from ._native import plan as _plan
@@ -52,14 +54,16 @@ class Optimizer:
     """
 
     #: names of the state vectors, each the size of the parameter vector
-    state_names = ()
+    state_names: tuple[str, ...] = ()
     #: the optimizer's code in the native loop (codes.Opt)
     kind = Opt.NONE
-    state = None
+    state: dict[str, np.ndarray] | None = None
+    #: the learning rate when none is given
+    default_lr: float
     _owner = staticmethod(_no_owner)
     lr = _Hyper(_validation.check_positive)
 
-    def __init__(self, lr, learning_rate=None):
+    def __init__(self, lr: float | None, learning_rate: float | None = None) -> None:
         if learning_rate is not None:  # Keras' spelling
             if lr is not None:
                 raise ValueError(
@@ -68,7 +72,7 @@ class Optimizer:
         self.lr = self.default_lr if lr is None else lr
         self.t = 0
 
-    def init_state(self, n_params, dtype, np=np):
+    def init_state(self, n_params: int, dtype: DTypeLike, np=np) -> None:
         """Allocate the state vectors (zeros), once per model.
 
         Parameters
@@ -147,7 +151,7 @@ class Optimizer:
     def _hypers(self):
         return [name for name in dir(type(self)) if isinstance(getattr(type(self), name), _Hyper)]
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         config = {name: getattr(self, name) for name in self._hypers()}
         config.update({k: v for k, v in vars(self).items()
                        if not k.startswith("_") and k not in ("state", "t")})
@@ -192,7 +196,8 @@ class SGD(Optimizer):
 
     default_lr = 0.01
 
-    def __init__(self, lr=None, momentum=0.0, nesterov=False, learning_rate=None):
+    def __init__(self, lr: float | None = None, momentum: float = 0.0, nesterov: bool = False,
+                 learning_rate: float | None = None) -> None:
         super().__init__(lr, learning_rate)
         self.momentum = momentum
         if nesterov and momentum == 0.0:
@@ -231,7 +236,8 @@ class RMSprop(Optimizer):
 
     default_lr = 0.01
 
-    def __init__(self, lr=None, rho=0.99, eps=1e-8, learning_rate=None):
+    def __init__(self, lr: float | None = None, rho: float = 0.99, eps: float = 1e-8,
+                 learning_rate: float | None = None) -> None:
         super().__init__(lr, learning_rate)
         self.rho, self.eps = rho, eps
 
@@ -266,7 +272,8 @@ class Adam(Optimizer):
 
     default_lr = 1e-3
 
-    def __init__(self, lr=None, beta1=0.9, beta2=0.999, eps=1e-8, learning_rate=None):
+    def __init__(self, lr: float | None = None, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+                 learning_rate: float | None = None) -> None:
         super().__init__(lr, learning_rate)
         self.beta1, self.beta2, self.eps = beta1, beta2, eps
 
@@ -282,7 +289,7 @@ class Adam(Optimizer):
 OPTIMIZERS = {"sgd": SGD, "rmsprop": RMSprop, "adam": Adam}
 
 
-def get(optimizer):
+def get(optimizer: "Optimizer | str") -> Optimizer:
     """An :class:`Optimizer` from an instance or a name.
 
     Parameters
