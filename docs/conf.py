@@ -55,6 +55,8 @@ sphinx_gallery_conf = {
     "plot_gallery": "True",
     "within_subsection_order": "FileNameSortKey",
     "write_computation_times": False,
+    # tests/test_docs.py sets it: every example runs, not only those changed since the last build
+    "run_stale_examples": os.environ.get("FASTMLP_DOCS_RERUN") == "1",
 }
 os.environ.setdefault("MPLBACKEND", "agg")
 os.environ.setdefault("FASTMLP_DOCS_SMALL", "1")  # the examples read it to stay small in the build
