@@ -20,7 +20,7 @@ import weakref
 
 import numpy as np
 
-from . import _config, _validation
+from . import _chunks, _config, _validation
 from . import callbacks as _callbacks
 from . import activations as _act
 from . import initializers as _init
@@ -80,6 +80,17 @@ class _Unit:
 
 
 _CONTROLLER = None
+
+
+def _check_schedule(opt, n_steps, block=1 << 20):
+    """Raise unless the schedule gives a finite rate >= 0 to each of the next ``n_steps`` steps."""
+    for at in range(opt.t, opt.t + n_steps, block):
+        rates = opt.lr.rates(at, min(block, opt.t + n_steps - at))
+        bad = ~(np.isfinite(rates) & (rates >= 0))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"The learning-rate schedule {opt.lr!r} gives step {at + i} the rate {rates[i]}; "
+                             "a rate must be finite and >= 0. Fix the schedule's arguments.")
 
 
 def _blas_controller():
@@ -425,31 +436,39 @@ class Sequential:
         history = History()
         self.stop_training = False
         self._initial_epoch = int(initial_epoch)
-        cbs.on_train_begin({})
-        first_epoch, self._initial_epoch = self._initial_epoch, None
-        with self._threads(self._fit_threads(n_threads, batch_size)):
-            plans = {}
-            for epoch in range(first_epoch, epochs):
-                cbs.on_epoch_begin(epoch, {})
-                t0 = time.perf_counter()
-                snapshot = self._params.copy()
-                logs = self._train_epoch(X, target, sw, batch_size, shuffle, plans, epoch, snapshot, cbs)
-                if val is not None:
-                    v = self._evaluate_arrays(val[0], val[1], val[2], np.empty(0, self.dtype))
-                    logs["val_loss"] = v["loss"]
-                    if "accuracy" in v:
-                        logs["val_accuracy"] = v["accuracy"]
-                logs["time"] = time.perf_counter() - t0
-                cbs.on_epoch_end(epoch, logs)  # before the history, as Keras: a callback may add to logs
-                history._append(epoch, logs)
-                if verbose:
-                    print(f"Epoch {epoch + 1}/{epochs} - {logs['time']:.2f}s - "
-                          + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items() if k != "time"), flush=True)
-                if self.stop_training:
-                    break
-        self.history = history
-        self._epochs_done = getattr(self, "_epochs_done", 0) + len(history.epoch)
-        cbs.on_train_end(dict(history.history and {k: v[-1] for k, v in history.history.items()}))
+        cbs.set_params({"epochs": epochs, "steps": -(-n // batch_size), "verbose": verbose})
+        lines = verbose == 2 or (verbose == 1 and not cbs.has_progress_bar)
+        with _chunks.deferred_interrupt() as interrupt:
+            cbs.on_train_begin({})
+            first_epoch, self._initial_epoch = self._initial_epoch, None
+            with self._threads(self._fit_threads(n_threads, batch_size)):
+                plans, pace = {}, _chunks.Pace()
+                for epoch in range(first_epoch, epochs):
+                    cbs.on_epoch_begin(epoch, {})
+                    t0 = time.perf_counter()
+                    snapshot = self._params.copy()
+                    logs = self._train_epoch(X, target, sw, batch_size, shuffle, plans, epoch, snapshot, cbs,
+                                             pace, interrupt)
+                    if interrupt.requested:
+                        break  # the history keeps the completed epochs only
+                    if val is not None:
+                        v = self._evaluate_arrays(val[0], val[1], val[2], np.empty(0, self.dtype))
+                        logs["val_loss"] = v["loss"]
+                        if "accuracy" in v:
+                            logs["val_accuracy"] = v["accuracy"]
+                    logs["time"] = time.perf_counter() - t0
+                    cbs.on_epoch_end(epoch, logs)  # before the history, as Keras: a callback may add to logs
+                    history._append(epoch, logs)
+                    if lines:
+                        print(f"Epoch {epoch + 1}/{epochs} - {logs['time']:.2f}s - "
+                              + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items() if k != "time"), flush=True)
+                    if self.stop_training or interrupt.requested:
+                        break
+            self.history = history
+            self._epochs_done = getattr(self, "_epochs_done", 0) + len(history.epoch)
+            cbs.on_train_end(dict(history.history and {k: v[-1] for k, v in history.history.items()}))
+        if interrupt.requested:
+            raise KeyboardInterrupt
         return history
 
     def _check_fit(self, X, y, epochs, batch_size, validation_data, sample_weight, n_threads, callbacks,
@@ -460,9 +479,12 @@ class Sequential:
         if initial_epoch >= epochs:
             raise ValueError(f"initial_epoch ({initial_epoch}) must be below epochs ({epochs}): epochs is the "
                              "index of the last epoch, as in Keras, not a count of epochs to add.")
+        if isinstance(verbose, bool) or verbose not in (0, 1, 2):
+            raise ValueError(f"verbose must be 0 (silent), 1 (a progress bar on a terminal, else a line per "
+                             f"epoch) or 2 (a line per epoch), got {verbose!r}.")
         cbs = _callbacks.CallbackList(callbacks, self)
-        if isinstance(verbose, bool) or verbose not in (0, 1):
-            raise ValueError(f"verbose must be 0 (silent) or 1 (a line per epoch), got {verbose!r}.")
+        if verbose == 1 and not cbs.has_progress_bar and _callbacks.ProgressBar.available():
+            cbs.append(_callbacks.ProgressBar())
         split = _validation.check_in_range(validation_split, "validation_split", 0.0, 1.0)
         batch_size = _validation.check_positive_int(batch_size, "batch_size")
         if n_threads is not None:
@@ -495,6 +517,8 @@ class Sequential:
                 f"of at least 2 rows, but {n} sample(s) with batch_size={batch_size} give a batch of 1 row"
                 + (" (the last, partial one); choose another batch_size." if batch_size >= 2 else "."))
         opt = self.optimizer
+        if opt.scheduled:  # every rate of this fit, before its first step
+            _check_schedule(opt, (epochs - initial_epoch) * -(-n // batch_size))
         if opt.state is not None and not opt._fits(self._params):
             raise ValueError(
                 f"The optimizer's state ({', '.join(opt.state_names)}) was made for another model: it has "
@@ -515,7 +539,7 @@ class Sequential:
             self._rng.bit_generator.state = rng
             raise
 
-    def _train_epoch(self, X, target, sw, batch_size, shuffle, plans, epoch, snapshot, cbs):
+    def _train_epoch(self, X, target, sw, batch_size, shuffle, plans, epoch, snapshot, cbs, pace, interrupt):
         n = X.shape[0]
         order = self._rng.permutation(n) if shuffle else np.arange(n, dtype=np.int64)
         # a fresh base seed of the dropout masks per epoch (drawn only when
@@ -524,33 +548,49 @@ class Sequential:
         n_full, rem = divmod(n, batch_size)
         losses = np.empty(n_full + (rem > 0), dtype=np.float64)
         correct = np.empty_like(losses)
-        opt = self.optimizer
-        for start, nb, steps in ((0, batch_size, n_full), (n_full * batch_size, rem, 1)):
-            if nb == 0 or steps == 0:
-                continue
-            plan = plans.get(nb)
-            if plan is None:
-                plan = plans[nb] = self._make_plan(self._train_acts, nb, training=True, dropout=True)
-            first = start // batch_size
-            loop = opt.loop_state(self.clip_norm or 0.0, seed)
-            done = self.backend.train_steps(plan, loop, X, target, sw, order, start, steps, losses[first:],
-                                            correct[first:])
-            opt.t += done
-            if done < steps:
-                self._diverged(epoch, first + done, losses[first + done], snapshot, X)
-            if cbs.batch_hooks:
-                cbs.on_train_batch_end(first + done - 1, {"loss": float(losses[first + done - 1])})
-        if not np.isfinite(self._params).all():
-            self._diverged(epoch, len(losses) - 1, math.nan, snapshot, X)
         if sw.shape[0]:
             weights = np.add.reduceat(sw[order], np.arange(0, n, batch_size))
         else:
             weights = np.full(len(losses), float(batch_size))
             if rem:
                 weights[-1] = rem
-        logs = {"loss": float(np.dot(losses, weights) / weights.sum())}
+        opt, clip = self.optimizer, self.clip_norm or 0.0
+        done_steps = 0
+        for start, nb, steps in ((0, batch_size, n_full), (n_full * batch_size, rem, 1)):
+            if nb == 0 or steps == 0:
+                continue
+            plan = plans.get(nb)
+            if plan is None:
+                plan = plans[nb] = self._make_plan(self._train_acts, nb, training=True, dropout=True)
+            s = 0
+            while s < steps:  # chunks of about _chunks.CHUNK_SECONDS
+                k, first = pace.next(steps - s), start // batch_size + s
+                loop = opt.loop_state(clip, seed, k)
+                t0 = time.perf_counter()
+                done = self.backend.train_steps(plan, loop, X, target, sw, order, start + s * nb, k,
+                                                losses[first:], correct[first:])
+                pace.record(done, time.perf_counter() - t0)
+                opt.t += done
+                if done < k:
+                    self._diverged(epoch, first + done, losses[first + done], snapshot, X)
+                s += done
+                done_steps = first + done
+                if cbs.batch_hooks:
+                    cbs.on_train_batch_end(done_steps - 1, self._epoch_logs(losses, correct, weights, done_steps,
+                                                                                min(done_steps * batch_size, n)))
+                if interrupt.requested:
+                    return None
+        if not np.isfinite(self._params).all():
+            self._diverged(epoch, len(losses) - 1, math.nan, snapshot, X)
+        return self._epoch_logs(losses, correct, weights, len(losses), n)
+
+    def _epoch_logs(self, losses, correct, weights, steps, rows):
+        """The mean loss (and accuracy) of the first ``steps`` steps of an epoch (``rows``
+        rows), as Keras' logs."""
+        w = weights[:steps]
+        logs = {"loss": float(np.dot(losses[:steps], w) / w.sum())}
         if self._loss_kind not in REGRESSION_LOSSES:
-            logs["accuracy"] = float(correct.sum()) / n
+            logs["accuracy"] = float(correct[:steps].sum()) / rows
         return logs
 
     def _diverged(self, epoch, step, loss, snapshot, X):
@@ -568,7 +608,7 @@ class Sequential:
                           f"{float(np.abs(X).max()):.3g}; scale the inputs")
         raise TrainingDivergedError(
             f"The loss became {loss} at epoch {epoch + 1}, step {step + 1}. The model keeps {where}. "
-            f"Try a lower learning rate (now {self.optimizer.lr:g}), gradient clipping "
+            f"Try a lower learning rate (now {self.optimizer.current_lr():g}), gradient clipping "
             "(compile(clip_norm=1.0)), or scaling the inputs."
         )
 

@@ -9,12 +9,23 @@ import weakref
 import numpy as np
 
 from . import _validation
+from . import schedules as _schedules
 from ._native import plan as _plan
 from ._native.codes import Opt
 
 
 def _no_owner():
     return None
+
+
+def _check_lr(value, name):
+    """A learning rate: a finite number > 0, or a :mod:`fastmlp.schedules` schedule."""
+    if isinstance(value, _schedules.LearningRateSchedule):
+        return value
+    try:
+        return _validation.check_positive(value, name)
+    except ValueError as exc:
+        raise ValueError(f"{exc} It may also be a schedule of fastmlp.schedules.") from None
 
 
 class _Hyper:
@@ -50,7 +61,7 @@ class Optimizer:
     kind = Opt.NONE
     state = None
     _owner = staticmethod(_no_owner)
-    lr = _Hyper(_validation.check_positive)
+    lr = _Hyper(_check_lr)
 
     def __init__(self, lr, learning_rate=None):
         if learning_rate is not None:  # Keras' spelling
@@ -59,6 +70,15 @@ class Optimizer:
             lr = learning_rate
         self.lr = self.default_lr if lr is None else lr
         self.t = 0
+
+    @property
+    def scheduled(self):
+        """Whether the learning rate is a schedule (:mod:`fastmlp.schedules`)."""
+        return isinstance(self.lr, _schedules.LearningRateSchedule)
+
+    def current_lr(self):
+        """The rate of the next update: ``lr``, or the schedule's rate at step ``t``."""
+        return self.lr(self.t) if self.scheduled else self.lr
 
     def init_state(self, n_params, dtype, np=np):
         """Allocate the state vectors (zeros), once per model."""
@@ -92,9 +112,11 @@ class Optimizer:
         empty = np.empty(0, dtype=vecs[0].dtype)
         return (vecs + [empty, empty])[:2]
 
-    def loop_state(self, clip_norm=0.0, seed=0):
-        """The :class:`fastmlp._native.plan.LoopState` of a training call from the current state."""
-        return _plan.LoopState(self.kind, self.hyper(), *self.states(), self.t, clip_norm, seed)
+    def loop_state(self, clip_norm=0.0, seed=0, n_steps=0):
+        """The :class:`fastmlp._native.plan.LoopState` of a training call of ``n_steps``
+        steps from the current state (with a schedule: the rates of those steps)."""
+        lrs = self.lr.rates(self.t, n_steps) if self.scheduled else None
+        return _plan.LoopState(self.kind, self.hyper(), *self.states(), self.t, clip_norm, seed, lrs)
 
     def step(self, backend, params, grads):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -144,11 +166,11 @@ class SGD(Optimizer):
         self.nesterov = bool(nesterov)
 
     def hyper(self):
-        return _plan.hyper(lr=self.lr, momentum=self.momentum, nesterov=float(self.nesterov))
+        return _plan.hyper(lr=self.current_lr(), momentum=self.momentum, nesterov=float(self.nesterov))
 
     def step(self, backend, params, grads):
-        self.t += 1
-        backend.sgd_update(params, grads, self.state["buf"], self.lr, self.momentum, self.nesterov)
+        lr, self.t = self.current_lr(), self.t + 1
+        backend.sgd_update(params, grads, self.state["buf"], lr, self.momentum, self.nesterov)
 
 
 class RMSprop(Optimizer):
@@ -166,11 +188,11 @@ class RMSprop(Optimizer):
         self.rho, self.eps = rho, eps
 
     def hyper(self):
-        return _plan.hyper(lr=self.lr, rho=self.rho, eps=self.eps)
+        return _plan.hyper(lr=self.current_lr(), rho=self.rho, eps=self.eps)
 
     def step(self, backend, params, grads):
-        self.t += 1
-        backend.rmsprop_update(params, grads, self.state["sq"], self.lr, self.rho, self.eps)
+        lr, self.t = self.current_lr(), self.t + 1
+        backend.rmsprop_update(params, grads, self.state["sq"], lr, self.rho, self.eps)
 
 
 class Adam(Optimizer):
@@ -189,11 +211,11 @@ class Adam(Optimizer):
         self.beta1, self.beta2, self.eps = beta1, beta2, eps
 
     def hyper(self):
-        return _plan.hyper(lr=self.lr, beta1=self.beta1, beta2=self.beta2, eps=self.eps)
+        return _plan.hyper(lr=self.current_lr(), beta1=self.beta1, beta2=self.beta2, eps=self.eps)
 
     def step(self, backend, params, grads):
-        self.t += 1
-        backend.adam_update(params, grads, self.state["m"], self.state["v"], self.lr, self.beta1,
+        lr, self.t = self.current_lr(), self.t + 1
+        backend.adam_update(params, grads, self.state["m"], self.state["v"], lr, self.beta1,
                             self.beta2, self.eps, self.t)
 
 

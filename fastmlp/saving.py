@@ -20,6 +20,7 @@ import numpy as np
 
 from . import _container, _validation
 from . import optim as _optim
+from . import schedules as _schedules
 from ._container import ModelFileError
 from .layers import Activation, BatchNorm, Dense, Dropout
 
@@ -112,12 +113,36 @@ def sequential_state(model, include_optimizer=True, prefix=""):
         cls = next(name for name, c in _optim.OPTIMIZERS.items() if isinstance(opt, c))
         with_state = include_optimizer and opt.state is not None
         doc["compile"] = {"loss": model._loss.name, "clip_norm": model.clip_norm,
-                          "optimizer": {"class": cls, "config": opt.get_config(),
+                          "optimizer": {"class": cls, "config": _optimizer_config(opt),
                                         "t": int(opt.t) if with_state else 0, "state": with_state}}
         if with_state:
             for name in opt.state_names:
                 tensors[f"{prefix}optimizer.{name}"] = opt.state[name]
     return doc, tensors
+
+
+def _optimizer_config(opt):
+    config = opt.get_config()
+    if opt.scheduled:  # a schedule is saved by its class name and numbers, and rebuilt from them
+        config["lr"] = {"schedule": type(opt.lr).__name__, "config": opt.lr.get_config()}
+    return config
+
+
+def _schedule_from(doc, where):
+    """A learning-rate schedule from its saved form (a class of fastmlp.schedules and numbers)."""
+    if not (isinstance(doc, dict) and set(doc) == {"schedule", "config"}):
+        _fail(f"{where}lr must be a number or an object with the keys 'schedule' and 'config'.")
+    name, config = doc["schedule"], doc["config"]
+    if name not in _schedules.__all__[1:]:
+        _fail(f"{where}lr.schedule must be one of {sorted(_schedules.__all__[1:])}, got {name!r}.")
+    if not (isinstance(config, dict) and all(
+            isinstance(k, str) and (v is None or isinstance(v, bool) or _is_real(v) or _real_list(v))
+            for k, v in config.items())):
+        _fail(f"{where}lr.config must map names to numbers, lists of numbers, booleans or null.")
+    try:
+        return getattr(_schedules, name)(**config)
+    except (ValueError, TypeError) as exc:
+        _fail(f"{where}lr: {exc}")
 
 
 def _rng_doc(rng):
@@ -271,8 +296,10 @@ def build_sequential(doc, tensors, prefix=""):
         w += "optimizer."
         cls = _get(od, "class", lambda v: v in _optim.OPTIMIZERS, f"one of {sorted(_optim.OPTIMIZERS)}", w)
         config = _get(od, "config", lambda v: isinstance(v, dict) and all(
-            isinstance(k, str) and isinstance(x, (int, float, bool)) for k, x in v.items()),
+            isinstance(k, str) and (isinstance(x, (int, float, bool)) or k == "lr") for k, x in v.items()),
             "a map of settings to numbers", w)
+        if "lr" in config and not isinstance(config["lr"], (int, float)):
+            config["lr"] = _schedule_from(config["lr"], w + "config.")
         t = _get(od, "t", lambda v: _nonneg_int(v) and v < 2**62, "an integer >= 0", w)
         with_state = _get(od, "state", lambda v: isinstance(v, bool), "true or false", w)
         try:

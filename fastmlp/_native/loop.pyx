@@ -144,6 +144,7 @@ cdef struct Ctx:
     void* P
     double* losses_out
     double* correct_out
+    const double* lrs  # a schedule's rate per step of the call, or NULL (h.lr throughout)
     # this step
     const int64_t* idx
     double denom
@@ -383,6 +384,8 @@ cdef void _update(Ctx* c, Py_ssize_t s, floating* params) noexcept nogil:
     cdef floating* s2 = <floating*>c.s2
     if c.opt_kind < 0:
         return
+    if c.lrs != NULL:
+        c.h.lr = c.lrs[s]
     if c.nt == 1:
         _opt_span(c.opt_kind, &c.h, step, params, grads, s1, s2, c.n_params, 0.0)
         return
@@ -481,7 +484,7 @@ cdef Py_ssize_t _run(object plan, object loop, object X, object y, object Y, obj
     cdef Ctx base
     # the arrays themselves, alive while the GIL is released (the plan's lists could change)
     keep = (plan.params, plan.grads, plan.x, plan.y, plan.Y, plan.sw, plan.P, tuple(plan.Z), tuple(plan.A),
-            tuple(plan.dA), tuple(plan.M), loop.state1, loop.state2, loop.hyper)
+            tuple(plan.dA), tuple(plan.M), loop.state1, loop.state2, loop.hyper, loop.lrs)
     cdef UnitPtrs* units = fill_units(plan, True)
     try:
         nt = threads_for(&recs[0], n_units, params.shape[0], rows)
@@ -528,6 +531,7 @@ cdef Py_ssize_t _run(object plan, object loop, object X, object y, object Y, obj
         base.Y_buf, base.sw_buf, base.P = <void*>_data(plan.Y), <void*>_data(plan.sw), <void*>_data(plan.P)
         base.losses_out = <double*>_data(losses_out)
         base.correct_out = <double*>_data(correct_out)
+        base.lrs = <const double*>_data(loop.lrs)
         ctxs = <Ctx*>malloc(nt * sizeof(Ctx))
         if ctxs == NULL:
             raise MemoryError()

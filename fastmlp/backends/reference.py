@@ -634,19 +634,21 @@ def count_correct(out, y, Y, loss_kind):
     return 0.0
 
 
-def optimizer_step(kernels, params, grads, loop, t):
-    """Clip the global gradient norm (``loop.clip_norm`` > 0) and apply update number ``t`` (from 1)."""
+def optimizer_step(kernels, params, grads, loop, t, s=0):
+    """Clip the global gradient norm (``loop.clip_norm`` > 0) and apply update number ``t`` (from 1),
+    step ``s`` of the call (its rate ``loop.lrs[s]`` under a schedule)."""
     if loop.clip_norm > 0.0:
         norm = math.sqrt(kernels.sum_squares(grads))
         if norm > loop.clip_norm:
             kernels.scale_inplace(grads, loop.clip_norm / (norm + 1e-6))
     h = loop.hyper[0]
+    lr = float(loop.lrs[s]) if loop.lrs.shape[0] else h["lr"]
     if loop.opt == Opt.SGD:
-        kernels.sgd_update(params, grads, loop.state1, h["lr"], h["momentum"], h["nesterov"] != 0.0)
+        kernels.sgd_update(params, grads, loop.state1, lr, h["momentum"], h["nesterov"] != 0.0)
     elif loop.opt == Opt.RMSPROP:
-        kernels.rmsprop_update(params, grads, loop.state1, h["lr"], h["rho"], h["eps"])
+        kernels.rmsprop_update(params, grads, loop.state1, lr, h["rho"], h["eps"])
     elif loop.opt == Opt.ADAM:
-        kernels.adam_update(params, grads, loop.state1, loop.state2, h["lr"], h["beta1"], h["beta2"], h["eps"], t)
+        kernels.adam_update(params, grads, loop.state1, loop.state2, lr, h["beta1"], h["beta2"], h["eps"], t)
 
 
 def train_steps(plan, loop, X, targets, sw, order, start, n_steps, losses_out, correct_out):
@@ -708,7 +710,7 @@ def train_steps(plan, loop, X, targets, sw, order, start, n_steps, losses_out, c
         correct_out[s] = count_correct(plan.Z[L] if fused else plan.A[L], plan.y, plan.Y, plan.loss)
         if not math.isfinite(loss):
             return s
-        optimizer_step(kernels, plan.params, plan.grads, loop, loop.t + s + 1)
+        optimizer_step(kernels, plan.params, plan.grads, loop, loop.t + s + 1, s)
     return n_steps
 
 

@@ -74,7 +74,7 @@ def _count_correct(out, y, Y, loss_kind):
 @jit
 def _train_steps(X, y, Y, sw, order, start, n_steps, units, Ws, bs, dWs, dbs, params, grads, x_buf, y_buf,
                  Y_buf, sw_buf, Z, A, dA, M, P, empty2, loss_kind, opt_kind, hyper, state1, state2, t0,
-                 clip_norm, seed, losses_out, correct_out):
+                 clip_norm, seed, lrs, losses_out, correct_out):
     rows = x_buf.shape[0]
     L = len(Z) - 1
     fused = (loss_kind == Loss.CE or loss_kind == Loss.CE_ONEHOT or loss_kind == Loss.BCE
@@ -140,12 +140,13 @@ def _train_steps(X, y, Y, sw, order, start, n_steps, units, Ws, bs, dWs, dbs, pa
             norm = math.sqrt(_sum_squares(grads))
             if norm > clip_norm:
                 _scale_inplace(grads, clip_norm / (norm + 1e-6))
+        lr = lrs[s] if lrs.shape[0] != 0 else h.lr
         if opt_kind == Opt.SGD:
-            _sgd_update(params, grads, state1, h.lr, h.momentum, h.nesterov != 0.0)
+            _sgd_update(params, grads, state1, lr, h.momentum, h.nesterov != 0.0)
         elif opt_kind == Opt.RMSPROP:
-            _rmsprop_update(params, grads, state1, h.lr, h.rho, h.eps)
+            _rmsprop_update(params, grads, state1, lr, h.rho, h.eps)
         elif opt_kind == Opt.ADAM:
-            _adam_update(params, grads, state1, state2, h.lr, h.beta1, h.beta2, h.eps, t0 + s + 1)
+            _adam_update(params, grads, state1, state2, lr, h.beta1, h.beta2, h.eps, t0 + s + 1)
     return n_steps
 
 
