@@ -34,8 +34,8 @@ class Pace:
             k = 1
         else:
             k = max(1, min(int(self.seconds / self.per_step), self.last * _GROWTH))
-        self.last = min(k, remaining)
-        return self.last
+        self.last = k  # unclipped: an epoch's short last chunk does not slow the next epoch's ramp
+        return min(k, remaining)
 
     def record(self, steps, seconds):
         if steps > 0:

@@ -441,8 +441,12 @@ class Sequential:
         with _chunks.deferred_interrupt() as interrupt:
             cbs.on_train_begin({})
             first_epoch, self._initial_epoch = self._initial_epoch, None
-            with self._threads(self._fit_threads(n_threads, batch_size)):
-                plans, pace = {}, _chunks.Pace()
+            threads = self._fit_threads(n_threads, batch_size)
+            with self._threads(threads):
+                # the time per step, from this model's last fit of the same batch size and threads
+                paces = self.__dict__.setdefault("_paces", {})
+                plans = {}
+                pace = paces.setdefault((batch_size, self.backend.NAME, threads), _chunks.Pace())
                 for epoch in range(first_epoch, epochs):
                     cbs.on_epoch_begin(epoch, {})
                     t0 = time.perf_counter()
@@ -562,22 +566,23 @@ class Sequential:
             plan = plans.get(nb)
             if plan is None:
                 plan = plans[nb] = self._make_plan(self._train_acts, nb, training=True, dropout=True)
-            s = 0
+            s, paced = 0, nb == batch_size  # the partial batch: one step of another size, not timed
             while s < steps:  # chunks of about _chunks.CHUNK_SECONDS
-                k, first = pace.next(steps - s), start // batch_size + s
+                k, first = pace.next(steps - s) if paced else steps - s, start // batch_size + s
                 loop = opt.loop_state(clip, seed, k)
                 t0 = time.perf_counter()
                 done = self.backend.train_steps(plan, loop, X, target, sw, order, start + s * nb, k,
                                                 losses[first:], correct[first:])
-                pace.record(done, time.perf_counter() - t0)
+                if paced:
+                    pace.record(done, time.perf_counter() - t0)
                 opt.t += done
                 if done < k:
                     self._diverged(epoch, first + done, losses[first + done], snapshot, X)
                 s += done
                 done_steps = first + done
                 if cbs.batch_hooks:
-                    cbs.on_train_batch_end(done_steps - 1, self._epoch_logs(losses, correct, weights, done_steps,
-                                                                                min(done_steps * batch_size, n)))
+                    logs = self._epoch_logs(losses, correct, weights, done_steps, min(done_steps * batch_size, n))
+                    cbs.on_train_batch_end(done_steps - 1, logs)
                 if interrupt.requested:
                     return None
         if not np.isfinite(self._params).all():
@@ -818,6 +823,7 @@ class Sequential:
         state = dict(self.__dict__)
         state["backend"] = None
         state["_infer_cache"] = state["_predictor"] = None
+        state.pop("_paces", None)  # timings of this machine
         return state
 
     def __setstate__(self, state):
