@@ -2,8 +2,11 @@
 
 The native loop runs many steps per call with no Python between them. ``fit``
 makes calls of about :data:`CHUNK_SECONDS` each (sized from the time per step
-of the last call), so that batch hooks, the progress bar and Ctrl-C get a
-turn about ten times a second, at the cost of a few calls per second.
+of the last call) when a callback has a batch hook (the progress bar has
+one), so that it runs about ten times a second; without one, calls of about
+:data:`QUIET_CHUNK_SECONDS`, so that Ctrl-C still gets a turn while a call's
+fixed cost (the checks, waking the loop's threads, packing the weights) stays
+far below a thousandth of the fit.
 
 Ctrl-C during a native call cannot stop it midway. :func:`deferred_interrupt`
 records the signal instead of raising in the middle of the bookkeeping after
@@ -14,8 +17,10 @@ import contextlib
 import signal
 import threading
 
-#: the target duration of one native call during fit, in seconds
+#: the target duration of one native call during fit, in seconds, with batch hooks
 CHUNK_SECONDS = 0.1
+#: the same without batch hooks
+QUIET_CHUNK_SECONDS = 1.0
 #: the growth of a chunk over the last one at most (the first calls of a fit
 #: include one-time costs, such as Numba's compile, and under-estimate the rate)
 _GROWTH = 8
@@ -24,16 +29,15 @@ _GROWTH = 8
 class Pace:
     """The number of steps of the next native call, from the time of the last ones."""
 
-    def __init__(self, seconds=None):
-        self.seconds = CHUNK_SECONDS if seconds is None else seconds
+    def __init__(self):
         self.per_step = None
         self.last = 1
 
-    def next(self, remaining):
+    def next(self, remaining, seconds):
         if self.per_step is None:
             k = 1
         else:
-            k = max(1, min(int(self.seconds / self.per_step), self.last * _GROWTH))
+            k = max(1, min(int(seconds / self.per_step), self.last * _GROWTH))
         self.last = k  # unclipped: an epoch's short last chunk does not slow the next epoch's ramp
         return min(k, remaining)
 

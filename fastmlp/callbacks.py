@@ -12,7 +12,8 @@ about 0.1 s (``fastmlp._chunks.CHUNK_SECONDS``), sized from the time per step
 of the previous chunk. The hook runs after each chunk, not after every step,
 with ``batch`` the index of the chunk's last step and ``logs`` the mean loss
 (and accuracy) of the epoch so far, as Keras reports them. A fit whose
-callbacks have no batch hook calls none.
+callbacks have no batch hook calls none, and its chunks last about 1 s
+(``QUIET_CHUNK_SECONDS``), the granularity of Ctrl-C there.
 """
 import csv
 import math

@@ -566,9 +566,10 @@ class Sequential:
             plan = plans.get(nb)
             if plan is None:
                 plan = plans[nb] = self._make_plan(self._train_acts, nb, training=True, dropout=True)
+            chunk = _chunks.CHUNK_SECONDS if cbs.batch_hooks else _chunks.QUIET_CHUNK_SECONDS
             s, paced = 0, nb == batch_size  # the partial batch: one step of another size, not timed
             while s < steps:  # chunks of about _chunks.CHUNK_SECONDS
-                k, first = pace.next(steps - s) if paced else steps - s, start // batch_size + s
+                k, first = pace.next(steps - s, chunk) if paced else steps - s, start // batch_size + s
                 loop = opt.loop_state(clip, seed, k)
                 t0 = time.perf_counter()
                 done = self.backend.train_steps(plan, loop, X, target, sw, order, start + s * nb, k,

@@ -1,5 +1,5 @@
 """fit in chunks: the same weights however an epoch is cut into native calls,
-batch hooks about every CHUNK_SECONDS, Ctrl-C at a chunk's end, the progress
+batch hooks about every CHUNK_SECONDS (QUIET_CHUNK_SECONDS without), Ctrl-C at a chunk's end, the progress
 bar in a pseudo-terminal and the per-epoch lines without one."""
 import os
 import signal
@@ -55,17 +55,18 @@ def test_chunks_do_not_change_the_weights(backend_name, monkeypatch):
 
 
 def test_pace_aims_at_the_chunk_time():
-    pace = _chunks.Pace(seconds=0.1)
-    assert pace.next(1000) == 1  # nothing measured yet
+    pace = _chunks.Pace()
+    assert pace.next(1000, 0.1) == 1  # nothing measured yet
     pace.record(1, 0.001)
-    assert pace.next(1000) == 8  # the growth bound
+    assert pace.next(1000, 0.1) == 8  # the growth bound
     pace.record(8, 0.008)
-    assert pace.next(1000) == 64
+    assert pace.next(1000, 0.1) == 64
     pace.record(64, 0.064)
-    assert pace.next(1000) == 100  # 0.1 s at 1 ms a step
-    assert pace.next(30) == 30  # never past the epoch's end
+    assert pace.next(1000, 0.1) == 100  # 0.1 s at 1 ms a step
+    assert pace.next(1000, 1.0) == 800  # the growth bound again
+    assert pace.next(30, 0.1) == 30  # never past the epoch's end
     pace.record(30, 3.0)
-    assert pace.next(1000) == 1  # slow steps: one per call
+    assert pace.next(1000, 0.1) == 1  # slow steps: one per call
 
 
 def test_ctrl_c_stops_at_the_chunks_end_and_keeps_its_weights(backend_name):
@@ -98,6 +99,7 @@ _SCRIPT = textwrap.dedent("""
     import fastmlp as fm
     from fastmlp import _chunks
     _chunks.CHUNK_SECONDS = 0.002
+    _chunks.QUIET_CHUNK_SECONDS = 1e9  # the bar's hook must pick the short chunks
     rng = np.random.default_rng(0)
     X = rng.standard_normal((6000, 20))
     y = (X[:, 0] > 0).astype(int)
