@@ -62,13 +62,17 @@ class Optimizer:
     state = None
     _owner = staticmethod(_no_owner)
     lr = _Hyper(_check_lr)
+    weight_decay = _Hyper(_validation.check_nonnegative)
+    #: AdamW's decoupled decay (p *= 1 - lr * wd) rather than PyTorch's coupled one (g + wd * p)
+    decoupled = False
 
-    def __init__(self, lr, learning_rate=None):
+    def __init__(self, lr, learning_rate=None, weight_decay=0.0):
         if learning_rate is not None:  # Keras' spelling
             if lr is not None:
                 raise ValueError(f"Pass lr or learning_rate, not both (got lr={lr!r}, learning_rate={learning_rate!r}).")
             lr = learning_rate
         self.lr = self.default_lr if lr is None else lr
+        self.weight_decay = weight_decay
         self.t = 0
 
     @property
@@ -121,6 +125,15 @@ class Optimizer:
     def step(self, backend, params, grads):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _decay(self, params, grads, lr):
+        # step()'s weight decay, on the whole vector (step() knows no layers: the native loop
+        # spares batch norm's running statistics, this does not)
+        if self.weight_decay:
+            if self.decoupled:
+                params *= params.dtype.type(1.0 - lr * self.weight_decay)
+            else:
+                grads += params.dtype.type(self.weight_decay) * params
+
     def _hypers(self):
         return [name for name in dir(type(self)) if isinstance(getattr(type(self), name), _Hyper)]
 
@@ -158,18 +171,20 @@ class SGD(Optimizer):
 
     default_lr = 0.01
 
-    def __init__(self, lr=None, momentum=0.0, nesterov=False, learning_rate=None):
-        super().__init__(lr, learning_rate)
+    def __init__(self, lr=None, momentum=0.0, nesterov=False, learning_rate=None, weight_decay=0.0):
+        super().__init__(lr, learning_rate, weight_decay)
         self.momentum = momentum
         if nesterov and momentum == 0.0:
             raise ValueError("Nesterov momentum requires momentum > 0, got momentum=0.0.")
         self.nesterov = bool(nesterov)
 
     def hyper(self):
-        return _plan.hyper(lr=self.current_lr(), momentum=self.momentum, nesterov=float(self.nesterov))
+        return _plan.hyper(lr=self.current_lr(), momentum=self.momentum, nesterov=float(self.nesterov),
+                           weight_decay=self.weight_decay)
 
     def step(self, backend, params, grads):
         lr, self.t = self.current_lr(), self.t + 1
+        self._decay(params, grads, lr)
         backend.sgd_update(params, grads, self.state["buf"], lr, self.momentum, self.nesterov)
 
 
@@ -183,15 +198,16 @@ class RMSprop(Optimizer):
 
     default_lr = 0.01
 
-    def __init__(self, lr=None, rho=0.99, eps=1e-8, learning_rate=None):
-        super().__init__(lr, learning_rate)
+    def __init__(self, lr=None, rho=0.99, eps=1e-8, learning_rate=None, weight_decay=0.0):
+        super().__init__(lr, learning_rate, weight_decay)
         self.rho, self.eps = rho, eps
 
     def hyper(self):
-        return _plan.hyper(lr=self.current_lr(), rho=self.rho, eps=self.eps)
+        return _plan.hyper(lr=self.current_lr(), rho=self.rho, eps=self.eps, weight_decay=self.weight_decay)
 
     def step(self, backend, params, grads):
         lr, self.t = self.current_lr(), self.t + 1
+        self._decay(params, grads, lr)
         backend.rmsprop_update(params, grads, self.state["sq"], lr, self.rho, self.eps)
 
 
@@ -206,29 +222,41 @@ class Adam(Optimizer):
 
     default_lr = 1e-3
 
-    def __init__(self, lr=None, beta1=0.9, beta2=0.999, eps=1e-8, learning_rate=None):
-        super().__init__(lr, learning_rate)
+    def __init__(self, lr=None, beta1=0.9, beta2=0.999, eps=1e-8, learning_rate=None, weight_decay=0.0):
+        super().__init__(lr, learning_rate, weight_decay)
         self.beta1, self.beta2, self.eps = beta1, beta2, eps
 
     def hyper(self):
-        return _plan.hyper(lr=self.current_lr(), beta1=self.beta1, beta2=self.beta2, eps=self.eps)
+        return _plan.hyper(lr=self.current_lr(), beta1=self.beta1, beta2=self.beta2, eps=self.eps,
+                           weight_decay=self.weight_decay, decoupled=float(self.decoupled))
 
     def step(self, backend, params, grads):
         lr, self.t = self.current_lr(), self.t + 1
+        self._decay(params, grads, lr)
         backend.adam_update(params, grads, self.state["m"], self.state["v"], lr, self.beta1,
                             self.beta2, self.eps, self.t)
 
 
-OPTIMIZERS = {"sgd": SGD, "rmsprop": RMSprop, "adam": Adam}
+class AdamW(Adam):
+    """AdamW as ``torch.optim.AdamW``: Adam with decoupled weight decay, every
+    trainable parameter first multiplied by ``1 - lr * weight_decay``."""
+
+    decoupled = True
+
+    def __init__(self, lr=None, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, learning_rate=None):
+        super().__init__(lr, beta1, beta2, eps, learning_rate, weight_decay)
+
+
+OPTIMIZERS = {"sgd": SGD, "rmsprop": RMSprop, "adam": Adam, "adamw": AdamW}
 
 
 def get(optimizer):
-    """An :class:`Optimizer` from an instance or a name ("sgd", "rmsprop", "adam")."""
+    """An :class:`Optimizer` from an instance or a name ("sgd", "rmsprop", "adam", "adamw")."""
     if isinstance(optimizer, Optimizer):
         return optimizer
     if isinstance(optimizer, str) and optimizer.lower() in OPTIMIZERS:
         return OPTIMIZERS[optimizer.lower()]()
     raise ValueError(
-        f"Unknown optimizer {optimizer!r}. Pass an instance of fastmlp.optim.SGD, RMSprop or Adam, "
+        f"Unknown optimizer {optimizer!r}. Pass an instance of fastmlp.optim.SGD, RMSprop, Adam or AdamW, "
         f"or one of the names: {', '.join(sorted(OPTIMIZERS))}."
     )

@@ -110,7 +110,7 @@ def sequential_state(model, include_optimizer=True, prefix=""):
             tensors[prefix + name] = view
     if model._loss is not None:
         opt = model.optimizer
-        cls = next(name for name, c in _optim.OPTIMIZERS.items() if isinstance(opt, c))
+        cls = next(name for name, c in reversed(_optim.OPTIMIZERS.items()) if isinstance(opt, c))  # AdamW first
         with_state = include_optimizer and opt.state is not None
         doc["compile"] = {"loss": model._loss.name, "clip_norm": model.clip_norm,
                           "optimizer": {"class": cls, "config": _optimizer_config(opt),

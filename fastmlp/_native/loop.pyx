@@ -126,7 +126,7 @@ cdef struct Ctx:
     Hyper h
     double clip_norm
     uint64_t seed
-    bint pk, fold_l2, fused, timing
+    bint pk, fold_l2, fused, timing, has_bn
     # the data (NULL where absent) and the plan's buffers, typed by the phases
     const void* X
     const int64_t* y
@@ -375,6 +375,26 @@ cdef void _clip(Ctx* c, floating* params) noexcept nogil:
                 _scale_p(grads + share.b0, share.bn, c.clip_norm / (norm + 1e-6))
 
 
+cdef void _update_trainable(const UnitRec* r, int opt_kind, const Hyper* h, double step, floating* params,
+                            floating* grads, floating* s1, floating* s2) noexcept nogil:
+    """The update of one unit's trainable parameters: a dense unit's W and b, batch norm's gamma and beta."""
+    cdef Py_ssize_t off, n
+    if r.kind == UNIT_DENSE:
+        off, n = r.w_off, r.fan_in * r.fan_out
+        _opt_span(opt_kind, h, step, params + off, grads + off, s1 + off if s1 != NULL else NULL,
+                  s2 + off if s2 != NULL else NULL, n, 0.0)
+        if r.use_bias:
+            off, n = r.b_off, r.fan_out
+        else:
+            return
+    elif r.kind == UNIT_BATCHNORM:
+        off, n = r.w_off, 2 * r.fan_out
+    else:
+        return
+    _opt_span(opt_kind, h, step, params + off, grads + off, s1 + off if s1 != NULL else NULL,
+              s2 + off if s2 != NULL else NULL, n, 0.0)
+
+
 cdef void _update(Ctx* c, Py_ssize_t s, floating* params) noexcept nogil:
     """Update number t0 + s + 1: all parameters (nt == 1), or this thread's shares."""
     cdef Py_ssize_t i
@@ -387,7 +407,13 @@ cdef void _update(Ctx* c, Py_ssize_t s, floating* params) noexcept nogil:
     if c.lrs != NULL:
         c.h.lr = c.lrs[s]
     if c.nt == 1:
-        _opt_span(c.opt_kind, &c.h, step, params, grads, s1, s2, c.n_params, 0.0)
+        if c.h.weight_decay == 0.0 or not c.has_bn:
+            _opt_span(c.opt_kind, &c.h, step, params, grads, s1, s2, c.n_params, 0.0)
+            return
+        # weight decay spares batch norm's running statistics (buffers, not parameters, in
+        # PyTorch); their gradients are 0, so that skipping their update changes nothing else
+        for i in range(c.n_units):
+            _update_trainable(&c.units[i].r, c.opt_kind, &c.h, step, params, grads, s1, s2)
         return
     for i in range(c.n_units):
         if c.units[i].Wp != NULL:
@@ -520,6 +546,9 @@ cdef Py_ssize_t _run(object plan, object loop, object X, object y, object Y, obj
         base.n_params, base.start, base.t0 = params.shape[0], start, loop.t
         base.loss_kind, base.opt_kind, base.h = <int>plan.loss, <int>loop.opt, hyper[0]
         base.clip_norm, base.seed, base.pk = loop.clip_norm, <uint64_t>loop.seed, pk
+        base.has_bn = False
+        for i in range(n_units):
+            base.has_bn = base.has_bn or recs[i].kind == UNIT_BATCHNORM
         base.fold_l2 = nt > 1 and base.opt_kind == OPT_ADAM and base.clip_norm <= 0.0 and POL.fold_l2
         base.fused = (base.loss_kind == LOSS_CE or base.loss_kind == LOSS_CE_ONEHOT or base.loss_kind == LOSS_BCE
                       or base.loss_kind == LOSS_POISSON)

@@ -323,6 +323,11 @@ def check_loop(plan, loop, who="train_steps", n_steps=None):
     if opt == Opt.ADAM and not (0.0 <= h["beta1"] < 1.0 and 0.0 <= h["beta2"] < 1.0 and h["eps"] > 0):
         raise ValueError(f"{who}: Adam needs beta1, beta2 in [0, 1) and eps > 0, got "
                          f"{h['beta1']}, {h['beta2']}, {h['eps']}")
+    if not h["weight_decay"] >= 0.0:
+        raise ValueError(f"{who}: weight_decay must be >= 0, got {h['weight_decay']}")
+    if h["decoupled"] not in (0.0, 1.0) or (h["decoupled"] == 1.0 and opt != Opt.ADAM):
+        raise ValueError(f"{who}: decoupled weight decay is 0 or 1, and 1 with Adam only (AdamW), got "
+                         f"{h['decoupled']}")
     n, dt = plan.params.shape[0], plan.params.dtype
     needs = {Opt.NONE: 0, Opt.SGD: 1 if h["momentum"] != 0.0 else 0, Opt.RMSPROP: 1, Opt.ADAM: 2}[opt]
     for j, name in enumerate(("state1", "state2")):

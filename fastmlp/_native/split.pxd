@@ -86,7 +86,7 @@ cdef inline void _update_share_pk(const UnitPtrs* u, int tid, int nt, int opt_ki
     cdef Share sh = _share(u, tid, nt)
     cdef Py_ssize_t j, o, K = u.r.fan_in
     cdef Py_ssize_t f0 = _part(K, tid, nt), f1 = _part(K, tid + 1, nt)
-    cdef double c[7]
+    cdef double c[9]
     _opt_consts(opt_kind, h, step, c)
     if floating is float:
         for j in range(0, u.r.fan_out, 16):
