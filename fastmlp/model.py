@@ -259,7 +259,7 @@ class Sequential:
         return code
 
     # ---------------------------------------------------------------- compile
-    def compile(self, loss="cross_entropy", optimizer="adam", clip_norm=None):
+    def compile(self, loss="cross_entropy", optimizer="adam", clip_norm=None, clip_value=None):
         """Choose the loss and the optimizer.
 
         Parameters
@@ -273,6 +273,9 @@ class Sequential:
         clip_norm : float or None
             Rescale the gradient so that its global L2 norm is at most this
             (``torch.nn.utils.clip_grad_norm_``).
+        clip_value : float or None
+            Clamp every gradient element to [-clip_value, clip_value]
+            (``torch.nn.utils.clip_grad_value_``), before ``clip_norm`` when both are given.
         """
         spec = _losses.resolve(loss)
         _losses.check_output(spec, self._output_act())
@@ -291,11 +294,12 @@ class Sequential:
                 )
         opt = _optim.get(optimizer)
         clip_norm = None if clip_norm is None else _validation.check_positive(clip_norm, "clip_norm")
+        clip_value = None if clip_value is None else _validation.check_positive(clip_value, "clip_value")
         owner = opt._bind(self)
         self._loss, self._loss_kind = spec, spec.kind
         self.optimizer, opt._owner = opt, owner
         opt.state = None
-        self.clip_norm = clip_norm
+        self.clip_norm, self.clip_value = clip_norm, clip_value
         if self.built:
             self._set_acts()
             self._infer_cache = self._predictor = None
@@ -559,6 +563,7 @@ class Sequential:
             if rem:
                 weights[-1] = rem
         opt, clip = self.optimizer, self.clip_norm or 0.0
+        clip_value = getattr(self, "clip_value", None) or 0.0  # older pickles have none
         done_steps = 0
         for start, nb, steps in ((0, batch_size, n_full), (n_full * batch_size, rem, 1)):
             if nb == 0 or steps == 0:
@@ -570,7 +575,7 @@ class Sequential:
             s, paced = 0, nb == batch_size  # the partial batch: one step of another size, not timed
             while s < steps:  # chunks of about _chunks.CHUNK_SECONDS
                 k, first = pace.next(steps - s, chunk) if paced else steps - s, start // batch_size + s
-                loop = opt.loop_state(clip, seed, k)
+                loop = opt.loop_state(clip, seed, k, clip_value)
                 t0 = time.perf_counter()
                 done = self.backend.train_steps(plan, loop, X, target, sw, order, start + s * nb, k,
                                                 losses[first:], correct[first:])

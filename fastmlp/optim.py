@@ -116,11 +116,11 @@ class Optimizer:
         empty = np.empty(0, dtype=vecs[0].dtype)
         return (vecs + [empty, empty])[:2]
 
-    def loop_state(self, clip_norm=0.0, seed=0, n_steps=0):
+    def loop_state(self, clip_norm=0.0, seed=0, n_steps=0, clip_value=0.0):
         """The :class:`fastmlp._native.plan.LoopState` of a training call of ``n_steps``
         steps from the current state (with a schedule: the rates of those steps)."""
         lrs = self.lr.rates(self.t, n_steps) if self.scheduled else None
-        return _plan.LoopState(self.kind, self.hyper(), *self.states(), self.t, clip_norm, seed, lrs)
+        return _plan.LoopState(self.kind, self.hyper(), *self.states(), self.t, clip_norm, seed, lrs, clip_value)
 
     def step(self, backend, params, grads):  # pragma: no cover - abstract
         raise NotImplementedError

@@ -113,6 +113,7 @@ def sequential_state(model, include_optimizer=True, prefix=""):
         cls = next(name for name, c in reversed(_optim.OPTIMIZERS.items()) if isinstance(opt, c))  # AdamW first
         with_state = include_optimizer and opt.state is not None
         doc["compile"] = {"loss": model._loss.name, "clip_norm": model.clip_norm,
+                          "clip_value": getattr(model, "clip_value", None),
                           "optimizer": {"class": cls, "config": _optimizer_config(opt),
                                         "t": int(opt.t) if with_state else 0, "state": with_state}}
         if with_state:
@@ -288,9 +289,12 @@ def build_sequential(doc, tensors, prefix=""):
         w = "model.compile."
         if not isinstance(comp, dict):
             _fail("model.compile must be null or a JSON object.")
-        _check_keys(comp, {"loss", "clip_norm", "optimizer"}, "model.compile")
+        _check_keys(comp, {"loss", "clip_norm", "clip_value", "optimizer"}, "model.compile")
         loss = _get(comp, "loss", lambda v: isinstance(v, str), "a loss name", w)
         clip = _get(comp, "clip_norm", lambda v: v is None or _is_real(v), "null or a number", w)
+        clip_value = comp.get("clip_value")  # files of before clip_value have none
+        if not (clip_value is None or _is_real(clip_value)):
+            _fail(f"{w}clip_value must be null or a number, got {clip_value!r:.120}.")
         od = _get(comp, "optimizer", lambda v: isinstance(v, dict), "a JSON object", w)
         _check_keys(od, {"class", "config", "t", "state"}, "model.compile.optimizer")
         w += "optimizer."
@@ -304,7 +308,7 @@ def build_sequential(doc, tensors, prefix=""):
         with_state = _get(od, "state", lambda v: isinstance(v, bool), "true or false", w)
         try:
             opt = _optim.OPTIMIZERS[cls](**config)
-            model.compile(loss=loss, optimizer=opt, clip_norm=clip)
+            model.compile(loss=loss, optimizer=opt, clip_norm=clip, clip_value=clip_value)
         except (ValueError, TypeError) as exc:
             _fail(f"model.compile: {exc}")
     # the tensors: every weight, and the optimizer's state when it was saved

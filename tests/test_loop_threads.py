@@ -85,12 +85,13 @@ def _problem(dt, loss_kind, n=61, d=5, k=3, seed=0):
 
 
 def _run(mod, dt, loss_kind, opt_kind, bs, n_steps, clip, X, y, Y, sw, order, params0, rec, lrs=None,
-         decay=None):
+         decay=None, clip_value=0.0):
     n_params = params0.shape[0]
     plan = make_plan(rec, bs, dt, loss_kind, params=params0.copy(), weighted=sw.shape[0] != 0)
     loop = loop_state(opt_kind, n_params, dt, t=4, clip_norm=clip, seed=987)
     if lrs is not None:
         loop.lrs = lrs
+    loop.clip_value = clip_value
     if decay is not None:
         loop.hyper["weight_decay"], loop.hyper["decoupled"] = decay
     losses, correct = np.full(n_steps, np.nan), np.full(n_steps, np.nan)

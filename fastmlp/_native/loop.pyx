@@ -30,12 +30,12 @@ from fastmlp._native.gemm cimport (
     Blas, FM_HAVE_PACKGEMM, blas, gemm_ld, gemm_p, pk_floats, pk_gemm, pk_gemm_dw, pk_pack, pk_take,
 )
 from fastmlp._native.rowloops cimport rows_act_grad, rows_bias_act
-from fastmlp._native.optim cimport _opt_span, _scale_p, _sumsq_span
+from fastmlp._native.optim cimport _clamp_p, _opt_span, _scale_p, _sumsq_span
 from fastmlp._native.policy cimport MAX_LOOP_THREADS, LoopPolicy, loop_policy, pk_unit, threads_for
 from fastmlp._native.rows cimport _col_sums, _count_correct, _loss_rows
 from fastmlp._native.runtime cimport Runtime, lap, now, runtime
 from fastmlp._native.split cimport (
-    Share, _part, _pk_copy_rows, _pk_own_scale, _pk_own_sumsq, _pk_share, _share, _update_share, _update_share_pk,
+    Share, _part, _pk_copy_rows, _pk_own_clamp, _pk_own_scale, _pk_own_sumsq, _pk_share, _share, _update_share, _update_share_pk,
 )
 from fastmlp._native.units cimport UnitPtrs, _dropout_mask_p, _mul_mask_p, bn_backward_p, bn_forward_p, fill_units
 
@@ -124,7 +124,7 @@ cdef struct Ctx:
     Py_ssize_t n_units, rows, r0, r1, d, k, n_params, start, t0
     int loss_kind, opt_kind
     Hyper h
-    double clip_norm
+    double clip_norm, clip_value
     uint64_t seed
     bint pk, fold_l2, fused, timing, has_bn
     # the data (NULL where absent) and the plan's buffers, typed by the phases
@@ -329,6 +329,28 @@ cdef void _param_grads(Ctx* c, floating* params) noexcept nogil:
                       _part(fo, c.tid + 1, c.nt))
 
 
+cdef void _clip_value(Ctx* c, floating* params) noexcept nogil:
+    """Clamp every gradient element to [-clip_value, clip_value]: each thread its own shares
+    (the same shares _clip then sums and scales, so no thread waits for another here)."""
+    cdef Py_ssize_t i
+    cdef Share share
+    cdef UnitPtrs* u
+    cdef floating* grads = <floating*>c.grads
+    if c.nt == 1:
+        _clamp_p(grads, c.n_params, c.clip_value)
+        return
+    for i in range(c.n_units):
+        u = &c.units[i]
+        if u.r.kind == UNIT_DENSE:
+            share = _share(u, c.tid, c.nt)
+            if u.Wp != NULL:
+                _pk_own_clamp(u.dWp, u, c.tid, c.nt, c.clip_value)
+            else:
+                _clamp_p(grads + share.w0, share.wn, c.clip_value)
+            if share.bn:
+                _clamp_p(grads + share.b0, share.bn, c.clip_value)
+
+
 cdef void _clip(Ctx* c, floating* params) noexcept nogil:
     """Rescale the gradient to a global norm of at most clip_norm (the threads sum
     their shares' squares, meet, and scale their shares)."""
@@ -470,6 +492,8 @@ cdef Py_ssize_t _train_loop(Ctx* c, Py_ssize_t n_steps, floating* params) noexce
             return s
         _param_grads(c, params)
         tm = lap(RT, timing, PH_PARAM_GRADS, tm)
+        if c.clip_value > 0.0:
+            _clip_value(c, params)
         if c.clip_norm > 0.0:
             _clip(c, params)
             tm = lap(RT, timing, PH_CLIP, tm)
@@ -546,10 +570,13 @@ cdef Py_ssize_t _run(object plan, object loop, object X, object y, object Y, obj
         base.n_params, base.start, base.t0 = params.shape[0], start, loop.t
         base.loss_kind, base.opt_kind, base.h = <int>plan.loss, <int>loop.opt, hyper[0]
         base.clip_norm, base.seed, base.pk = loop.clip_norm, <uint64_t>loop.seed, pk
+        base.clip_value = loop.clip_value
         base.has_bn = False
         for i in range(n_units):
             base.has_bn = base.has_bn or recs[i].kind == UNIT_BATCHNORM
-        base.fold_l2 = nt > 1 and base.opt_kind == OPT_ADAM and base.clip_norm <= 0.0 and POL.fold_l2
+        # the folded L2 term joins the gradient after the clipping, which must see it
+        base.fold_l2 = (nt > 1 and base.opt_kind == OPT_ADAM and base.clip_norm <= 0.0 and base.clip_value <= 0.0
+                        and POL.fold_l2)
         base.fused = (base.loss_kind == LOSS_CE or base.loss_kind == LOSS_CE_ONEHOT or base.loss_kind == LOSS_BCE
                       or base.loss_kind == LOSS_POISSON)
         base.X, base.y, base.Y, base.sw = _data(X), <const int64_t*>_data(y), _data(Y), _data(sw)

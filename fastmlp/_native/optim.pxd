@@ -155,6 +155,17 @@ cdef inline double _sumsq_span(const floating* x, Py_ssize_t n) noexcept nogil:
         return fm_sumsq_d(x, n)
 
 
+cdef inline void _clamp_p(floating* x, Py_ssize_t n, double bound) noexcept nogil:
+    """x clamped to [-bound, bound] (NaN stays NaN, as torch.clamp)."""
+    cdef Py_ssize_t i
+    cdef floating v = <floating>bound
+    for i in range(n):
+        if x[i] > v:
+            x[i] = v
+        elif x[i] < -v:
+            x[i] = -v
+
+
 cdef inline void _scale_p(floating* x, Py_ssize_t n, double factor) noexcept nogil:
     cdef Py_ssize_t i
     cdef floating f = <floating>factor

@@ -164,15 +164,19 @@ class LoopState:
         A learning-rate schedule's rates: step s of the call updates with
         ``lrs[s]`` (finite, >= 0) instead of ``hyper["lr"]``. None or (0,): the
         constant ``hyper["lr"]``.
+    clip_value : float
+        Clamp every gradient element to [-clip_value, clip_value] before the
+        norm clipping; 0.0 for none.
     """
 
-    __slots__ = ("opt", "hyper", "state1", "state2", "t", "clip_norm", "seed", "lrs")
+    __slots__ = ("opt", "hyper", "state1", "state2", "t", "clip_norm", "seed", "lrs", "clip_value")
 
-    def __init__(self, opt, hyper, state1, state2, t=0, clip_norm=0.0, seed=0, lrs=None):
+    def __init__(self, opt, hyper, state1, state2, t=0, clip_norm=0.0, seed=0, lrs=None, clip_value=0.0):
         self.opt, self.hyper = Opt(opt), hyper
         self.state1, self.state2 = state1, state2
         self.t, self.clip_norm, self.seed = int(t), float(clip_norm), int(seed)
         self.lrs = _NO_RATES if lrs is None else lrs
+        self.clip_value = float(clip_value)
 
 
 _NO_RATES = np.empty(0, dtype=np.float64)
@@ -348,6 +352,8 @@ def check_loop(plan, loop, who="train_steps", n_steps=None):
         raise ValueError(f"{who}: loop.t must be >= 0, got {loop.t}")
     if not (math.isfinite(loop.clip_norm) and loop.clip_norm >= 0.0):
         raise ValueError(f"{who}: clip_norm must be finite and >= 0 (0 for none), got {loop.clip_norm}")
+    if not (math.isfinite(loop.clip_value) and loop.clip_value >= 0.0):
+        raise ValueError(f"{who}: clip_value must be finite and >= 0 (0 for none), got {loop.clip_value}")
     if not 0 <= loop.seed < 2**64:
         raise ValueError(f"{who}: the dropout seed must be in [0, 2**64), got {loop.seed}")
 

@@ -662,6 +662,8 @@ def optimizer_step(kernels, params, grads, loop, t, s=0, units=None):
     """Clip the global gradient norm (``loop.clip_norm`` > 0) and apply update number ``t`` (from 1),
     step ``s`` of the call (its rate ``loop.lrs[s]`` under a schedule); with weight decay,
     ``units`` (the plan's unit records) say which parameters are trained."""
+    if loop.clip_value > 0.0:  # torch.nn.utils.clip_grad_value_, before the norm
+        np.clip(grads, -loop.clip_value, loop.clip_value, out=grads)
     if loop.clip_norm > 0.0:
         norm = math.sqrt(kernels.sum_squares(grads))
         if norm > loop.clip_norm:

@@ -95,7 +95,7 @@ def _weight_decay(params, grads, units, wd, decoupled, lr):
 @jit
 def _train_steps(X, y, Y, sw, order, start, n_steps, units, Ws, bs, dWs, dbs, params, grads, x_buf, y_buf,
                  Y_buf, sw_buf, Z, A, dA, M, P, empty2, loss_kind, opt_kind, hyper, state1, state2, t0,
-                 clip_norm, seed, lrs, losses_out, correct_out):
+                 clip_norm, seed, lrs, clip_value, losses_out, correct_out):
     rows = x_buf.shape[0]
     L = len(Z) - 1
     fused = (loss_kind == Loss.CE or loss_kind == Loss.CE_ONEHOT or loss_kind == Loss.BCE
@@ -157,6 +157,12 @@ def _train_steps(X, y, Y, sw, order, start, n_steps, units, Ws, bs, dWs, dbs, pa
         correct_out[s] = _count_correct(Z[L] if fused else A[L], y_buf, Y_buf, loss_kind)
         if not math.isfinite(loss):
             return s
+        if clip_value > 0.0:
+            for j in range(grads.shape[0]):
+                if grads[j] > clip_value:
+                    grads[j] = clip_value
+                elif grads[j] < -clip_value:
+                    grads[j] = -clip_value
         if clip_norm > 0.0:
             norm = math.sqrt(_sum_squares(grads))
             if norm > clip_norm:
