@@ -61,6 +61,7 @@ class _Unit:
     bn = False  # a batch-norm unit: params block [gamma, beta, running_mean, running_var]
     eps = momentum = 0.0
     G = dG = None
+    layers = ()  # indices of the model's layers this unit runs (summary(); class default: older pickles)
 
     def __init__(self, dense, fan_in, fan_out, act, alpha, use_bias=False, init="auto", l2=0.0):
         self.dense, self.fan_in, self.fan_out = dense, fan_in, fan_out
@@ -157,15 +158,16 @@ class Sequential:
     # ------------------------------------------------------------------ build
     def _compile_units(self, input_dim):
         units, fan_in = [], input_dim
-        for layer in self.layers:
+        for j, layer in enumerate(self.layers):
             if isinstance(layer, Dropout):
                 if layer.rate > 0.0:  # Dropout(0) is the identity: no unit
                     units.append(_Unit(False, fan_in, fan_in, _act.IDENTITY, 0.0))
-                    units[-1].rate = layer.rate
+                    units[-1].rate, units[-1].layers = layer.rate, (j,)
                 continue
             if isinstance(layer, BatchNorm):
                 units.append(_Unit(False, fan_in, fan_in, _act.IDENTITY, 0.0, use_bias=True))
                 units[-1].bn, units[-1].eps, units[-1].momentum = True, layer.eps, layer.momentum
+                units[-1].layers = (j,)
                 continue
             _, code, alpha = _act.resolve(layer.activation)
             if isinstance(layer, Dense):
@@ -174,8 +176,11 @@ class Sequential:
                 fan_in = layer.units
             elif units and units[-1].act == _act.IDENTITY and units[-1].dense:
                 units[-1].act, units[-1].alpha = code, alpha  # fuse Dense + Activation
+                units[-1].layers += (j,)
+                continue
             else:
                 units.append(_Unit(False, fan_in, fan_in, code, alpha))
+            units[-1].layers = (j,)
         return units
 
     def build(self, input_dim):
@@ -236,6 +241,37 @@ class Sequential:
 
     def count_params(self):
         return 0 if not self.built else int(self._params.size)
+
+    def summary(self, print_fn=None, line_length=None, *, batch_size=None, n_threads=None):
+        """Print a Keras-like table of the layers (output shapes, parameter counts, the
+        total, trainable and non-trainable parameters), then the fused native units,
+        the dtype, the backend, the compile settings and the loop path the next fit
+        would take (:meth:`loop_path`). Returns None, as Keras does; the text is
+        ``fastmlp._summary.summary_text(model)``.
+
+        Parameters
+        ----------
+        print_fn : callable or None
+            Called with each line (Keras' rule); None prints.
+        line_length : int, optional
+            Width of the table (default 78).
+        batch_size, n_threads : as :meth:`loop_path`.
+
+        Raises ValueError on a model that is not built yet (no ``input_dim``).
+        """
+        from . import _summary
+        if print_fn is not None and not callable(print_fn):
+            raise TypeError(f"print_fn must be callable (it is called with each line), got {print_fn!r}.")
+        for line in _summary.summary_lines(self, line_length, batch_size, n_threads):
+            (print if print_fn is None else print_fn)(line)
+
+    def loop_path(self, batch_size=None, n_threads=None):
+        """The training-loop path a ``fit(batch_size=..., n_threads=...)`` would take now,
+        without training: a :class:`fastmlp._summary.LoopPath` (backend, thread bound,
+        threads of the loop's own, units on packed operands, and a description).
+        ``batch_size`` defaults to the last fit's, else 32."""
+        from . import _summary
+        return _summary.loop_path(self, batch_size, n_threads)
 
     def _output_act(self):
         code = _act.IDENTITY
@@ -489,6 +525,7 @@ class Sequential:
                 raise ValueError("sample_weight is 0 on every training row left by validation_split; at least "
                                  "one of them needs a positive weight.")
         batch_size = min(batch_size, n)
+        self._fit_batch_size = batch_size  # loop_path()'s default (the call restores it on an error)
         if self._has_batchnorm and (batch_size < 2 or n % batch_size == 1):
             raise ValueError(
                 "Expected more than 1 value per channel when training: BatchNorm needs training batches "
