@@ -415,7 +415,8 @@ class Sequential:
 
     # -------------------------------------------------------------------- fit
     def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, verbose=1,
-            sample_weight=None, n_threads=None, callbacks=None, initial_epoch=0, validation_split=0.0):
+            sample_weight=None, n_threads=None, callbacks=None, initial_epoch=0, validation_split=0.0,
+            class_weight=None):
         """Train the model.
 
         Parameters
@@ -442,6 +443,9 @@ class Sequential:
             the last one, so ``fit(epochs=4, initial_epoch=2)`` trains epochs 2 and 3). A
             callback's ``on_train_begin`` may move it by setting ``model._initial_epoch``
             (:class:`fastmlp.callbacks.BackupAndRestore` does)
+        class_weight : dict {label: weight}, optional; classification losses only, as Keras: a
+            training row weighs ``class_weight[label]`` (times its sample_weight), 1.0 for a
+            label without a key; a one-hot row's label is its argmax
 
         Returns
         -------
@@ -452,7 +456,7 @@ class Sequential:
         with self._unchanged_on_error():
             X, target, kind, sw, val, batch_size, cbs = self._check_fit(
                 X, y, epochs, batch_size, validation_data, sample_weight, n_threads, callbacks, initial_epoch,
-                validation_split, verbose)
+                validation_split, verbose, class_weight)
         epochs = int(epochs)
         n, opt = X.shape[0], self.optimizer
         self._loss_kind, self._weighted = kind, sw.shape[0] > 0
@@ -489,7 +493,7 @@ class Sequential:
         return history
 
     def _check_fit(self, X, y, epochs, batch_size, validation_data, sample_weight, n_threads, callbacks,
-                   initial_epoch, validation_split, verbose):
+                   initial_epoch, validation_split, verbose, class_weight=None):
         """Every check of a fit, before any work: (X, target, kind, sw, val, batch_size, callbacks)."""
         epochs = _validation.check_positive_int(epochs, "epochs")
         initial_epoch = _validation.check_nonnegative_int(initial_epoch, "initial_epoch")
@@ -507,6 +511,8 @@ class Sequential:
         n = X.shape[0]
         target, kind = self._check_targets(y, n)
         sw = _validation.check_sample_weight(sample_weight, n, self.dtype)
+        cw = None if class_weight is None else _validation.check_class_weight(
+            class_weight, self._units[-1].fan_out, self._loss.name, self._loss.kind in REGRESSION_LOSSES)
         val = None
         if validation_data is not None:
             if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
@@ -524,6 +530,8 @@ class Sequential:
             if sw.shape[0] and not sw.sum() > 0:
                 raise ValueError("sample_weight is 0 on every training row left by validation_split; at least "
                                  "one of them needs a positive weight.")
+        if cw is not None:  # the training rows' weights, on the sample_weight path
+            sw = _validation.class_weight_rows(cw, target, sw, self.dtype)
         batch_size = min(batch_size, n)
         self._fit_batch_size = batch_size  # loop_path()'s default (the call restores it on an error)
         if self._has_batchnorm and (batch_size < 2 or n % batch_size == 1):
