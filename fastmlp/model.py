@@ -317,6 +317,8 @@ class Sequential:
         opt = _optim.get(optimizer)
         clip_norm = None if clip_norm is None else _validation.check_positive(clip_norm, "clip_norm")
         owner = opt._bind(self)
+        # Everything above only checks (tests/test_compile_errors.py): a compile that
+        # raises leaves the previous loss, optimizer (and its state) and clip_norm.
         self._loss, self._loss_kind = spec, spec.kind
         self.optimizer, opt._owner = opt, owner
         opt.state = None
