@@ -78,7 +78,8 @@ def loop_path(model, batch_size=None, n_threads=None):
     bound = model._fit_threads(n_threads, batch_size)
     blas = "one BLAS thread" if bound == 1 else (
         "BLAS on its default threads" if bound is None else f"BLAS on {bound} threads")
-    small = bound == 1 and (n_threads or model.n_threads or 1) > 1
+    asked = n_threads if n_threads is not None else model.n_threads
+    small = bound == 1 and asked != 1  # fit's own policy chose one thread
     why = " (each product is below BLAS's threading threshold, so the fit runs on one thread)" if small else ""
     name = model.backend.NAME
     nt, packed = 1, ()
@@ -100,8 +101,10 @@ def loop_path(model, batch_size=None, n_threads=None):
         else:
             path = "serial"
             text = f"the compiled loop on one thread of its own, products on {blas}"
-            if rt_threads > 1 and model._has_batchnorm:
-                why = " (batch norm needs the whole batch: the loop does not split)"
+            if rt_threads > 1:
+                why = (" (batch norm needs the whole batch: the loop does not split)" if model._has_batchnorm
+                       else " (this build cannot split the loop)" if not _policy._HAVE_LOOP_THREADS
+                       else " (the step is too small for the loop to split it)")
     elif name == "numba":
         path = "serial"
         text = f"the compiled Numba loop, serial element-wise kernels, products on {blas}"
