@@ -61,6 +61,7 @@ class _Unit:
     bn = False  # a batch-norm unit: params block [gamma, beta, running_mean, running_var]
     eps = momentum = 0.0
     G = dG = None
+    layers = ()  # indices of the model's layers this unit runs (summary(); class default: older pickles)
 
     def __init__(self, dense, fan_in, fan_out, act, alpha, use_bias=False, init="auto", l2=0.0):
         self.dense, self.fan_in, self.fan_out = dense, fan_in, fan_out
@@ -168,15 +169,16 @@ class Sequential:
     # ------------------------------------------------------------------ build
     def _compile_units(self, input_dim):
         units, fan_in = [], input_dim
-        for layer in self.layers:
+        for j, layer in enumerate(self.layers):
             if isinstance(layer, Dropout):
                 if layer.rate > 0.0:  # Dropout(0) is the identity: no unit
                     units.append(_Unit(False, fan_in, fan_in, _act.IDENTITY, 0.0))
-                    units[-1].rate = layer.rate
+                    units[-1].rate, units[-1].layers = layer.rate, (j,)
                 continue
             if isinstance(layer, BatchNorm):
                 units.append(_Unit(False, fan_in, fan_in, _act.IDENTITY, 0.0, use_bias=True))
                 units[-1].bn, units[-1].eps, units[-1].momentum = True, layer.eps, layer.momentum
+                units[-1].layers = (j,)
                 continue
             _, code, alpha = _act.resolve(layer.activation)
             if isinstance(layer, Dense):
@@ -185,8 +187,11 @@ class Sequential:
                 fan_in = layer.units
             elif units and units[-1].act == _act.IDENTITY and units[-1].dense:
                 units[-1].act, units[-1].alpha = code, alpha  # fuse Dense + Activation
+                units[-1].layers += (j,)
+                continue
             else:
                 units.append(_Unit(False, fan_in, fan_in, code, alpha))
+            units[-1].layers = (j,)
         return units
 
     def build(self, input_dim):
@@ -248,6 +253,37 @@ class Sequential:
     def count_params(self):
         return 0 if not self.built else int(self._params.size)
 
+    def summary(self, print_fn=None, line_length=None, *, batch_size=None, n_threads=None):
+        """Print a Keras-like table of the layers (output shapes, parameter counts, the
+        total, trainable and non-trainable parameters), then the fused native units,
+        the dtype, the backend, the compile settings and the loop path the next fit
+        would take (:meth:`loop_path`). Returns None, as Keras does; the text is
+        ``fastmlp._summary.summary_text(model)``.
+
+        Parameters
+        ----------
+        print_fn : callable or None
+            Called with each line (Keras' rule); None prints.
+        line_length : int, optional
+            Width of the table (default 78).
+        batch_size, n_threads : as :meth:`loop_path`.
+
+        Raises ValueError on a model that is not built yet (no ``input_dim``).
+        """
+        from . import _summary
+        if print_fn is not None and not callable(print_fn):
+            raise TypeError(f"print_fn must be callable (it is called with each line), got {print_fn!r}.")
+        for line in _summary.summary_lines(self, line_length, batch_size, n_threads):
+            (print if print_fn is None else print_fn)(line)
+
+    def loop_path(self, batch_size=None, n_threads=None):
+        """The training-loop path a ``fit(batch_size=..., n_threads=...)`` would take now,
+        without training: a :class:`fastmlp._summary.LoopPath` (backend, thread bound,
+        threads of the loop's own, units on packed operands, and a description).
+        ``batch_size`` defaults to the last fit's, else 32."""
+        from . import _summary
+        return _summary.loop_path(self, batch_size, n_threads)
+
     def _output_act(self):
         code = _act.IDENTITY
         for layer in self.layers:
@@ -296,6 +332,8 @@ class Sequential:
         clip_norm = None if clip_norm is None else _validation.check_positive(clip_norm, "clip_norm")
         clip_value = None if clip_value is None else _validation.check_positive(clip_value, "clip_value")
         owner = opt._bind(self)
+        # Everything above only checks (tests/test_compile_errors.py): a compile that
+        # raises leaves the previous loss, optimizer (and its state) and clip_norm.
         self._loss, self._loss_kind = spec, spec.kind
         self.optimizer, opt._owner = opt, owner
         opt.state = None
@@ -394,7 +432,8 @@ class Sequential:
 
     # -------------------------------------------------------------------- fit
     def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, verbose=1,
-            sample_weight=None, n_threads=None, callbacks=None, initial_epoch=0, validation_split=0.0):
+            sample_weight=None, n_threads=None, callbacks=None, initial_epoch=0, validation_split=0.0,
+            class_weight=None):
         """Train the model.
 
         Parameters
@@ -421,6 +460,9 @@ class Sequential:
             the last one, so ``fit(epochs=4, initial_epoch=2)`` trains epochs 2 and 3). A
             callback's ``on_train_begin`` may move it by setting ``model._initial_epoch``
             (:class:`fastmlp.callbacks.BackupAndRestore` does)
+        class_weight : dict {label: weight}, optional; classification losses only, as Keras: a
+            training row weighs ``class_weight[label]`` (times its sample_weight), 1.0 for a
+            label without a key; a one-hot row's label is its argmax
 
         Returns
         -------
@@ -431,7 +473,7 @@ class Sequential:
         with self._unchanged_on_error():
             X, target, kind, sw, val, batch_size, cbs = self._check_fit(
                 X, y, epochs, batch_size, validation_data, sample_weight, n_threads, callbacks, initial_epoch,
-                validation_split, verbose)
+                validation_split, verbose, class_weight)
         epochs = int(epochs)
         n, opt = X.shape[0], self.optimizer
         self._loss_kind, self._weighted = kind, sw.shape[0] > 0
@@ -480,7 +522,7 @@ class Sequential:
         return history
 
     def _check_fit(self, X, y, epochs, batch_size, validation_data, sample_weight, n_threads, callbacks,
-                   initial_epoch, validation_split, verbose):
+                   initial_epoch, validation_split, verbose, class_weight=None):
         """Every check of a fit, before any work: (X, target, kind, sw, val, batch_size, callbacks)."""
         epochs = _validation.check_positive_int(epochs, "epochs")
         initial_epoch = _validation.check_nonnegative_int(initial_epoch, "initial_epoch")
@@ -501,6 +543,8 @@ class Sequential:
         n = X.shape[0]
         target, kind = self._check_targets(y, n)
         sw = _validation.check_sample_weight(sample_weight, n, self.dtype)
+        cw = None if class_weight is None else _validation.check_class_weight(
+            class_weight, self._units[-1].fan_out, self._loss.name, self._loss.kind in REGRESSION_LOSSES)
         val = None
         if validation_data is not None:
             if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
@@ -518,7 +562,10 @@ class Sequential:
             if sw.shape[0] and not sw.sum() > 0:
                 raise ValueError("sample_weight is 0 on every training row left by validation_split; at least "
                                  "one of them needs a positive weight.")
+        if cw is not None:  # the training rows' weights, on the sample_weight path
+            sw = _validation.class_weight_rows(cw, target, sw, self.dtype)
         batch_size = min(batch_size, n)
+        self._fit_batch_size = batch_size  # loop_path()'s default (the call restores it on an error)
         if self._has_batchnorm and (batch_size < 2 or n % batch_size == 1):
             raise ValueError(
                 "Expected more than 1 value per channel when training: BatchNorm needs training batches "
