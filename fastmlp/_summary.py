@@ -197,9 +197,13 @@ def summary_lines(model, line_length=None, batch_size=None, n_threads=None):
         compiled = "not compiled (call compile(loss=..., optimizer=...) before fit)"
     else:
         clip = "" if model.clip_norm is None else f", clip_norm={model.clip_norm:g}"
+        if getattr(model, "clip_value", None) is not None:
+            clip += f", clip_value={model.clip_value:g}"
         lr = model.optimizer.lr
         lr = f"{lr:g}" if isinstance(lr, (int, float)) else repr(lr)  # a schedule shows itself
-        compiled = f"loss={spec.name}, optimizer={type(model.optimizer).__name__}(lr={lr}){clip}"
+        wd = model.optimizer.weight_decay
+        decay = f", weight_decay={wd:g}" if wd or model.optimizer.decoupled else ""
+        compiled = f"loss={spec.name}, optimizer={type(model.optimizer).__name__}(lr={lr}{decay}){clip}"
     lines += [f"dtype: {model.dtype.name}",
               f"backend: {path.backend}",
               f"compiled: {compiled}",

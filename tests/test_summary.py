@@ -200,3 +200,12 @@ def test_cython_loop_path_is_the_one_fit_takes(make, dtype, batch_size, n_thread
         assert (again.loop_threads, again.packed_units) == (path.loop_threads, path.packed_units)
     finally:
         R.set_num_threads(old)
+
+
+def test_compile_line_shows_decay_clipping_and_a_schedule():
+    m = fastmlp.Sequential([Dense(4, activation="relu"), Dense(2)], input_dim=3, seed=0)
+    m.compile("cross_entropy", fastmlp.optim.AdamW(lr=fastmlp.schedules.ExponentialDecay(0.1, 10, 0.5)),
+              clip_norm=2.0, clip_value=0.5)
+    line = next(ln for ln in summary_text(m).splitlines() if ln.startswith("compiled:"))
+    assert line == ("compiled: loss=cross_entropy, optimizer=AdamW(lr=ExponentialDecay(initial=0.1, decay_steps=10.0, "
+                    "decay_rate=0.5, staircase=False), weight_decay=0.01), clip_norm=2, clip_value=0.5")
