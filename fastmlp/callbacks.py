@@ -368,9 +368,9 @@ class ProgressBar(Callback):
     time left, updated after every chunk of steps (about 10 times a second); at
     the epoch's end it shows the epoch's logs (validation included).
 
-    ``fit(verbose=1)`` adds one when standard output is a terminal and tqdm is
-    installed (``pip install fastmlp[cli]``); otherwise ``verbose=1`` prints a
-    line per epoch. Given explicitly, it draws a bar on any output.
+    ``fit(verbose=1)`` adds one when standard output is a terminal (or in a
+    Jupyter notebook) and tqdm is installed (``pip install fastmlp[cli]``);
+    otherwise ``verbose=1`` prints a line per epoch. Given explicitly, it draws a bar on any output.
 
     Parameters
     ----------
@@ -391,6 +391,8 @@ class ProgressBar(Callback):
         except ImportError:
             return False
         if not require_tty:
+            return True
+        if "ipykernel" in sys.modules:  # a notebook: tqdm.auto draws its widget there
             return True
         isatty = getattr(sys.stdout, "isatty", None)
         return bool(isatty and isatty())
