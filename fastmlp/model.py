@@ -1,6 +1,6 @@
 """Sequential: compile / fit / predict / evaluate / get_weights / set_weights.
 
-(About 800 lines: one class, the public model, whose methods share its compiled units and
+(About 900 lines: one class, the public model, whose methods share its compiled units and
 their plans; the maths and the buffers live in fastmlp._native and the backends.)
 
 The model compiles its layers into a plan of units, each an optional dense
@@ -10,7 +10,8 @@ parameters live in one flat vector (each W and b is a view into it) and all
 gradients in another, so that an optimizer step is one kernel call. A
 batch-norm unit's block of the vector is [gamma, beta, running_mean,
 running_var]: the running statistics are updated by the training loop and get
-a zero gradient, so no optimizer moves them. Per-batch buffers are allocated once per fit and batch
+a zero gradient, and the loops skip them in the update (weight decay spares them, as
+PyTorch's buffers). Per-batch buffers are allocated once per fit and batch
 size; a training step only calls backend kernels on them.
 """
 import contextlib
@@ -447,12 +448,17 @@ class Sequential:
             gradient descent. A last partial batch is trained, not dropped.
         shuffle : bool
         validation_data : (X_val, y_val), optional; evaluated after every epoch
-        verbose : 0 or 1 (a line per epoch)
+        verbose : 0 (silent), 1 (a progress bar per epoch on a terminal or in a notebook when
+            tqdm is installed, else a line per epoch) or 2 (a line per epoch)
         sample_weight : (n_samples,), optional; the loss is the weighted mean
         n_threads : int, optional; overrides the model's setting for this fit
         callbacks : list of :class:`fastmlp.callbacks.Callback` (Keras' hooks; setting
             ``model.stop_training = True`` stops after the epoch), or of functions
-            ``f(model, epoch, logs)`` run after each epoch (returning True stops training)
+            ``f(model, epoch, logs)`` run after each epoch (returning True stops training).
+            The native loop runs in chunks of steps: ``on_train_batch_end`` runs after each
+            chunk (about every 0.1 s), not after every step. Ctrl-C stops at the end of the
+            chunk (about 1 s without batch hooks), keeps the weights of its last step and the
+            history of the completed epochs, runs ``on_train_end``, then raises KeyboardInterrupt
         validation_split : float in [0, 1); as Keras: the last fraction of the rows (taken
             before shuffling) is held out and evaluated after every epoch; ignored when
             validation_data is given
