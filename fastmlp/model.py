@@ -10,8 +10,8 @@ parameters live in one flat vector (each W and b is a view into it) and all
 gradients in another, so that an optimizer step is one kernel call. A
 batch-norm unit's block of the vector is [gamma, beta, running_mean,
 running_var]: the running statistics are updated by the training loop and get
-a zero gradient, and the loops skip them in the update (weight decay spares them, as
-PyTorch's buffers). Per-batch buffers are allocated once per fit and batch
+a zero gradient, so that the update leaves them as they are, and weight decay
+spares them (they are buffers in PyTorch, not parameters). Per-batch buffers are allocated once per fit and batch
 size; a training step only calls backend kernels on them.
 """
 import contextlib
