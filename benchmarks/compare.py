@@ -17,7 +17,9 @@ otherwise hold a core while the next framework runs.
 
 --quick cuts the data (10k rows for A, 20k for B) and repeats once (about a
 minute); --smoke uses tiny sizes (1000 rows) and skips the latency subprocesses (for the
-smoke test). The full run takes several minutes.
+smoke test). The full run takes several minutes. The section "callbacks' cost" times the A
+b128 epoch with an EarlyStopping and a learning-rate schedule against the same epoch
+without them (--no-overhead skips it).
 """
 from __future__ import annotations
 
@@ -406,6 +408,52 @@ def latency_check(args):
     return lines
 
 
+# ---------------------------------------------------------- callbacks' cost
+def callback_overhead(args, data, backends=("cython", "numba")):
+    """The A b128 epoch with an EarlyStopping and a CosineDecay schedule against
+    the same epoch without them, and against one native call per epoch (the
+    loop before chunks), timed in turn (the target: within 2%)."""
+    from fastmlp import _chunks
+    X, y = data["A"]
+    wl = W.WORKLOADS["A b128"]
+    steps = -(-X.shape[0] // wl.batch)
+    lines = [f"callbacks' cost (A b128, {X.shape[0]} rows, {args.threads} threads; median of "
+             f"{args.overhead_repeats} epochs each, timed in turn):"]
+    for backend in backends:
+        why = W.backend_status(backend)
+        if why:
+            lines.append(f"  {backend}: not available ({why})")
+            continue
+        plain, scheduled, whole = (W.fastmlp_model(wl, backend, args.threads) for _ in range(3))
+        scheduled.optimizer.lr = fm.schedules.CosineDecay(wl.lr, decay_steps=100 * steps, alpha=0.5)
+        stop = [fm.callbacks.EarlyStopping(monitor="loss", patience=10**6)]
+        runs = {
+            "plain": lambda: plain.fit(X, y, epochs=1, batch_size=wl.batch, verbose=0),
+            "EarlyStopping + CosineDecay": lambda: scheduled.fit(X, y, epochs=1, batch_size=wl.batch, verbose=0,
+                                                                  callbacks=stop),
+            "one native call per epoch": lambda: whole.fit(X, y, epochs=1, batch_size=wl.batch, verbose=0),
+        }
+        times = {name: [] for name in runs}
+        saved = _chunks.QUIET_CHUNK_SECONDS
+        try:
+            for r in range(args.overhead_repeats + 1):  # the first round warms up
+                for name, run in runs.items():
+                    _chunks.QUIET_CHUNK_SECONDS = 1e9 if name == "one native call per epoch" else saved
+                    time.sleep(args.settle)
+                    t0 = time.perf_counter()
+                    run()
+                    if r:
+                        times[name].append(time.perf_counter() - t0)
+        finally:
+            _chunks.QUIET_CHUNK_SECONDS = saved
+        med = {name: statistics.median(t) for name, t in times.items()}
+        base = med["plain"]
+        for name, m in med.items():
+            rel = "" if name == "plain" else f", {m / base:.3f}x plain (best {min(times[name]) / min(times['plain']):.3f}x)"
+            lines.append(f"  {backend:7s} {name:28s} {m:.4f} s/epoch{rel}")
+    return lines
+
+
 # ------------------------------------------------------------------------ main
 def log(msg):
     if LOG:
@@ -432,6 +480,8 @@ def parse_args(argv=None):
                    help="seconds of sleep before each timing (default 0.25; 0 with --smoke)")
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--no-latency", action="store_true")
+    p.add_argument("--no-overhead", action="store_true", help="skip the callbacks' cost section")
+    p.add_argument("--overhead-repeats", type=int, default=7, help="epochs per variant in that section")
     p.add_argument("--json", default=None, help="also write the medians to this file")
     p.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
     args = p.parse_args(argv)
@@ -449,6 +499,7 @@ def parse_args(argv=None):
         args.settle = 0.0 if args.smoke else 0.25
     if args.smoke:
         args.no_latency = True
+        args.overhead_repeats = 1
     return args
 
 
@@ -501,6 +552,10 @@ def main(argv=None):
         print(f"note: {note}")
     for line in memory_lines:
         print(line)
+    if not args.no_overhead:
+        print()
+        for line in callback_overhead(args, data):
+            print(line, flush=True)
     if not args.no_latency:
         print()
         for line in latency_check(args):

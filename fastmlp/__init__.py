@@ -1,5 +1,5 @@
 """fastmlp: train multilayer perceptrons on the CPU at native speed."""
-from . import activations, callbacks, datasets, initializers, losses, optim
+from . import activations, callbacks, datasets, initializers, losses, optim, schedules
 from .backends import available_backends, get_backend, use_backend
 from .layers import Activation, BatchNorm, Dense, Dropout
 from ._container import ModelFileError
@@ -25,6 +25,7 @@ __all__ = [
     "load_model",
     "losses",
     "optim",
+    "schedules",
     "use_backend",
 ]
 

@@ -329,3 +329,49 @@ def raise_nonfinite_loss(loss, target, dtype):
     raise ValueError(
         f"The loss on X, y is {loss}: the targets y (largest |value| {float(np.abs(target).max()):.3g}) or "
         f"the outputs overflow the model's {np.dtype(dtype)} arithmetic. Scale y" + _dtype_hint(dtype))
+
+
+def check_class_weight(class_weight, n_outputs, loss, regression):
+    """Validate ``fit``'s ``class_weight`` (Keras' meaning): a mapping from label to a
+    finite weight >= 0. Labels are the integers the targets name: class indices
+    0..n_outputs-1, or 0 and 1 for a one-unit binary cross-entropy output; a label
+    without a key weighs 1.0 (Keras' rule). Returns the float64 weight of each label,
+    or None for an empty mapping (no effect, as in Keras)."""
+    import collections.abc
+
+    if regression:
+        raise ValueError(f"class_weight applies to classification losses (cross_entropy, nll, "
+                         f"binary_cross_entropy), not to {loss!r}; weigh the rows with sample_weight instead.")
+    if not isinstance(class_weight, collections.abc.Mapping):
+        raise TypeError(f"class_weight must be a dict {{label: weight}}, got {type(class_weight).__name__}.")
+    n = n_outputs if n_outputs > 1 else 2
+    labels = "0 and 1 (one output unit)" if n_outputs == 1 else f"0..{n - 1} (one per output unit)"
+    weights = np.ones(n, dtype=np.float64)
+    for key, value in class_weight.items():
+        if isinstance(key, bool) or not isinstance(key, numbers.Integral) or not 0 <= key < n:
+            raise ValueError(f"class_weight has the key {key!r}, which is not a label of this model: the labels "
+                             f"are the integers {labels}.")
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) or value < 0:
+            raise ValueError(f"class_weight[{key!r}] must be a finite number >= 0, got {value!r}.")
+        weights[int(key)] = float(value)
+    return weights if len(class_weight) else None
+
+
+def class_weight_rows(weights, target, sw, dtype):
+    """The row weights of validated targets under the per-label ``weights`` (from
+    check_class_weight), times ``sw`` (sample weights, or (0,)). A target row's label
+    is its integer label, the argmax of a one-hot or probability row, or the
+    rounded value of a one-unit binary target, as Keras reads it."""
+    if target.ndim == 1:
+        labels = target
+    elif target.shape[1] > 1:
+        labels = np.argmax(target, axis=1)
+    else:
+        labels = np.round(target[:, 0]).astype(np.int64)
+    rows = weights[labels]
+    if sw.shape[0]:
+        rows = rows * sw
+    if not rows.sum() > 0:
+        raise ValueError("The row weights (class_weight" + (" times sample_weight" if sw.shape[0] else "")
+                         + ") are 0 on every training row; at least one row needs a positive weight.")
+    return cast(rows, dtype, "class_weight")

@@ -7,15 +7,19 @@ A plain function ``f(model, epoch, logs)`` still works: it runs at the end of
 every epoch, and returning True stops training.
 
 Granularity of ``on_train_batch_end``: the native loop runs a part of an
-epoch in one call, with no Python between its steps, and the hook runs
-after each such call, with ``batch`` the index of the last step it made
-(today one call per epoch, plus one for a last partial batch). A fit whose
-callbacks have no batch hook pays nothing for them.
+epoch in one call, with no Python between its steps: a chunk of steps of
+about 0.1 s (``fastmlp._chunks.CHUNK_SECONDS``), sized from the time per step
+of the previous chunk. The hook runs after each chunk, not after every step,
+with ``batch`` the index of the chunk's last step and ``logs`` the mean loss
+(and accuracy) of the epoch so far, as Keras reports them. A fit whose
+callbacks have no batch hook calls none, and its chunks last about 1 s
+(``QUIET_CHUNK_SECONDS``), the granularity of Ctrl-C there.
 """
 import csv
 import math
 import numbers
 import os
+import sys
 import warnings
 
 from . import _validation
@@ -32,9 +36,14 @@ class Callback:
     """
 
     model = None
+    #: set by fit before training, as Keras: {"epochs": ..., "steps": steps per epoch, "verbose": ...}
+    params = None
 
     def set_model(self, model):
         self.model = model
+
+    def set_params(self, params):
+        self.params = params
 
     def on_train_begin(self, logs=None):
         pass
@@ -96,10 +105,22 @@ class CallbackList:
             else:
                 raise TypeError(f"callbacks[{i}] is a {type(cb).__name__}: pass a fastmlp.callbacks.Callback "
                                 "instance or a function f(model, epoch, logs).")
+        self.model, self.callbacks, self.batch_hooks = model, [], []
         for cb in items:
-            cb.set_model(model)
-        self.callbacks = items
-        self.batch_hooks = [cb for cb in items if _overrides(cb, "on_train_batch_end")]
+            self.append(cb)
+
+    def append(self, cb):
+        cb.set_model(self.model)
+        self.callbacks.append(cb)
+        self.batch_hooks = [cb for cb in self.callbacks if _overrides(cb, "on_train_batch_end")]
+
+    @property
+    def has_progress_bar(self):
+        return any(isinstance(cb, ProgressBar) for cb in self.callbacks)
+
+    def set_params(self, params):
+        for cb in self.callbacks:
+            cb.set_params(params)
 
     def __bool__(self):
         return bool(self.callbacks)
@@ -299,6 +320,15 @@ class CSVLogger(Callback):
             self._file = None
 
 
+def _refuse_schedule(callback):
+    # Keras refuses to set a rate that a LearningRateSchedule owns; so do we, before the first epoch
+    opt = callback.model.optimizer
+    if opt.scheduled:
+        raise TypeError(f"{type(callback).__name__} sets optimizer.lr from epoch to epoch, but this optimizer's "
+                        f"rate is the schedule {opt.lr!r}, which sets it every step. Use one or the other: "
+                        "a number as lr with this callback, or the schedule alone.")
+
+
 class ReduceLROnPlateau(Callback):
     """Multiply the learning rate by ``factor`` when ``monitor`` has not improved
     for ``patience`` epochs (Keras' ReduceLROnPlateau): an improvement beats the
@@ -345,6 +375,7 @@ class ReduceLROnPlateau(Callback):
         return value > self.best + self.min_delta
 
     def on_train_begin(self, logs=None):
+        _refuse_schedule(self)
         self.wait, self.cooldown_counter = 0, 0
         self.best = math.inf if self.mode == "min" else -math.inf
 
@@ -385,6 +416,9 @@ class LearningRateScheduler(Callback):
             raise TypeError(f"LearningRateScheduler: schedule must be a function, got {type(schedule).__name__}.")
         self.schedule = schedule
 
+    def on_train_begin(self, logs=None):
+        _refuse_schedule(self)
+
     def on_epoch_begin(self, epoch, logs=None):
         opt = self.model.optimizer
         try:
@@ -398,6 +432,66 @@ class LearningRateScheduler(Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs["learning_rate"] = self.model.optimizer.lr
+
+
+class ProgressBar(Callback):
+    """A tqdm progress bar per epoch: steps, loss (and accuracy) so far, rate and
+    time left, updated after every chunk of steps (about 10 times a second); at
+    the epoch's end it shows the epoch's logs (validation included).
+
+    ``fit(verbose=1)`` adds one when standard output is a terminal (or in a
+    Jupyter notebook) and tqdm is installed (``pip install fastmlp[cli]``);
+    otherwise ``verbose=1`` prints a line per epoch. Given explicitly, it draws a bar on any output.
+
+    Parameters
+    ----------
+    file : writable text stream, optional (default: sys.stdout, as Keras)
+    """
+
+    def __init__(self, file=None):
+        if not self.available(require_tty=False):
+            raise ImportError("ProgressBar needs tqdm: pip install tqdm (or fastmlp[cli]).")
+        self.file = file
+        self.bar = None
+
+    @staticmethod
+    def available(require_tty=True):
+        """Whether fit(verbose=1) can draw a bar: tqdm importable (and stdout a terminal)."""
+        try:
+            import tqdm  # noqa: F401
+        except ImportError:
+            return False
+        if not require_tty:
+            return True
+        if "ipykernel" in sys.modules:  # a notebook: tqdm.auto draws its widget there
+            return True
+        isatty = getattr(sys.stdout, "isatty", None)
+        return bool(isatty and isatty())
+
+    def on_epoch_begin(self, epoch, logs=None):
+        from tqdm.auto import tqdm
+        params = self.params or {}
+        self.bar = tqdm(total=params.get("steps"), desc=f"Epoch {epoch + 1}/{params.get('epochs', '?')}",
+                        unit="step", file=self.file if self.file is not None else sys.stdout, leave=True,
+                        dynamic_ncols=True)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.bar is None:
+            return
+        self.bar.update(batch + 1 - self.bar.n)
+        self.bar.set_postfix({k: f"{v:.4f}" for k, v in (logs or {}).items()}, refresh=True)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.bar is None:
+            return
+        self.bar.set_postfix({k: f"{v:.4f}" for k, v in (logs or {}).items() if k != "time"}, refresh=False)
+        self.bar.close()
+        self.bar = None
+
+    def on_train_end(self, logs=None):
+        if self.bar is not None:  # an interrupted epoch
+            self.bar.close()
+            self.bar = None
 
 
 from .checkpoints import BackupAndRestore, ModelCheckpoint  # noqa: E402, F401  (re-exported; they subclass Callback)

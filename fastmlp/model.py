@@ -1,6 +1,6 @@
 """Sequential: compile / fit / predict / evaluate / get_weights / set_weights.
 
-(About 800 lines: one class, the public model, whose methods share its compiled units and
+(About 900 lines: one class, the public model, whose methods share its compiled units and
 their plans; the maths and the buffers live in fastmlp._native and the backends.)
 
 The model compiles its layers into a plan of units, each an optional dense
@@ -10,7 +10,8 @@ parameters live in one flat vector (each W and b is a view into it) and all
 gradients in another, so that an optimizer step is one kernel call. A
 batch-norm unit's block of the vector is [gamma, beta, running_mean,
 running_var]: the running statistics are updated by the training loop and get
-a zero gradient, so no optimizer moves them. Per-batch buffers are allocated once per fit and batch
+a zero gradient, so that the update leaves them as they are, and weight decay
+spares them (they are buffers in PyTorch, not parameters). Per-batch buffers are allocated once per fit and batch
 size; a training step only calls backend kernels on them.
 """
 import contextlib
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
-from . import _config, _validation
+from . import _chunks, _config, _validation
 from . import callbacks as _callbacks
 from . import activations as _act
 from . import initializers as _init
@@ -74,6 +75,7 @@ class _Unit:
     eps = momentum = 0.0
     G: Any = None  # (4, fan_out) views of a batch-norm unit's block, and of its gradient
     dG: Any = None
+    layers = ()  # indices of the model's layers this unit runs (summary(); class default: older pickles)
 
     def __init__(self, dense, fan_in, fan_out, act, alpha, use_bias=False, init="auto", l2=0.0):
         self.dense, self.fan_in, self.fan_out = dense, fan_in, fan_out
@@ -93,6 +95,17 @@ class _Unit:
 
 
 _CONTROLLER = None
+
+
+def _check_schedule(opt, n_steps, block=1 << 20):
+    """Raise unless the schedule gives a finite rate >= 0 to each of the next ``n_steps`` steps."""
+    for at in range(opt.t, opt.t + n_steps, block):
+        rates = opt.lr.rates(at, min(block, opt.t + n_steps - at))
+        bad = ~(np.isfinite(rates) & (rates >= 0))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"The learning-rate schedule {opt.lr!r} gives step {at + i} the rate {rates[i]}; "
+                             "a rate must be finite and >= 0. Fix the schedule's arguments.")
 
 
 def _blas_controller():
@@ -171,15 +184,16 @@ class Sequential:
     # ------------------------------------------------------------------ build
     def _compile_units(self, input_dim):
         units, fan_in = [], input_dim
-        for layer in self.layers:
+        for j, layer in enumerate(self.layers):
             if isinstance(layer, Dropout):
                 if layer.rate > 0.0:  # Dropout(0) is the identity: no unit
                     units.append(_Unit(False, fan_in, fan_in, _act.IDENTITY, 0.0))
-                    units[-1].rate = layer.rate
+                    units[-1].rate, units[-1].layers = layer.rate, (j,)
                 continue
             if isinstance(layer, BatchNorm):
                 units.append(_Unit(False, fan_in, fan_in, _act.IDENTITY, 0.0, use_bias=True))
                 units[-1].bn, units[-1].eps, units[-1].momentum = True, layer.eps, layer.momentum
+                units[-1].layers = (j,)
                 continue
             _, code, alpha = _act.resolve(layer.activation)
             if isinstance(layer, Dense):
@@ -188,8 +202,11 @@ class Sequential:
                 fan_in = layer.units
             elif units and units[-1].act == _act.IDENTITY and units[-1].dense:
                 units[-1].act, units[-1].alpha = code, alpha  # fuse Dense + Activation
+                units[-1].layers += (j,)
+                continue
             else:
                 units.append(_Unit(False, fan_in, fan_in, code, alpha))
+            units[-1].layers = (j,)
         return units
 
     def build(self, input_dim: int) -> "Sequential":
@@ -263,6 +280,37 @@ class Sequential:
         """Number of parameters (0 before the model is built), BatchNorm's running statistics included."""
         return 0 if not self.built else int(self._params.size)
 
+    def summary(self, print_fn=None, line_length=None, *, batch_size=None, n_threads=None):
+        """Print a Keras-like table of the layers (output shapes, parameter counts, the
+        total, trainable and non-trainable parameters), then the fused native units,
+        the dtype, the backend, the compile settings and the loop path the next fit
+        would take (:meth:`loop_path`). Returns None, as Keras does; the text is
+        ``fastmlp._summary.summary_text(model)``.
+
+        Parameters
+        ----------
+        print_fn : callable or None
+            Called with each line (Keras' rule); None prints.
+        line_length : int, optional
+            Width of the table (default 78).
+        batch_size, n_threads : as :meth:`loop_path`.
+
+        Raises ValueError on a model that is not built yet (no ``input_dim``).
+        """
+        from . import _summary
+        if print_fn is not None and not callable(print_fn):
+            raise TypeError(f"print_fn must be callable (it is called with each line), got {print_fn!r}.")
+        for line in _summary.summary_lines(self, line_length, batch_size, n_threads):
+            (print if print_fn is None else print_fn)(line)
+
+    def loop_path(self, batch_size=None, n_threads=None):
+        """The training-loop path a ``fit(batch_size=..., n_threads=...)`` would take now,
+        without training: a :class:`fastmlp._summary.LoopPath` (backend, thread bound,
+        threads of the loop's own, units on packed operands, and a description).
+        ``batch_size`` defaults to the last fit's, else 32."""
+        from . import _summary
+        return _summary.loop_path(self, batch_size, n_threads)
+
     def _output_act(self):
         code = _act.IDENTITY
         for layer in self.layers:
@@ -275,7 +323,7 @@ class Sequential:
 
     # ---------------------------------------------------------------- compile
     def compile(self, loss: str = "cross_entropy", optimizer: "str | _optim.Optimizer" = "adam",
-                clip_norm: float | None = None) -> "Sequential":
+                clip_norm: float | None = None, clip_value: float | None = None) -> "Sequential":
         """Choose the loss and the optimizer.
 
         Parameters
@@ -289,6 +337,9 @@ class Sequential:
         clip_norm : float or None
             Rescale the gradient so that its global L2 norm is at most this
             (``torch.nn.utils.clip_grad_norm_``).
+        clip_value : float or None
+            Clamp every gradient element to [-clip_value, clip_value]
+            (``torch.nn.utils.clip_grad_value_``), before ``clip_norm`` when both are given.
         """
         spec = _losses.resolve(loss)
         _losses.check_output(spec, self._output_act())
@@ -307,11 +358,14 @@ class Sequential:
                 )
         opt = _optim.get(optimizer)
         clip_norm = None if clip_norm is None else _validation.check_positive(clip_norm, "clip_norm")
+        clip_value = None if clip_value is None else _validation.check_positive(clip_value, "clip_value")
         owner = opt._bind(self)
+        # Everything above only checks (tests/test_compile_errors.py): a compile that
+        # raises leaves the previous loss, optimizer (and its state) and clip_norm.
         self._loss, self._loss_kind = spec, spec.kind
         self.optimizer, opt._owner = opt, owner
         opt.state = None
-        self.clip_norm = clip_norm
+        self.clip_norm, self.clip_value = clip_norm, clip_value
         if self.built:
             self._set_acts()
             self._infer_cache = self._predictor = None
@@ -409,7 +463,7 @@ class Sequential:
             validation_data: tuple[ArrayLike, ArrayLike] | None = None, verbose: int = 1,
             sample_weight: ArrayLike | None = None, n_threads: int | None = None,
             callbacks: Sequence[Any] | None = None, initial_epoch: int = 0,
-            validation_split: float = 0.0) -> History:
+            validation_split: float = 0.0, class_weight: dict[Any, float] | None = None) -> History:
         """Train the model.
 
         Parameters
@@ -429,8 +483,9 @@ class Sequential:
             Draw a new order of the rows every epoch.
         validation_data : tuple (X_val, y_val), optional
             Evaluated after every epoch ("val_loss", "val_accuracy" in the history).
-        verbose : {0, 1}, default=1
-            1 prints a line per epoch.
+        verbose : {0, 1, 2}, default=1
+            0 is silent; 1 a progress bar per epoch on a terminal or in a notebook when tqdm is
+            installed, else a line per epoch; 2 a line per epoch.
         sample_weight : array-like of shape (n_samples,), optional
             The loss is the weighted mean.
         n_threads : int, optional
@@ -438,6 +493,10 @@ class Sequential:
         callbacks : list of fastmlp.callbacks.Callback or of callables, optional
             Keras' hooks (setting ``model.stop_training = True`` stops after the epoch), or
             functions ``f(model, epoch, logs)`` run after each epoch (returning True stops).
+            The native loop runs in chunks of steps: ``on_train_batch_end`` runs after each
+            chunk (about every 0.1 s), not after every step. Ctrl-C stops at the end of the
+            chunk (about 1 s without batch hooks), keeps the weights of its last step and the
+            history of the completed epochs, runs ``on_train_end``, then raises KeyboardInterrupt.
         initial_epoch : int, default=0
             As Keras: the epoch to start from (``fit(epochs=4, initial_epoch=2)`` trains
             epochs 2 and 3). A callback's ``on_train_begin`` may move it by setting
@@ -445,6 +504,10 @@ class Sequential:
         validation_split : float in [0, 1), default=0.0
             As Keras: the last fraction of the rows (taken before shuffling) is held out and
             evaluated after every epoch; ignored when ``validation_data`` is given.
+        class_weight : dict {label: weight}, optional
+            Classification losses only, as Keras: a training row weighs ``class_weight[label]``
+            (times its sample_weight), 1.0 for a label without a key; a one-hot row's label is
+            its argmax.
 
         Returns
         -------
@@ -456,53 +519,68 @@ class Sequential:
         with self._unchanged_on_error():
             X, target, kind, sw, val, batch_size, cbs = self._check_fit(
                 X, y, epochs, batch_size, validation_data, sample_weight, n_threads, callbacks, initial_epoch,
-                validation_split, verbose)
+                validation_split, verbose, class_weight)
         epochs = int(epochs)
-        opt = self.optimizer
+        n, opt = X.shape[0], self.optimizer
         self._loss_kind, self._weighted = kind, sw.shape[0] > 0
         if opt.state is None:
             opt.init_state(self._params.size, self.dtype)
         history = History()
         self.stop_training = False
         self._initial_epoch = int(initial_epoch)
-        cbs.on_train_begin({})
-        first_epoch, self._initial_epoch = self._initial_epoch, None
-        with self._threads(self._fit_threads(n_threads, batch_size)):
-            plans = {}
-            for epoch in range(first_epoch, epochs):
-                cbs.on_epoch_begin(epoch, {})
-                t0 = time.perf_counter()
-                snapshot = self._params.copy()
-                logs = self._train_epoch(X, target, sw, batch_size, shuffle, plans, epoch, snapshot, cbs)
-                if val is not None:
-                    v = self._evaluate_arrays(val[0], val[1], val[2], np.empty(0, self.dtype))
-                    logs["val_loss"] = v["loss"]
-                    if "accuracy" in v:
-                        logs["val_accuracy"] = v["accuracy"]
-                logs["time"] = time.perf_counter() - t0
-                cbs.on_epoch_end(epoch, logs)  # before the history, as Keras: a callback may add to logs
-                history._append(epoch, logs)
-                if verbose:
-                    print(f"Epoch {epoch + 1}/{epochs} - {logs['time']:.2f}s - "
-                          + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items() if k != "time"), flush=True)
-                if self.stop_training:
-                    break
-        self.history = history
-        self._epochs_done = getattr(self, "_epochs_done", 0) + len(history.epoch)
-        cbs.on_train_end(dict(history.history and {k: v[-1] for k, v in history.history.items()}))
+        cbs.set_params({"epochs": epochs, "steps": -(-n // batch_size), "verbose": verbose})
+        lines = verbose == 2 or (verbose == 1 and not cbs.has_progress_bar)
+        with _chunks.deferred_interrupt() as interrupt:
+            cbs.on_train_begin({})
+            first_epoch, self._initial_epoch = self._initial_epoch, None
+            threads = self._fit_threads(n_threads, batch_size)
+            with self._threads(threads):
+                # the time per step, from this model's last fit of the same batch size and threads
+                paces = self.__dict__.setdefault("_paces", {})
+                plans = {}
+                pace = paces.setdefault((batch_size, self.backend.NAME, threads), _chunks.Pace())
+                for epoch in range(first_epoch, epochs):
+                    cbs.on_epoch_begin(epoch, {})
+                    t0 = time.perf_counter()
+                    snapshot = self._params.copy()
+                    logs = self._train_epoch(X, target, sw, batch_size, shuffle, plans, epoch, snapshot, cbs,
+                                             pace, interrupt)
+                    if interrupt.requested:
+                        break  # the history keeps the completed epochs only
+                    if val is not None:
+                        v = self._evaluate_arrays(val[0], val[1], val[2], np.empty(0, self.dtype))
+                        logs["val_loss"] = v["loss"]
+                        if "accuracy" in v:
+                            logs["val_accuracy"] = v["accuracy"]
+                    logs["time"] = time.perf_counter() - t0
+                    cbs.on_epoch_end(epoch, logs)  # before the history, as Keras: a callback may add to logs
+                    history._append(epoch, logs)
+                    if lines:
+                        print(f"Epoch {epoch + 1}/{epochs} - {logs['time']:.2f}s - "
+                              + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items() if k != "time"), flush=True)
+                    if self.stop_training or interrupt.requested:
+                        break
+            self.history = history
+            self._epochs_done = getattr(self, "_epochs_done", 0) + len(history.epoch)
+            cbs.on_train_end(dict(history.history and {k: v[-1] for k, v in history.history.items()}))
+        if interrupt.requested:
+            raise KeyboardInterrupt
         return history
 
     def _check_fit(self, X, y, epochs, batch_size, validation_data, sample_weight, n_threads, callbacks,
-                   initial_epoch, validation_split, verbose):
+                   initial_epoch, validation_split, verbose, class_weight=None):
         """Every check of a fit, before any work: (X, target, kind, sw, val, batch_size, callbacks)."""
         epochs = _validation.check_positive_int(epochs, "epochs")
         initial_epoch = _validation.check_nonnegative_int(initial_epoch, "initial_epoch")
         if initial_epoch >= epochs:
             raise ValueError(f"initial_epoch ({initial_epoch}) must be below epochs ({epochs}): epochs is the "
                              "index of the last epoch, as in Keras, not a count of epochs to add.")
+        if isinstance(verbose, bool) or verbose not in (0, 1, 2):
+            raise ValueError(f"verbose must be 0 (silent), 1 (a progress bar on a terminal, else a line per "
+                             f"epoch) or 2 (a line per epoch), got {verbose!r}.")
         cbs = _callbacks.CallbackList(callbacks, self)
-        if isinstance(verbose, bool) or verbose not in (0, 1):
-            raise ValueError(f"verbose must be 0 (silent) or 1 (a line per epoch), got {verbose!r}.")
+        if verbose == 1 and not cbs.has_progress_bar and _callbacks.ProgressBar.available():
+            cbs.append(_callbacks.ProgressBar())
         split = _validation.check_in_range(validation_split, "validation_split", 0.0, 1.0)
         batch_size = _validation.check_positive_int(batch_size, "batch_size")
         if n_threads is not None:
@@ -511,6 +589,8 @@ class Sequential:
         n = X.shape[0]
         target, kind = self._check_targets(y, n)
         sw = _validation.check_sample_weight(sample_weight, n, self.dtype)
+        cw = None if class_weight is None else _validation.check_class_weight(
+            class_weight, self._units[-1].fan_out, self._loss.name, self._loss.kind in REGRESSION_LOSSES)
         val = None
         if validation_data is not None:
             if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
@@ -528,13 +608,18 @@ class Sequential:
             if sw.shape[0] and not sw.sum() > 0:
                 raise ValueError("sample_weight is 0 on every training row left by validation_split; at least "
                                  "one of them needs a positive weight.")
+        if cw is not None:  # the training rows' weights, on the sample_weight path
+            sw = _validation.class_weight_rows(cw, target, sw, self.dtype)
         batch_size = min(batch_size, n)
+        self._fit_batch_size = batch_size  # loop_path()'s default (the call restores it on an error)
         if self._has_batchnorm and (batch_size < 2 or n % batch_size == 1):
             raise ValueError(
                 "Expected more than 1 value per channel when training: BatchNorm needs training batches "
                 f"of at least 2 rows, but {n} sample(s) with batch_size={batch_size} give a batch of 1 row"
                 + (" (the last, partial one); choose another batch_size." if batch_size >= 2 else "."))
         opt = self.optimizer
+        if opt.scheduled:  # every rate of this fit, before its first step
+            _check_schedule(opt, (epochs - initial_epoch) * -(-n // batch_size))
         if opt.state is not None and not opt._fits(self._params):
             raise ValueError(
                 f"The optimizer's state ({', '.join(opt.state_names)}) was made for another model: it has "
@@ -555,7 +640,7 @@ class Sequential:
             self._rng.bit_generator.state = rng
             raise
 
-    def _train_epoch(self, X, target, sw, batch_size, shuffle, plans, epoch, snapshot, cbs):
+    def _train_epoch(self, X, target, sw, batch_size, shuffle, plans, epoch, snapshot, cbs, pace, interrupt):
         n = X.shape[0]
         order = self._rng.permutation(n) if shuffle else np.arange(n, dtype=np.int64)
         # a fresh base seed of the dropout masks per epoch (drawn only when
@@ -564,33 +649,52 @@ class Sequential:
         n_full, rem = divmod(n, batch_size)
         losses = np.empty(n_full + (rem > 0), dtype=np.float64)
         correct = np.empty_like(losses)
-        opt = self.optimizer
-        for start, nb, steps in ((0, batch_size, n_full), (n_full * batch_size, rem, 1)):
-            if nb == 0 or steps == 0:
-                continue
-            plan = plans.get(nb)
-            if plan is None:
-                plan = plans[nb] = self._make_plan(self._train_acts, nb, training=True, dropout=True)
-            first = start // batch_size
-            loop = opt.loop_state(self.clip_norm or 0.0, seed)
-            done = self.backend.train_steps(plan, loop, X, target, sw, order, start, steps, losses[first:],
-                                            correct[first:])
-            opt.t += done
-            if done < steps:
-                self._diverged(epoch, first + done, losses[first + done], snapshot, X)
-            if cbs.batch_hooks:
-                cbs.on_train_batch_end(first + done - 1, {"loss": float(losses[first + done - 1])})
-        if not np.isfinite(self._params).all():
-            self._diverged(epoch, len(losses) - 1, math.nan, snapshot, X)
         if sw.shape[0]:
             weights = np.add.reduceat(sw[order], np.arange(0, n, batch_size))
         else:
             weights = np.full(len(losses), float(batch_size))
             if rem:
                 weights[-1] = rem
-        logs = {"loss": float(np.dot(losses, weights) / weights.sum())}
+        opt, clip = self.optimizer, self.clip_norm or 0.0
+        clip_value = getattr(self, "clip_value", None) or 0.0  # older pickles have none
+        done_steps = 0
+        for start, nb, steps in ((0, batch_size, n_full), (n_full * batch_size, rem, 1)):
+            if nb == 0 or steps == 0:
+                continue
+            plan = plans.get(nb)
+            if plan is None:
+                plan = plans[nb] = self._make_plan(self._train_acts, nb, training=True, dropout=True)
+            chunk = _chunks.CHUNK_SECONDS if cbs.batch_hooks else _chunks.QUIET_CHUNK_SECONDS
+            s, paced = 0, nb == batch_size  # the partial batch: one step of another size, not timed
+            while s < steps:  # chunks of about _chunks.CHUNK_SECONDS
+                k, first = pace.next(steps - s, chunk) if paced else steps - s, start // batch_size + s
+                loop = opt.loop_state(clip, seed, k, clip_value)
+                t0 = time.perf_counter()
+                done = self.backend.train_steps(plan, loop, X, target, sw, order, start + s * nb, k,
+                                                losses[first:], correct[first:])
+                if paced:
+                    pace.record(done, time.perf_counter() - t0)
+                opt.t += done
+                if done < k:
+                    self._diverged(epoch, first + done, losses[first + done], snapshot, X)
+                s += done
+                done_steps = first + done
+                if cbs.batch_hooks:
+                    logs = self._epoch_logs(losses, correct, weights, done_steps, min(done_steps * batch_size, n))
+                    cbs.on_train_batch_end(done_steps - 1, logs)
+                if interrupt.requested:
+                    return None
+        if not np.isfinite(self._params).all():
+            self._diverged(epoch, len(losses) - 1, math.nan, snapshot, X)
+        return self._epoch_logs(losses, correct, weights, len(losses), n)
+
+    def _epoch_logs(self, losses, correct, weights, steps, rows):
+        """The mean loss (and accuracy) of the first ``steps`` steps of an epoch (``rows``
+        rows), as Keras' logs."""
+        w = weights[:steps]
+        logs = {"loss": float(np.dot(losses[:steps], w) / w.sum())}
         if self._loss_kind not in REGRESSION_LOSSES:
-            logs["accuracy"] = float(correct.sum()) / n
+            logs["accuracy"] = float(correct[:steps].sum()) / rows
         return logs
 
     def _diverged(self, epoch, step, loss, snapshot, X):
@@ -608,7 +712,7 @@ class Sequential:
                           f"{float(np.abs(X).max()):.3g}; scale the inputs")
         raise TrainingDivergedError(
             f"The loss became {loss} at epoch {epoch + 1}, step {step + 1}. The model keeps {where}. "
-            f"Try a lower learning rate (now {self.optimizer.lr:g}), gradient clipping "
+            f"Try a lower learning rate (now {self.optimizer.current_lr():g}), gradient clipping "
             "(compile(clip_norm=1.0)), or scaling the inputs."
         )
 
@@ -865,6 +969,7 @@ class Sequential:
         state = dict(self.__dict__)
         state["backend"] = None
         state["_infer_cache"] = state["_predictor"] = None
+        state.pop("_paces", None)  # timings of this machine
         return state
 
     def __setstate__(self, state):

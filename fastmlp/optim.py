@@ -5,18 +5,32 @@ and b are views into it) and all gradients in another, so one optimizer
 step is one fused kernel call over the whole network.
 """
 import weakref
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 from numpy.typing import DTypeLike
 
 from . import _validation
+from . import schedules as _schedules
 from ._native import plan as _plan
 from ._native.codes import Opt
+
+# a learning rate: a number, a schedule (fastmlp.schedules), or None for the class's default
+_Rate = Union[float, _schedules.LearningRateSchedule, None]
 
 
 def _no_owner():
     return None
+
+
+def _check_lr(value, name):
+    """A learning rate: a finite number > 0, or a :mod:`fastmlp.schedules` schedule."""
+    if isinstance(value, _schedules.LearningRateSchedule):
+        return value
+    try:
+        return _validation.check_positive(value, name)
+    except ValueError as exc:
+        raise ValueError(f"{exc} It may also be a schedule of fastmlp.schedules.") from None
 
 
 class _Hyper:
@@ -47,10 +61,12 @@ class Optimizer:
 
     Parameters
     ----------
-    lr : float > 0 or None
-        The learning rate; None takes the class's ``default_lr``.
-    learning_rate : float > 0 or None
+    lr : float > 0, fastmlp.schedules.LearningRateSchedule or None
+        The learning rate, or a schedule of it per step; None takes the class's ``default_lr``.
+    learning_rate : float > 0, LearningRateSchedule or None
         Keras' spelling of ``lr`` (give one of the two).
+    weight_decay : float >= 0, default=0.0
+        Weight decay (coupled, or decoupled for :class:`AdamW`).
     """
 
     #: names of the state vectors, each the size of the parameter vector
@@ -61,16 +77,30 @@ class Optimizer:
     #: the learning rate when none is given
     default_lr: float
     _owner = staticmethod(_no_owner)
-    lr = _Hyper(_validation.check_positive)
+    lr = _Hyper(_check_lr)
+    weight_decay = _Hyper(_validation.check_nonnegative)
+    #: AdamW's decoupled decay (p *= 1 - lr * wd) rather than PyTorch's coupled one (g + wd * p)
+    decoupled = False
 
-    def __init__(self, lr: float | None, learning_rate: float | None = None) -> None:
+    def __init__(self, lr: _Rate, learning_rate: _Rate = None,
+                 weight_decay: float = 0.0) -> None:
         if learning_rate is not None:  # Keras' spelling
             if lr is not None:
                 raise ValueError(
                     f"Pass lr or learning_rate, not both (got lr={lr!r}, learning_rate={learning_rate!r}).")
             lr = learning_rate
         self.lr = self.default_lr if lr is None else lr
+        self.weight_decay = weight_decay
         self.t = 0
+
+    @property
+    def scheduled(self):
+        """Whether the learning rate is a schedule (:mod:`fastmlp.schedules`)."""
+        return isinstance(self.lr, _schedules.LearningRateSchedule)
+
+    def current_lr(self):
+        """The rate of the next update: ``lr``, or the schedule's rate at step ``t``."""
+        return self.lr(self.t) if self.scheduled else self.lr
 
     def init_state(self, n_params: int, dtype: DTypeLike, np=np) -> None:
         """Allocate the state vectors (zeros), once per model.
@@ -124,8 +154,9 @@ class Optimizer:
         empty = np.empty(0, dtype=vecs[0].dtype)
         return (vecs + [empty, empty])[:2]
 
-    def loop_state(self, clip_norm=0.0, seed=0):
-        """The :class:`fastmlp._native.plan.LoopState` of a training call from the current state.
+    def loop_state(self, clip_norm=0.0, seed=0, n_steps=0, clip_value=0.0):
+        """The :class:`fastmlp._native.plan.LoopState` of a training call of ``n_steps``
+        steps from the current state (with a schedule: the rates of those steps).
 
         Parameters
         ----------
@@ -133,8 +164,13 @@ class Optimizer:
             Global gradient-norm bound (0: no clipping).
         seed : int, default=0
             Seed of the dropout masks.
+        n_steps : int, default=0
+            Steps of the call (a schedule's rates are computed for them).
+        clip_value : float, default=0.0
+            Element-wise gradient bound (0: none).
         """
-        return _plan.LoopState(self.kind, self.hyper(), *self.states(), self.t, clip_norm, seed)
+        lrs = self.lr.rates(self.t, n_steps) if self.scheduled else None
+        return _plan.LoopState(self.kind, self.hyper(), *self.states(), self.t, clip_norm, seed, lrs, clip_value)
 
     def step(self, backend, params, grads):  # pragma: no cover - abstract
         """One update of ``params`` in place from ``grads`` (both of shape (n_params,)) with ``backend``'s kernel.
@@ -147,6 +183,15 @@ class Optimizer:
             The flat parameter vector (updated in place) and its gradient.
         """
         raise NotImplementedError
+
+    def _decay(self, params, grads, lr):
+        # step()'s weight decay, on the whole vector (step() knows no layers: the native loop
+        # spares batch norm's running statistics, this does not)
+        if self.weight_decay:
+            if self.decoupled:
+                params *= params.dtype.type(1.0 - lr * self.weight_decay)
+            else:
+                grads += params.dtype.type(self.weight_decay) * params
 
     def _hypers(self):
         return [name for name in dir(type(self)) if isinstance(getattr(type(self), name), _Hyper)]
@@ -188,6 +233,9 @@ class SGD(Optimizer):
         Nesterov's momentum (needs ``momentum > 0``).
     learning_rate : float > 0, optional
         Keras' spelling of ``lr``.
+    weight_decay : float >= 0, default=0.0
+        PyTorch's coupled weight decay: ``weight_decay * p`` is added to each gradient (batch
+        norm's running statistics excepted).
     """
 
     state_names = ("buf",)
@@ -196,20 +244,22 @@ class SGD(Optimizer):
 
     default_lr = 0.01
 
-    def __init__(self, lr: float | None = None, momentum: float = 0.0, nesterov: bool = False,
-                 learning_rate: float | None = None) -> None:
-        super().__init__(lr, learning_rate)
+    def __init__(self, lr: _Rate = None, momentum: float = 0.0, nesterov: bool = False,
+                 learning_rate: _Rate = None, weight_decay: float = 0.0) -> None:
+        super().__init__(lr, learning_rate, weight_decay)
         self.momentum = momentum
         if nesterov and momentum == 0.0:
             raise ValueError("Nesterov momentum requires momentum > 0, got momentum=0.0.")
         self.nesterov = bool(nesterov)
 
     def hyper(self):
-        return _plan.hyper(lr=self.lr, momentum=self.momentum, nesterov=float(self.nesterov))
+        return _plan.hyper(lr=self.current_lr(), momentum=self.momentum, nesterov=float(self.nesterov),
+                           weight_decay=self.weight_decay)
 
     def step(self, backend, params, grads):
-        self.t += 1
-        backend.sgd_update(params, grads, self.state["buf"], self.lr, self.momentum, self.nesterov)
+        lr, self.t = self.current_lr(), self.t + 1
+        self._decay(params, grads, lr)
+        backend.sgd_update(params, grads, self.state["buf"], lr, self.momentum, self.nesterov)
 
 
 class RMSprop(Optimizer):
@@ -227,6 +277,9 @@ class RMSprop(Optimizer):
         Added to the denominator.
     learning_rate : float > 0, optional
         Keras' spelling of ``lr``.
+    weight_decay : float >= 0, default=0.0
+        PyTorch's coupled weight decay: ``weight_decay * p`` is added to each gradient (batch
+        norm's running statistics excepted).
     """
 
     state_names = ("sq",)
@@ -236,17 +289,18 @@ class RMSprop(Optimizer):
 
     default_lr = 0.01
 
-    def __init__(self, lr: float | None = None, rho: float = 0.99, eps: float = 1e-8,
-                 learning_rate: float | None = None) -> None:
-        super().__init__(lr, learning_rate)
+    def __init__(self, lr: _Rate = None, rho: float = 0.99, eps: float = 1e-8,
+                 learning_rate: _Rate = None, weight_decay: float = 0.0) -> None:
+        super().__init__(lr, learning_rate, weight_decay)
         self.rho, self.eps = rho, eps
 
     def hyper(self):
-        return _plan.hyper(lr=self.lr, rho=self.rho, eps=self.eps)
+        return _plan.hyper(lr=self.current_lr(), rho=self.rho, eps=self.eps, weight_decay=self.weight_decay)
 
     def step(self, backend, params, grads):
-        self.t += 1
-        backend.rmsprop_update(params, grads, self.state["sq"], self.lr, self.rho, self.eps)
+        lr, self.t = self.current_lr(), self.t + 1
+        self._decay(params, grads, lr)
+        backend.rmsprop_update(params, grads, self.state["sq"], lr, self.rho, self.eps)
 
 
 class Adam(Optimizer):
@@ -262,6 +316,9 @@ class Adam(Optimizer):
         Added to the denominator.
     learning_rate : float > 0, optional
         Keras' spelling of ``lr``.
+    weight_decay : float >= 0, default=0.0
+        PyTorch's coupled weight decay: ``weight_decay * p`` is added to each gradient (batch
+        norm's running statistics excepted).
     """
 
     state_names = ("m", "v")
@@ -272,21 +329,48 @@ class Adam(Optimizer):
 
     default_lr = 1e-3
 
-    def __init__(self, lr: float | None = None, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
-                 learning_rate: float | None = None) -> None:
-        super().__init__(lr, learning_rate)
+    def __init__(self, lr: _Rate = None, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+                 learning_rate: _Rate = None, weight_decay: float = 0.0) -> None:
+        super().__init__(lr, learning_rate, weight_decay)
         self.beta1, self.beta2, self.eps = beta1, beta2, eps
 
     def hyper(self):
-        return _plan.hyper(lr=self.lr, beta1=self.beta1, beta2=self.beta2, eps=self.eps)
+        return _plan.hyper(lr=self.current_lr(), beta1=self.beta1, beta2=self.beta2, eps=self.eps,
+                           weight_decay=self.weight_decay, decoupled=float(self.decoupled))
 
     def step(self, backend, params, grads):
-        self.t += 1
-        backend.adam_update(params, grads, self.state["m"], self.state["v"], self.lr, self.beta1,
+        lr, self.t = self.current_lr(), self.t + 1
+        self._decay(params, grads, lr)
+        backend.adam_update(params, grads, self.state["m"], self.state["v"], lr, self.beta1,
                             self.beta2, self.eps, self.t)
 
 
-OPTIMIZERS = {"sgd": SGD, "rmsprop": RMSprop, "adam": Adam}
+class AdamW(Adam):
+    """AdamW as ``torch.optim.AdamW``: Adam with decoupled weight decay, every
+    trainable parameter first multiplied by ``1 - lr * weight_decay``.
+
+    Parameters
+    ----------
+    lr : float > 0 or LearningRateSchedule, default=1e-3
+        The learning rate.
+    beta1, beta2 : float in [0, 1), default=0.9 and 0.999
+        Decays of the first and second moment estimates.
+    eps : float > 0, default=1e-8
+        Added to the denominator.
+    weight_decay : float >= 0, default=0.01
+        The decoupled decay's rate.
+    learning_rate : float > 0, optional
+        Keras' spelling of ``lr``.
+    """
+
+    decoupled = True
+
+    def __init__(self, lr: _Rate = None, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+                 weight_decay: float = 0.01, learning_rate: _Rate = None) -> None:
+        super().__init__(lr, beta1, beta2, eps, learning_rate, weight_decay)
+
+
+OPTIMIZERS = {"sgd": SGD, "rmsprop": RMSprop, "adam": Adam, "adamw": AdamW}
 
 
 def get(optimizer: "Optimizer | str") -> Optimizer:
@@ -294,7 +378,7 @@ def get(optimizer: "Optimizer | str") -> Optimizer:
 
     Parameters
     ----------
-    optimizer : Optimizer or {"sgd", "rmsprop", "adam"}
+    optimizer : Optimizer or {"sgd", "rmsprop", "adam", "adamw"}
         An instance is returned as is; a name gives a new instance with the defaults.
 
     Returns
@@ -306,6 +390,6 @@ def get(optimizer: "Optimizer | str") -> Optimizer:
     if isinstance(optimizer, str) and optimizer.lower() in OPTIMIZERS:
         return OPTIMIZERS[optimizer.lower()]()
     raise ValueError(
-        f"Unknown optimizer {optimizer!r}. Pass an instance of fastmlp.optim.SGD, RMSprop or Adam, "
+        f"Unknown optimizer {optimizer!r}. Pass an instance of fastmlp.optim.SGD, RMSprop, Adam or AdamW, "
         f"or one of the names: {', '.join(sorted(OPTIMIZERS))}."
     )

@@ -20,6 +20,7 @@ import numpy as np
 
 from . import _container, _validation
 from . import optim as _optim
+from . import schedules as _schedules
 from ._container import ModelFileError
 from .layers import Activation, BatchNorm, Dense, Dropout
 
@@ -125,15 +126,40 @@ def sequential_state(model, include_optimizer=True, prefix=""):
             tensors[prefix + name] = view
     if model._loss is not None:
         opt = model.optimizer
-        cls = next(name for name, c in _optim.OPTIMIZERS.items() if isinstance(opt, c))
+        cls = next(name for name, c in reversed(_optim.OPTIMIZERS.items()) if isinstance(opt, c))  # AdamW first
         with_state = include_optimizer and opt.state is not None
         doc["compile"] = {"loss": model._loss.name, "clip_norm": model.clip_norm,
-                          "optimizer": {"class": cls, "config": opt.get_config(),
+                          "clip_value": getattr(model, "clip_value", None),
+                          "optimizer": {"class": cls, "config": _optimizer_config(opt),
                                         "t": int(opt.t) if with_state else 0, "state": with_state}}
         if with_state:
             for name in opt.state_names:
                 tensors[f"{prefix}optimizer.{name}"] = opt.state[name]
     return doc, tensors
+
+
+def _optimizer_config(opt):
+    config = opt.get_config()
+    if opt.scheduled:  # a schedule is saved by its class name and numbers, and rebuilt from them
+        config["lr"] = {"schedule": type(opt.lr).__name__, "config": opt.lr.get_config()}
+    return config
+
+
+def _schedule_from(doc, where):
+    """A learning-rate schedule from its saved form (a class of fastmlp.schedules and numbers)."""
+    if not (isinstance(doc, dict) and set(doc) == {"schedule", "config"}):
+        _fail(f"{where}lr must be a number or an object with the keys 'schedule' and 'config'.")
+    name, config = doc["schedule"], doc["config"]
+    if name not in _schedules.__all__[1:]:
+        _fail(f"{where}lr.schedule must be one of {sorted(_schedules.__all__[1:])}, got {name!r}.")
+    if not (isinstance(config, dict) and all(
+            isinstance(k, str) and (v is None or isinstance(v, bool) or _is_real(v) or _real_list(v))
+            for k, v in config.items())):
+        _fail(f"{where}lr.config must map names to numbers, lists of numbers, booleans or null.")
+    try:
+        return getattr(_schedules, name)(**config)
+    except (ValueError, TypeError) as exc:
+        _fail(f"{where}lr: {exc}")
 
 
 def _rng_doc(rng):
@@ -293,21 +319,26 @@ def build_sequential(doc, tensors, prefix=""):
         w = "model.compile."
         if not isinstance(comp, dict):
             _fail("model.compile must be null or a JSON object.")
-        _check_keys(comp, {"loss", "clip_norm", "optimizer"}, "model.compile")
+        _check_keys(comp, {"loss", "clip_norm", "clip_value", "optimizer"}, "model.compile")
         loss = _get(comp, "loss", lambda v: isinstance(v, str), "a loss name", w)
         clip = _get(comp, "clip_norm", lambda v: v is None or _is_real(v), "null or a number", w)
+        clip_value = comp.get("clip_value")  # files of before clip_value have none
+        if not (clip_value is None or _is_real(clip_value)):
+            _fail(f"{w}clip_value must be null or a number, got {clip_value!r:.120}.")
         od = _get(comp, "optimizer", lambda v: isinstance(v, dict), "a JSON object", w)
         _check_keys(od, {"class", "config", "t", "state"}, "model.compile.optimizer")
         w += "optimizer."
         cls = _get(od, "class", lambda v: v in _optim.OPTIMIZERS, f"one of {sorted(_optim.OPTIMIZERS)}", w)
         config = _get(od, "config", lambda v: isinstance(v, dict) and all(
-            isinstance(k, str) and isinstance(x, (int, float, bool)) for k, x in v.items()),
+            isinstance(k, str) and (isinstance(x, (int, float, bool)) or k == "lr") for k, x in v.items()),
             "a map of settings to numbers", w)
+        if "lr" in config and not isinstance(config["lr"], (int, float)):
+            config["lr"] = _schedule_from(config["lr"], w + "config.")
         t = _get(od, "t", lambda v: _nonneg_int(v) and v < 2**62, "an integer >= 0", w)
         with_state = _get(od, "state", lambda v: isinstance(v, bool), "true or false", w)
         try:
             opt = _optim.OPTIMIZERS[cls](**config)
-            model.compile(loss=loss, optimizer=opt, clip_norm=clip)
+            model.compile(loss=loss, optimizer=opt, clip_norm=clip, clip_value=clip_value)
         except (ValueError, TypeError) as exc:
             _fail(f"model.compile: {exc}")
     # the tensors: every weight, and the optimizer's state when it was saved

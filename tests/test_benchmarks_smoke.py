@@ -33,6 +33,8 @@ def test_compare_smoke():
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     _check_table(proc.stdout)
     assert "| memory A b128" in proc.stdout or "memory:" in proc.stdout
+    cost = [ln for ln in proc.stdout.splitlines() if "EarlyStopping + CosineDecay" in ln]
+    assert cost and all("x plain" in ln for ln in cost), proc.stdout[-3000:]
 
 
 def test_compare_without_torch_and_sklearn(tmp_path):

@@ -348,7 +348,7 @@ def test_unknown_initializer_lists_valid():
 
 def test_unknown_optimizer_lists_valid():
     m = fastmlp.Sequential([Dense(3)], input_dim=2)
-    with pytest.raises(ValueError, match=r"Unknown optimizer 'adagrad'\..*one of the names: adam, rmsprop, sgd\."):
+    with pytest.raises(ValueError, match=r"Unknown optimizer 'adagrad'\..*one of the names: adam, adamw, rmsprop, sgd\."):
         m.compile(loss="mse", optimizer="adagrad")
     with pytest.raises(ValueError, match=r"Unknown optimizer"):
         m.compile(loss="mse", optimizer=42)

@@ -48,7 +48,8 @@ KERNELS = [
 ]
 # Public functions of reference that are backend-generic Python (they take a
 # kernels module, or post-process a step's output) rather than kernels.
-HELPERS = ["forward_units", "loss_and_grads", "optimizer_step", "count_correct", "flush_denormals"]
+HELPERS = ["forward_units", "loss_and_grads", "optimizer_step", "count_correct", "flush_denormals",
+           "trainable_spans", "weight_decay"]
 # Kernels whose tests live elsewhere: the training loop (test_backends.py, test_loop_threads.py,
 # ...) and the predictor (test_predictor.py).
 LOOPS = ["train_steps", "make_predictor"]

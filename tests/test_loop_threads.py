@@ -84,10 +84,16 @@ def _problem(dt, loss_kind, n=61, d=5, k=3, seed=0):
     return X, y, Y, sw, order
 
 
-def _run(mod, dt, loss_kind, opt_kind, bs, n_steps, clip, X, y, Y, sw, order, params0, rec):
+def _run(mod, dt, loss_kind, opt_kind, bs, n_steps, clip, X, y, Y, sw, order, params0, rec, lrs=None,
+         decay=None, clip_value=0.0):
     n_params = params0.shape[0]
     plan = make_plan(rec, bs, dt, loss_kind, params=params0.copy(), weighted=sw.shape[0] != 0)
     loop = loop_state(opt_kind, n_params, dt, t=4, clip_norm=clip, seed=987)
+    if lrs is not None:
+        loop.lrs = lrs
+    loop.clip_value = clip_value
+    if decay is not None:
+        loop.hyper["weight_decay"], loop.hyper["decoupled"] = decay
     losses, correct = np.full(n_steps, np.nan), np.full(n_steps, np.nan)
     done = mod.train_steps(plan, loop, X, targets_of(loss_kind, y, Y), sw, order, 3, n_steps, losses, correct)
     return done, plan.params, plan.grads, losses, correct, loop.state1, loop.state2
@@ -118,6 +124,42 @@ def test_split_loop_matches_reference(split_loop, dt, loss_kind, opt_kind, nt):
     for name, g, w in zip(("params", "grads", "state1", "state2"), got[1:3] + got[5:], want[1:3] + want[5:]):
         assert_close(g, w, dt, rtol=rtol, err_msg=name)
     assert not np.allclose(want[1], params0)
+
+
+@pytest.mark.parametrize("opt_kind", [Opt.SGD, Opt.RMSPROP, Opt.ADAM], ids=["sgd", "rmsprop", "adam"])
+@pytest.mark.parametrize("nt", [1, 2, 3])
+def test_split_loop_takes_each_steps_rate(split_loop, dt, opt_kind, nt):
+    # a schedule's rates (loop.lrs): every thread updates its share with the rate of the step
+    X, y, Y, sw, order = _problem(dt, Loss.CE, seed=5)
+    rec, n_params = _plan(X.shape[1], 3, Loss.CE)
+    params0 = np.random.default_rng(2).uniform(-0.5, 0.5, n_params).astype(dt)
+    lrs = np.array([0.3, 0.01, 0.2, 0.0, 0.05])
+    R.set_num_threads(nt)
+    got = _run(cy, dt, Loss.CE, opt_kind, 11, 5, 0.0, X, y, Y, sw, order, params0, rec, lrs)
+    assert LP._last_loop_threads() == nt
+    want = _run(ref, dt, Loss.CE, opt_kind, 11, 5, 0.0, X, y, Y, sw, order, params0, rec, lrs)
+    const = _run(ref, dt, Loss.CE, opt_kind, 11, 5, 0.0, X, y, Y, sw, order, params0, rec)
+    rtol = 1e-4 if dt == np.float32 else 1e-10
+    assert_close(got[1], want[1], dt, rtol=rtol, err_msg="params")
+    assert not np.allclose(want[1], const[1])  # the rates made a difference
+
+
+@pytest.mark.parametrize("opt_kind,decay", [(Opt.SGD, (0.1, 0.0)), (Opt.RMSPROP, (0.3, 0.0)),
+                                            (Opt.ADAM, (0.2, 0.0)), (Opt.ADAM, (0.5, 1.0))],
+                         ids=["sgd", "rmsprop", "adam", "adamw"])
+@pytest.mark.parametrize("nt", [1, 2, 3])
+def test_split_loop_decays_every_share(split_loop, dt, opt_kind, decay, nt):
+    X, y, Y, sw, order = _problem(dt, Loss.CE, seed=6)
+    rec, n_params = _plan(X.shape[1], 3, Loss.CE)
+    params0 = np.random.default_rng(3).uniform(-0.5, 0.5, n_params).astype(dt)
+    R.set_num_threads(nt)
+    got = _run(cy, dt, Loss.CE, opt_kind, 11, 5, 0.0, X, y, Y, sw, order, params0, rec, decay=decay)
+    assert LP._last_loop_threads() == nt
+    want = _run(ref, dt, Loss.CE, opt_kind, 11, 5, 0.0, X, y, Y, sw, order, params0, rec, decay=decay)
+    plain = _run(ref, dt, Loss.CE, opt_kind, 11, 5, 0.0, X, y, Y, sw, order, params0, rec)
+    rtol = 1e-4 if dt == np.float32 else 1e-10
+    assert_close(got[1], want[1], dt, rtol=rtol, err_msg="params")
+    assert not np.allclose(want[1], plain[1])  # the decay made a difference
 
 
 @pytest.mark.parametrize("fold", [True, False], ids=["l2-in-adam", "l2-in-dW"])

@@ -114,6 +114,26 @@ def test_packed_loop_adds_the_l2_term_either_way(split_loop, fold):  # noqa: F81
     assert not np.allclose(want[1], without[1], atol=1e-3)  # the term mattered
 
 
+@pytest.mark.parametrize("opt_kind,decay", [(Opt.SGD, (0.2, 0.0)), (Opt.ADAM, (0.3, 0.0)), (Opt.ADAM, (0.8, 1.0))],
+                         ids=["sgd", "adam", "adamw"])
+@pytest.mark.parametrize("fold", [True, False], ids=["l2-in-adam", "l2-in-dW"])
+def test_packed_loop_decays_the_packed_weights(split_loop, opt_kind, decay, fold):  # noqa: F811
+    # weight decay on the packed W (and its padding, which stays 0), with an L2 term beside it
+    X, y, Y, sw, order, rec, params0 = _wide_problem(seed=5)
+    args = (F32, Loss.CE, opt_kind, 26, 3, 0.0, X, y, Y, sw, order, params0, rec)
+    R.set_num_threads(2)
+    old = LP._set_fold_l2(fold)
+    try:
+        got = _run_packed(True, *args, None, decay)
+    finally:
+        LP._set_fold_l2(old)
+    assert LP._last_loop_packed()
+    want = _run(ref, *args, None, decay)
+    plain = _run(ref, *args)
+    _assert_params_close(got[1], want[1], F32, rtol=2e-4, err_msg="params")
+    assert not np.allclose(want[1], plain[1], atol=1e-4)  # the decay mattered
+
+
 def test_packed_loop_stops_at_nonfinite_loss(split_loop):  # noqa: F811
     # the loop writes W back from its packed form when it stops early, too
     X, y, Y, sw, order, rec, params0 = _wide_problem(Loss.MSE, n=70)

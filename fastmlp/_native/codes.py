@@ -112,6 +112,8 @@ HYPER_FIELDS = (
     ("beta1", "float64"),     # Adam
     ("beta2", "float64"),     # Adam
     ("eps", "float64"),       # RMSprop, Adam
+    ("weight_decay", "float64"),  # every optimizer: the decay of every trainable parameter (0 for none)
+    ("decoupled", "float64"),     # 0: PyTorch's coupled decay (g + wd * p); 1: AdamW's p *= 1 - lr * wd
 )
 
 ENUMS = (Unit, Act, Loss, Opt, Phase)

@@ -30,12 +30,12 @@ from fastmlp._native.gemm cimport (
     Blas, FM_HAVE_PACKGEMM, blas, gemm_ld, gemm_p, pk_floats, pk_gemm, pk_gemm_dw, pk_pack, pk_take,
 )
 from fastmlp._native.rowloops cimport rows_act_grad, rows_bias_act
-from fastmlp._native.optim cimport _opt_span, _scale_p, _sumsq_span
+from fastmlp._native.optim cimport _clamp_p, _opt_span, _scale_p, _sumsq_span
 from fastmlp._native.policy cimport MAX_LOOP_THREADS, LoopPolicy, loop_policy, pk_unit, threads_for
 from fastmlp._native.rows cimport _col_sums, _count_correct, _loss_rows
 from fastmlp._native.runtime cimport Runtime, lap, now, runtime
 from fastmlp._native.split cimport (
-    Share, _part, _pk_copy_rows, _pk_own_scale, _pk_own_sumsq, _pk_share, _share, _update_share, _update_share_pk,
+    Share, _part, _pk_copy_rows, _pk_own_clamp, _pk_own_scale, _pk_own_sumsq, _pk_share, _share, _update_share, _update_share_pk,
 )
 from fastmlp._native.units cimport UnitPtrs, _dropout_mask_p, _mul_mask_p, bn_backward_p, bn_forward_p, fill_units
 
@@ -124,9 +124,9 @@ cdef struct Ctx:
     Py_ssize_t n_units, rows, r0, r1, d, k, n_params, start, t0
     int loss_kind, opt_kind
     Hyper h
-    double clip_norm
+    double clip_norm, clip_value
     uint64_t seed
-    bint pk, fold_l2, fused, timing
+    bint pk, fold_l2, fused, timing, has_bn
     # the data (NULL where absent) and the plan's buffers, typed by the phases
     const void* X
     const int64_t* y
@@ -144,6 +144,7 @@ cdef struct Ctx:
     void* P
     double* losses_out
     double* correct_out
+    const double* lrs  # a schedule's rate per step of the call, or NULL (h.lr throughout)
     # this step
     const int64_t* idx
     double denom
@@ -328,6 +329,28 @@ cdef void _param_grads(Ctx* c, floating* params) noexcept nogil:
                       _part(fo, c.tid + 1, c.nt))
 
 
+cdef void _clip_value(Ctx* c, floating* params) noexcept nogil:
+    """Clamp every gradient element to [-clip_value, clip_value]: each thread its own shares
+    (the same shares _clip then sums and scales, so no thread waits for another here)."""
+    cdef Py_ssize_t i
+    cdef Share share
+    cdef UnitPtrs* u
+    cdef floating* grads = <floating*>c.grads
+    if c.nt == 1:
+        _clamp_p(grads, c.n_params, c.clip_value)
+        return
+    for i in range(c.n_units):
+        u = &c.units[i]
+        if u.r.kind == UNIT_DENSE:
+            share = _share(u, c.tid, c.nt)
+            if u.Wp != NULL:
+                _pk_own_clamp(u.dWp, u, c.tid, c.nt, c.clip_value)
+            else:
+                _clamp_p(grads + share.w0, share.wn, c.clip_value)
+            if share.bn:
+                _clamp_p(grads + share.b0, share.bn, c.clip_value)
+
+
 cdef void _clip(Ctx* c, floating* params) noexcept nogil:
     """Rescale the gradient to a global norm of at most clip_norm (the threads sum
     their shares' squares, meet, and scale their shares)."""
@@ -374,6 +397,26 @@ cdef void _clip(Ctx* c, floating* params) noexcept nogil:
                 _scale_p(grads + share.b0, share.bn, c.clip_norm / (norm + 1e-6))
 
 
+cdef void _update_trainable(const UnitRec* r, int opt_kind, const Hyper* h, double step, floating* params,
+                            floating* grads, floating* s1, floating* s2) noexcept nogil:
+    """The update of one unit's trainable parameters: a dense unit's W and b, batch norm's gamma and beta."""
+    cdef Py_ssize_t off, n
+    if r.kind == UNIT_DENSE:
+        off, n = r.w_off, r.fan_in * r.fan_out
+        _opt_span(opt_kind, h, step, params + off, grads + off, s1 + off if s1 != NULL else NULL,
+                  s2 + off if s2 != NULL else NULL, n, 0.0)
+        if r.use_bias:
+            off, n = r.b_off, r.fan_out
+        else:
+            return
+    elif r.kind == UNIT_BATCHNORM:
+        off, n = r.w_off, 2 * r.fan_out
+    else:
+        return
+    _opt_span(opt_kind, h, step, params + off, grads + off, s1 + off if s1 != NULL else NULL,
+              s2 + off if s2 != NULL else NULL, n, 0.0)
+
+
 cdef void _update(Ctx* c, Py_ssize_t s, floating* params) noexcept nogil:
     """Update number t0 + s + 1: all parameters (nt == 1), or this thread's shares."""
     cdef Py_ssize_t i
@@ -383,8 +426,16 @@ cdef void _update(Ctx* c, Py_ssize_t s, floating* params) noexcept nogil:
     cdef floating* s2 = <floating*>c.s2
     if c.opt_kind < 0:
         return
+    if c.lrs != NULL:
+        c.h.lr = c.lrs[s]
     if c.nt == 1:
-        _opt_span(c.opt_kind, &c.h, step, params, grads, s1, s2, c.n_params, 0.0)
+        if c.h.weight_decay == 0.0 or not c.has_bn:
+            _opt_span(c.opt_kind, &c.h, step, params, grads, s1, s2, c.n_params, 0.0)
+            return
+        # weight decay spares batch norm's running statistics (buffers, not parameters, in
+        # PyTorch); their gradients are 0, so that skipping their update changes nothing else
+        for i in range(c.n_units):
+            _update_trainable(&c.units[i].r, c.opt_kind, &c.h, step, params, grads, s1, s2)
         return
     for i in range(c.n_units):
         if c.units[i].Wp != NULL:
@@ -441,6 +492,8 @@ cdef Py_ssize_t _train_loop(Ctx* c, Py_ssize_t n_steps, floating* params) noexce
             return s
         _param_grads(c, params)
         tm = lap(RT, timing, PH_PARAM_GRADS, tm)
+        if c.clip_value > 0.0:
+            _clip_value(c, params)
         if c.clip_norm > 0.0:
             _clip(c, params)
             tm = lap(RT, timing, PH_CLIP, tm)
@@ -481,7 +534,7 @@ cdef Py_ssize_t _run(object plan, object loop, object X, object y, object Y, obj
     cdef Ctx base
     # the arrays themselves, alive while the GIL is released (the plan's lists could change)
     keep = (plan.params, plan.grads, plan.x, plan.y, plan.Y, plan.sw, plan.P, tuple(plan.Z), tuple(plan.A),
-            tuple(plan.dA), tuple(plan.M), loop.state1, loop.state2, loop.hyper)
+            tuple(plan.dA), tuple(plan.M), loop.state1, loop.state2, loop.hyper, loop.lrs)
     cdef UnitPtrs* units = fill_units(plan, True)
     try:
         nt = threads_for(&recs[0], n_units, params.shape[0], rows)
@@ -517,7 +570,13 @@ cdef Py_ssize_t _run(object plan, object loop, object X, object y, object Y, obj
         base.n_params, base.start, base.t0 = params.shape[0], start, loop.t
         base.loss_kind, base.opt_kind, base.h = <int>plan.loss, <int>loop.opt, hyper[0]
         base.clip_norm, base.seed, base.pk = loop.clip_norm, <uint64_t>loop.seed, pk
-        base.fold_l2 = nt > 1 and base.opt_kind == OPT_ADAM and base.clip_norm <= 0.0 and POL.fold_l2
+        base.clip_value = loop.clip_value
+        base.has_bn = False
+        for i in range(n_units):
+            base.has_bn = base.has_bn or recs[i].kind == UNIT_BATCHNORM
+        # the folded L2 term joins the gradient after the clipping, which must see it
+        base.fold_l2 = (nt > 1 and base.opt_kind == OPT_ADAM and base.clip_norm <= 0.0 and base.clip_value <= 0.0
+                        and POL.fold_l2)
         base.fused = (base.loss_kind == LOSS_CE or base.loss_kind == LOSS_CE_ONEHOT or base.loss_kind == LOSS_BCE
                       or base.loss_kind == LOSS_POISSON)
         base.X, base.y, base.Y, base.sw = _data(X), <const int64_t*>_data(y), _data(Y), _data(sw)
@@ -528,6 +587,7 @@ cdef Py_ssize_t _run(object plan, object loop, object X, object y, object Y, obj
         base.Y_buf, base.sw_buf, base.P = <void*>_data(plan.Y), <void*>_data(plan.sw), <void*>_data(plan.P)
         base.losses_out = <double*>_data(losses_out)
         base.correct_out = <double*>_data(correct_out)
+        base.lrs = <const double*>_data(loop.lrs)
         ctxs = <Ctx*>malloc(nt * sizeof(Ctx))
         if ctxs == NULL:
             raise MemoryError()

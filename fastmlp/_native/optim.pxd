@@ -89,7 +89,13 @@ cdef inline void _adam_span(floating* p, floating* g, floating* m, floating* v,
 
 cdef inline void _opt_consts(int opt_kind, const Hyper* h, double step, double* c) noexcept nogil:
     """The constants of one step of the optimizer, as _opt_apply takes them."""
-    memset(c, 0, 7 * sizeof(double))
+    memset(c, 0, 9 * sizeof(double))
+    c[8] = 1.0
+    if h.weight_decay != 0.0:
+        if h.decoupled != 0.0:  # AdamW: p *= 1 - lr * wd, before the step
+            c[8] = 1.0 - h.lr * h.weight_decay
+        else:  # PyTorch's weight_decay: g + wd * p
+            c[7] = h.weight_decay
     if opt_kind == OPT_SGD:
         c[0], c[1], c[2] = h.lr, h.momentum, h.nesterov
     elif opt_kind == OPT_RMSPROP:
@@ -105,9 +111,25 @@ cdef inline void _opt_apply(int opt_kind, const double* c, floating* p, floating
                             floating* s2, Py_ssize_t n, double l2) noexcept nogil:
     """One update of n parameters with the constants of _opt_consts; s1, s2 point at
     the same span of the optimizer's state (s1 NULL for SGD without momentum).
-    l2 != 0 (Adam only): g holds the data term, and g + l2 * p is the gradient."""
+    l2 != 0 (Adam only): g holds the data term, and g + l2 * p is the gradient.
+    Weight decay first: c[8] != 1 scales p (decoupled), else c[7] != 0 adds c[7] * p to g."""
+    cdef Py_ssize_t i
+    cdef floating f
     if n == 0:
         return
+    if c[8] != 1.0:
+        if l2 != 0.0:  # the L2 term's gradient is of the weights before the decay, as PyTorch's
+            f = <floating>l2
+            for i in range(n):
+                g[i] += f * p[i]
+            l2 = 0.0
+        f = <floating>c[8]
+        for i in range(n):
+            p[i] *= f
+    elif c[7] != 0.0:
+        f = <floating>c[7]
+        for i in range(n):
+            g[i] += f * p[i]
     if opt_kind == OPT_SGD:
         _sgd_span(p, g, s1, n, <floating>c[0], <floating>c[1], c[2] != 0.0)
     elif opt_kind == OPT_RMSPROP:
@@ -120,7 +142,7 @@ cdef inline void _opt_apply(int opt_kind, const double* c, floating* p, floating
 cdef inline void _opt_span(int opt_kind, const Hyper* h, double step, floating* p, floating* g,
                            floating* s1, floating* s2, Py_ssize_t n, double l2) noexcept nogil:
     """_opt_apply with the constants of update number ``step`` (from 1)."""
-    cdef double c[7]
+    cdef double c[9]
     _opt_consts(opt_kind, h, step, c)
     _opt_apply(opt_kind, c, p, g, s1, s2, n, l2)
 
@@ -131,6 +153,17 @@ cdef inline double _sumsq_span(const floating* x, Py_ssize_t n) noexcept nogil:
         return fm_sumsq_f(x, n)
     else:
         return fm_sumsq_d(x, n)
+
+
+cdef inline void _clamp_p(floating* x, Py_ssize_t n, double bound) noexcept nogil:
+    """x clamped to [-bound, bound] (NaN stays NaN, as torch.clamp)."""
+    cdef Py_ssize_t i
+    cdef floating v = <floating>bound
+    for i in range(n):
+        if x[i] > v:
+            x[i] = v
+        elif x[i] < -v:
+            x[i] = -v
 
 
 cdef inline void _scale_p(floating* x, Py_ssize_t n, double factor) noexcept nogil:

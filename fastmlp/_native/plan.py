@@ -160,14 +160,27 @@ class LoopState:
         The bound of the global gradient norm; 0.0 for no clipping.
     seed : int in [0, 2**64)
         The base seed of the dropout masks.
+    lrs : float64 array of shape (n_steps,), or None
+        A learning-rate schedule's rates: step s of the call updates with
+        ``lrs[s]`` (finite, >= 0) instead of ``hyper["lr"]``. None or (0,): the
+        constant ``hyper["lr"]``.
+    clip_value : float
+        Clamp every gradient element to [-clip_value, clip_value] before the
+        norm clipping; 0.0 for none.
     """
 
-    __slots__ = ("opt", "hyper", "state1", "state2", "t", "clip_norm", "seed")
+    __slots__ = ("opt", "hyper", "state1", "state2", "t", "clip_norm", "seed", "lrs", "clip_value")
 
-    def __init__(self, opt, hyper, state1, state2, t=0, clip_norm=0.0, seed=0):
+    def __init__(self, opt, hyper, state1, state2, t=0, clip_norm=0.0, seed=0, lrs=None, clip_value=0.0):
         self.opt, self.hyper = Opt(opt), hyper
         self.state1, self.state2 = state1, state2
         self.t, self.clip_norm, self.seed = int(t), float(clip_norm), int(seed)
+        self.lrs = _NO_RATES if lrs is None else lrs
+        self.clip_value = float(clip_value)
+
+
+_NO_RATES = np.empty(0, dtype=np.float64)
+_NO_RATES.flags.writeable = False
 
 
 # ---------------------------------------------------------------- checks
@@ -284,7 +297,7 @@ def check_predict(plan, who="make_predictor"):
     _check_unit_buffers(who, plan, False, _check_records(who, plan, training=False))
 
 
-def check_loop(plan, loop, who="train_steps"):
+def check_loop(plan, loop, who="train_steps", n_steps=None):
     """Raise unless the loop state fits the plan: optimizer kind, hyperparameters, state vectors."""
     opt = int(loop.opt) if isinstance(loop, LoopState) else None
     if opt not in _OPTS:
@@ -296,7 +309,17 @@ def check_loop(plan, loop, who="train_steps"):
     for name, value in h.items():
         if not math.isfinite(value):
             raise ValueError(f"{who}: the optimizer's {name} must be finite, got {value}")
-    if opt != Opt.NONE and not h["lr"] > 0:
+    lrs = loop.lrs
+    if not (isinstance(lrs, np.ndarray) and lrs.dtype == np.float64 and lrs.ndim == 1 and lrs.flags.c_contiguous):
+        raise ValueError(f"{who}: loop.lrs must be a C-contiguous float64 vector (the schedule's rates)")
+    if lrs.shape[0]:
+        if n_steps is not None and lrs.shape[0] != n_steps:
+            raise ValueError(f"{who}: loop.lrs has {lrs.shape[0]} rates for {n_steps} steps")
+        if not (np.isfinite(lrs).all() and (lrs >= 0).all()):
+            bad = int(np.flatnonzero(~(np.isfinite(lrs) & (lrs >= 0)))[0])
+            raise ValueError(f"{who}: the schedule's rate at step {loop.t + bad} is {lrs[bad]}; a learning "
+                             "rate must be finite and >= 0")
+    elif opt != Opt.NONE and not h["lr"] > 0:
         raise ValueError(f"{who}: the learning rate must be > 0, got {h['lr']}")
     if opt == Opt.SGD and not 0.0 <= h["momentum"] <= 1.0:
         raise ValueError(f"{who}: SGD's momentum must be in [0, 1], got {h['momentum']}")
@@ -305,6 +328,11 @@ def check_loop(plan, loop, who="train_steps"):
     if opt == Opt.ADAM and not (0.0 <= h["beta1"] < 1.0 and 0.0 <= h["beta2"] < 1.0 and h["eps"] > 0):
         raise ValueError(f"{who}: Adam needs beta1, beta2 in [0, 1) and eps > 0, got "
                          f"{h['beta1']}, {h['beta2']}, {h['eps']}")
+    if not h["weight_decay"] >= 0.0:
+        raise ValueError(f"{who}: weight_decay must be >= 0, got {h['weight_decay']}")
+    if h["decoupled"] not in (0.0, 1.0) or (h["decoupled"] == 1.0 and opt != Opt.ADAM):
+        raise ValueError(f"{who}: decoupled weight decay is 0 or 1, and 1 with Adam only (AdamW), got "
+                         f"{h['decoupled']}")
     n, dt = plan.params.shape[0], plan.params.dtype
     needs = {Opt.NONE: 0, Opt.SGD: 1 if h["momentum"] != 0.0 else 0, Opt.RMSPROP: 1, Opt.ADAM: 2}[opt]
     for j, name in enumerate(("state1", "state2")):
@@ -325,6 +353,8 @@ def check_loop(plan, loop, who="train_steps"):
         raise ValueError(f"{who}: loop.t must be >= 0, got {loop.t}")
     if not (math.isfinite(loop.clip_norm) and loop.clip_norm >= 0.0):
         raise ValueError(f"{who}: clip_norm must be finite and >= 0 (0 for none), got {loop.clip_norm}")
+    if not (math.isfinite(loop.clip_value) and loop.clip_value >= 0.0):
+        raise ValueError(f"{who}: clip_value must be finite and >= 0 (0 for none), got {loop.clip_value}")
     if not 0 <= loop.seed < 2**64:
         raise ValueError(f"{who}: the dropout seed must be in [0, 2**64), got {loop.seed}")
 
@@ -342,7 +372,7 @@ def check_train(plan, loop, X, targets, sw, order, start, n_steps, losses_out, c
     _check_unit_buffers(who, plan, True, recs)
     if any(r[3] == Act.STEP for r in recs):
         raise ValueError("step has a zero derivative everywhere; it cannot be trained through")
-    check_loop(plan, loop, who)
+    check_loop(plan, loop, who, n_steps)
     dt, rows, k = plan.params.dtype, plan.rows, recs[-1][2]
     loss = plan.loss
     if not (type(X) is np.ndarray and X.dtype == dt and X.ndim == 2 and X.flags.c_contiguous

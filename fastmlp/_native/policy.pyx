@@ -11,7 +11,7 @@ not block k, so huge batches lose; AVX2 tiles win only at small batches
 and large layers).
 """
 from fastmlp._native.common cimport UNIT_BATCHNORM, UNIT_DENSE
-from fastmlp._native.gemm cimport FM_PK_ZMM, Blas, blas
+from fastmlp._native.gemm cimport FM_HAVE_PACKGEMM, FM_PK_ZMM, Blas, blas
 from fastmlp._native.runtime cimport Runtime, runtime
 
 cdef extern from "barrier.h" nogil:
@@ -102,3 +102,28 @@ def _set_fold_l2(bint on):
     old = _pol.fold_l2
     _pol.fold_l2 = on
     return old
+
+
+def _loop_path(units, Py_ssize_t n_params, Py_ssize_t rows, int n_threads, bint single):
+    """What a train_steps call would run on, without running it: ``(threads of its
+    own, indices of the units on packed operands)`` for these unit records
+    (plan.UNIT_DTYPE), a batch of ``rows`` rows, the thread bound ``n_threads``
+    (runtime.set_num_threads' value in that call) and float32 parameters
+    (``single``). The same rule as loop.pyx's entry point (threads_for, then
+    pk_unit); tests compare the two. For Sequential.loop_path and summary()."""
+    cdef const UnitRec[::1] recs = units
+    cdef UnitPtrs u
+    cdef Py_ssize_t i
+    cdef int saved = RT.n_threads, nt
+    RT.n_threads = n_threads if n_threads > 1 else 1  # read by threads_for (the GIL is held)
+    try:
+        nt = threads_for(&recs[0], recs.shape[0], n_params, rows)
+    finally:
+        RT.n_threads = saved
+    packed = []
+    if single and nt > 1 and FM_HAVE_PACKGEMM and _pol.packed_gemm and rows <= _pol.pk_max_rows * nt:
+        for i in range(recs.shape[0]):
+            u.r = recs[i]
+            if pk_unit(&_pol, &u, i):
+                packed.append(i)
+    return nt, tuple(packed)

@@ -12,7 +12,7 @@ from libc.string cimport memcpy
 
 from fastmlp._native.common cimport *
 from fastmlp._native.gemm cimport fm_pk_pack_rows, fm_pk_pack_trans_rows, fm_pk_unpack_rows
-from fastmlp._native.optim cimport _opt_apply, _opt_consts, _opt_span, _scale_p, _sumsq_span
+from fastmlp._native.optim cimport _clamp_p, _opt_apply, _opt_consts, _opt_span, _scale_p, _sumsq_span
 from fastmlp._native.units cimport UnitPtrs
 
 
@@ -86,7 +86,7 @@ cdef inline void _update_share_pk(const UnitPtrs* u, int tid, int nt, int opt_ki
     cdef Share sh = _share(u, tid, nt)
     cdef Py_ssize_t j, o, K = u.r.fan_in
     cdef Py_ssize_t f0 = _part(K, tid, nt), f1 = _part(K, tid + 1, nt)
-    cdef double c[7]
+    cdef double c[9]
     _opt_consts(opt_kind, h, step, c)
     if floating is float:
         for j in range(0, u.r.fan_out, 16):
@@ -134,6 +134,13 @@ cdef inline double _pk_own_sumsq(const float* P, const UnitPtrs* u, int tid, int
     for j in range(0, u.r.fan_out, 16):
         total += _sumsq_span(P + j * K + f0 * 16, (f1 - f0) * 16)
     return total
+
+
+cdef inline void _pk_own_clamp(float* P, const UnitPtrs* u, int tid, int nt, double bound) noexcept nogil:
+    """Thread tid's rows of a unit's packed dW, clamped to [-bound, bound] (the padding stays 0)."""
+    cdef Py_ssize_t j, K = u.r.fan_in, f0 = _part(K, tid, nt), f1 = _part(K, tid + 1, nt)
+    for j in range(0, u.r.fan_out, 16):
+        _clamp_p(P + j * K + f0 * 16, (f1 - f0) * 16, bound)
 
 
 cdef inline void _pk_own_scale(float* P, const UnitPtrs* u, int tid, int nt, double factor) noexcept nogil:

@@ -284,7 +284,7 @@ def train_steps(plan, loop, X, targets, sw, order, start, n_steps, losses_out, c
     return int(_train_steps(
         X, y, Y, sw, order, int(start), int(n_steps), plan.units, Ws, bs, dWs, dbs, plan.params, plan.grads,
         plan.x, plan.y, plan.Y, plan.sw, *lists, plan.P, empty2, int(plan.loss), int(loop.opt), loop.hyper,
-        loop.state1, loop.state2, int(loop.t), float(loop.clip_norm), np.uint64(loop.seed), losses_out,
+        loop.state1, loop.state2, int(loop.t), float(loop.clip_norm), np.uint64(loop.seed), loop.lrs, float(loop.clip_value), losses_out,
         correct_out))
 
 

@@ -634,19 +634,51 @@ def count_correct(out, y, Y, loss_kind):
     return 0.0
 
 
-def optimizer_step(kernels, params, grads, loop, t):
-    """Clip the global gradient norm (``loop.clip_norm`` > 0) and apply update number ``t`` (from 1)."""
+def trainable_spans(units):
+    """The (start, stop) spans of the flat parameters that an optimizer trains: each dense
+    unit's W and b, each batch norm's gamma and beta (not its running statistics)."""
+    spans = []
+    for u in units:
+        kind, w_off, fo = int(u["kind"]), int(u["w_off"]), int(u["fan_out"])
+        if kind == Unit.DENSE:
+            spans.append((w_off, w_off + int(u["fan_in"]) * fo))
+            if u["use_bias"]:
+                spans.append((int(u["b_off"]), int(u["b_off"]) + fo))
+        elif kind == Unit.BATCHNORM:
+            spans.append((w_off, w_off + 2 * fo))
+    return spans
+
+
+def weight_decay(params, grads, spans, wd, decoupled, lr):
+    """PyTorch's weight decay on the trainable spans: g += wd * p, or (AdamW) p *= 1 - lr * wd."""
+    for a, b in spans:
+        if decoupled:
+            params[a:b] *= params.dtype.type(1.0 - lr * wd)
+        else:
+            grads[a:b] += params.dtype.type(wd) * params[a:b]
+
+
+def optimizer_step(kernels, params, grads, loop, t, s=0, units=None):
+    """Clip the global gradient norm (``loop.clip_norm`` > 0) and apply update number ``t`` (from 1),
+    step ``s`` of the call (its rate ``loop.lrs[s]`` under a schedule); with weight decay,
+    ``units`` (the plan's unit records) say which parameters are trained."""
+    if loop.clip_value > 0.0:  # torch.nn.utils.clip_grad_value_, before the norm
+        np.clip(grads, -loop.clip_value, loop.clip_value, out=grads)
     if loop.clip_norm > 0.0:
         norm = math.sqrt(kernels.sum_squares(grads))
         if norm > loop.clip_norm:
             kernels.scale_inplace(grads, loop.clip_norm / (norm + 1e-6))
     h = loop.hyper[0]
+    lr = float(loop.lrs[s]) if loop.lrs.shape[0] else h["lr"]
+    if h["weight_decay"] != 0.0:
+        spans = [(0, params.shape[0])] if units is None else trainable_spans(units)
+        weight_decay(params, grads, spans, float(h["weight_decay"]), h["decoupled"] != 0.0, lr)
     if loop.opt == Opt.SGD:
-        kernels.sgd_update(params, grads, loop.state1, h["lr"], h["momentum"], h["nesterov"] != 0.0)
+        kernels.sgd_update(params, grads, loop.state1, lr, h["momentum"], h["nesterov"] != 0.0)
     elif loop.opt == Opt.RMSPROP:
-        kernels.rmsprop_update(params, grads, loop.state1, h["lr"], h["rho"], h["eps"])
+        kernels.rmsprop_update(params, grads, loop.state1, lr, h["rho"], h["eps"])
     elif loop.opt == Opt.ADAM:
-        kernels.adam_update(params, grads, loop.state1, loop.state2, h["lr"], h["beta1"], h["beta2"], h["eps"], t)
+        kernels.adam_update(params, grads, loop.state1, loop.state2, lr, h["beta1"], h["beta2"], h["eps"], t)
 
 
 def train_steps(plan, loop, X, targets, sw, order, start, n_steps, losses_out, correct_out):
@@ -708,7 +740,7 @@ def train_steps(plan, loop, X, targets, sw, order, start, n_steps, losses_out, c
         correct_out[s] = count_correct(plan.Z[L] if fused else plan.A[L], plan.y, plan.Y, plan.loss)
         if not math.isfinite(loss):
             return s
-        optimizer_step(kernels, plan.params, plan.grads, loop, loop.t + s + 1)
+        optimizer_step(kernels, plan.params, plan.grads, loop, loop.t + s + 1, s, plan.units)
     return n_steps
 
 

@@ -72,9 +72,30 @@ def _count_correct(out, y, Y, loss_kind):
 
 
 @jit
+def _weight_decay(params, grads, units, wd, decoupled, lr):
+    # PyTorch's weight decay on the trainable parameters (reference.trainable_spans)
+    cast = np.empty_like(params[:1])  # the factor in the parameters' dtype, as the other backends
+    cast[0] = 1.0 - lr * wd if decoupled else wd
+    f = cast[0]
+    for u in units:
+        if u.kind == Unit.DENSE:
+            spans = ((u.w_off, u.w_off + u.fan_in * u.fan_out), (u.b_off, u.b_off + (u.fan_out if u.use_bias else 0)))
+        elif u.kind == Unit.BATCHNORM:
+            spans = ((u.w_off, u.w_off + 2 * u.fan_out), (0, 0))
+        else:
+            continue
+        for a, b in spans:
+            for j in range(a, b):
+                if decoupled:
+                    params[j] *= f
+                else:
+                    grads[j] += f * params[j]
+
+
+@jit
 def _train_steps(X, y, Y, sw, order, start, n_steps, units, Ws, bs, dWs, dbs, params, grads, x_buf, y_buf,
                  Y_buf, sw_buf, Z, A, dA, M, P, empty2, loss_kind, opt_kind, hyper, state1, state2, t0,
-                 clip_norm, seed, losses_out, correct_out):
+                 clip_norm, seed, lrs, clip_value, losses_out, correct_out):
     rows = x_buf.shape[0]
     L = len(Z) - 1
     fused = (loss_kind == Loss.CE or loss_kind == Loss.CE_ONEHOT or loss_kind == Loss.BCE
@@ -136,16 +157,25 @@ def _train_steps(X, y, Y, sw, order, start, n_steps, units, Ws, bs, dWs, dbs, pa
         correct_out[s] = _count_correct(Z[L] if fused else A[L], y_buf, Y_buf, loss_kind)
         if not math.isfinite(loss):
             return s
+        if clip_value > 0.0:
+            for j in range(grads.shape[0]):
+                if grads[j] > clip_value:
+                    grads[j] = clip_value
+                elif grads[j] < -clip_value:
+                    grads[j] = -clip_value
         if clip_norm > 0.0:
             norm = math.sqrt(_sum_squares(grads))
             if norm > clip_norm:
                 _scale_inplace(grads, clip_norm / (norm + 1e-6))
+        lr = lrs[s] if lrs.shape[0] != 0 else h.lr
+        if h.weight_decay != 0.0:
+            _weight_decay(params, grads, units, h.weight_decay, h.decoupled != 0.0, lr)
         if opt_kind == Opt.SGD:
-            _sgd_update(params, grads, state1, h.lr, h.momentum, h.nesterov != 0.0)
+            _sgd_update(params, grads, state1, lr, h.momentum, h.nesterov != 0.0)
         elif opt_kind == Opt.RMSPROP:
-            _rmsprop_update(params, grads, state1, h.lr, h.rho, h.eps)
+            _rmsprop_update(params, grads, state1, lr, h.rho, h.eps)
         elif opt_kind == Opt.ADAM:
-            _adam_update(params, grads, state1, state2, h.lr, h.beta1, h.beta2, h.eps, t0 + s + 1)
+            _adam_update(params, grads, state1, state2, lr, h.beta1, h.beta2, h.eps, t0 + s + 1)
     return n_steps
 
 
