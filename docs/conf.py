@@ -39,6 +39,7 @@ numpydoc_validation_exclude = {
     r"\.__init__$",             # documented in the class docstring, as numpydoc asks
     r"\.on_[a-z_]+$",           # the callbacks' hooks: Keras' signatures, documented on Callback
     r"\.set_model$",
+    r"\.set_params$",
     r"\.get_config$",
     r"\.__repr__$",
 }

@@ -43,6 +43,7 @@ class Callback:
         self.model = model
 
     def set_params(self, params):
+        """Keras' hook: ``fit`` passes ``{"epochs", "steps", "verbose"}`` before training."""
         self.params = params
 
     def on_train_begin(self, logs=None):
@@ -110,6 +111,7 @@ class CallbackList:
             self.append(cb)
 
     def append(self, cb):
+        """Add a callback (``fit`` adds the progress bar this way); its ``model`` is set."""
         cb.set_model(self.model)
         self.callbacks.append(cb)
         self.batch_hooks = [cb for cb in self.callbacks if _overrides(cb, "on_train_batch_end")]
@@ -119,6 +121,7 @@ class CallbackList:
         return any(isinstance(cb, ProgressBar) for cb in self.callbacks)
 
     def set_params(self, params):
+        """Pass ``params`` to every callback's ``set_params``."""
         for cb in self.callbacks:
             cb.set_params(params)
 

@@ -293,9 +293,13 @@ class Sequential:
             Called with each line (Keras' rule); None prints.
         line_length : int, optional
             Width of the table (default 78).
-        batch_size, n_threads : as :meth:`loop_path`.
+        batch_size, n_threads : int, optional
+            As :meth:`loop_path`.
 
-        Raises ValueError on a model that is not built yet (no ``input_dim``).
+        Raises
+        ------
+        ValueError
+            On a model that is not built yet (no ``input_dim``).
         """
         from . import _summary
         if print_fn is not None and not callable(print_fn):
@@ -307,7 +311,18 @@ class Sequential:
         """The training-loop path a ``fit(batch_size=..., n_threads=...)`` would take now,
         without training: a :class:`fastmlp._summary.LoopPath` (backend, thread bound,
         threads of the loop's own, units on packed operands, and a description).
-        ``batch_size`` defaults to the last fit's, else 32."""
+
+        Parameters
+        ----------
+        batch_size : int, optional
+            Defaults to the last fit's, else 32.
+        n_threads : int, optional
+            Defaults to the model's thread bound.
+
+        Returns
+        -------
+        fastmlp._summary.LoopPath
+        """
         from . import _summary
         return _summary.loop_path(self, batch_size, n_threads)
 

@@ -79,7 +79,7 @@ class Optimizer:
     _owner = staticmethod(_no_owner)
     lr = _Hyper(_check_lr)
     weight_decay = _Hyper(_validation.check_nonnegative)
-    #: AdamW's decoupled decay (p *= 1 - lr * wd) rather than PyTorch's coupled one (g + wd * p)
+    #: AdamW's decoupled decay (``p *= 1 - lr * wd``) rather than PyTorch's coupled one (``g + wd * p``)
     decoupled = False
 
     def __init__(self, lr: _Rate, learning_rate: _Rate = None,
