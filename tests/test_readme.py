@@ -31,6 +31,7 @@ def check_accuracy(out, tmp_path):
 def check_stopped_early(out, tmp_path):
     n = int(re.search(r"stopped after (\d+) of 200 epochs", out).group(1))
     assert 3 < n < 200, out
+    assert "Total params: 4,810" in out and "CosineDecay(" in out, out  # summary() printed
 
 
 def check_served(out, tmp_path):
