@@ -8,8 +8,9 @@ the products into each dA), parameter gradients (dW, db), clipping, update.
 The driver, ``_train_loop``, runs them and times them (``runtime.loop_phase_times``);
 the product helpers time the matrix products apart.
 
-With nt > 1 threads of its own (a plan without batch norm whose dense units
-own every parameter, and a step big enough: ``_loop_threads``), thread tid
+With nt > 1 threads of its own (a plan without batch norm or PReLU whose dense
+units own every parameter, and a step big enough: ``_loop_threads``; maxout
+units split by rows like activations), thread tid
 takes rows [r0, r1) of the batch through gather, forward, loss and backward;
 after a barrier, its share of every dW, db and of the update (split.pxd); a
 second barrier ends the step. Its products then run on one BLAS thread each
@@ -37,7 +38,10 @@ from fastmlp._native.runtime cimport Runtime, lap, now, runtime
 from fastmlp._native.split cimport (
     Share, _part, _pk_copy_rows, _pk_own_clamp, _pk_own_scale, _pk_own_sumsq, _pk_share, _share, _update_share, _update_share_pk,
 )
-from fastmlp._native.units cimport UnitPtrs, _dropout_mask_p, _mul_mask_p, bn_backward_p, bn_forward_p, fill_units
+from fastmlp._native.units cimport (
+    UnitPtrs, _dropout_mask_p, _mul_mask_p, bn_backward_p, bn_forward_p, fill_units, maxout_backward_p,
+    maxout_forward_p, prelu_backward_p, prelu_forward_p,
+)
 
 import numpy as np
 
@@ -246,6 +250,11 @@ cdef int _forward(Ctx* c, Py_ssize_t s, floating* params) noexcept nogil:
             if bn_forward_p(inp, params + u.r.w_off, u.r.eps, u.r.momentum, <floating*>u.M, <floating*>u.Z,
                             <floating*>u.A, c.rows, fo):
                 return -1
+        elif u.r.kind == UNIT_PRELU:
+            prelu_forward_p(<const floating*>u.Z + r0 * fo, params + u.r.w_off, u.r.shared != 0,
+                            <floating*>u.A + r0 * fo, nr, fo)
+        elif u.r.kind == UNIT_MAXOUT:
+            maxout_forward_p(<const floating*>u.Z + r0 * u.r.fan_in, u.r.pieces, <floating*>u.A + r0 * fo, nr, fo)
         elif u.r.act != ACT_IDENTITY:
             rows_bias_act(RT, <floating*>u.Z + r0 * fo, params, <floating*>u.A + r0 * fo, nr, fo, False,
                           <int>u.r.act, <floating>u.r.alpha)
@@ -268,8 +277,8 @@ cdef void _loss(Ctx* c, floating* params) noexcept nogil:
 
 cdef int _backward(Ctx* c, floating* params) noexcept nogil:
     """This thread's rows of each unit's dZ and of the gradient at its input (batch
-    norm: the whole batch, nt == 1, and its dG); its part of the L2 penalty. Returns
-    -1 when batch norm cannot allocate its scratch space."""
+    norm and PReLU: the whole batch, nt == 1, and their dG and dalpha); its part of
+    the L2 penalty. Returns -1 when batch norm or PReLU cannot allocate its scratch space."""
     cdef Py_ssize_t i, r0 = c.r0, nr = c.r1 - c.r0, fo
     cdef UnitPtrs* u
     cdef Share share
@@ -284,6 +293,13 @@ cdef int _backward(Ctx* c, floating* params) noexcept nogil:
         if u.r.kind == UNIT_DROPOUT and i > 0:
             _mul_mask_p(<const floating*>u.dA + r0 * fo, <const floating*>u.M + r0 * fo, <floating*>u.dA + r0 * fo,
                         nr * fo)
+        if u.r.kind == UNIT_PRELU:  # dalpha, then dA in place (dA[i - 1] is dA[i])
+            if prelu_backward_p(<const floating*>u.Z, params + u.r.w_off, u.r.shared != 0, <floating*>u.dA,
+                                grads + u.r.w_off, c.rows, fo):
+                return -1
+        if u.r.kind == UNIT_MAXOUT and i > 0:
+            maxout_backward_p(<const floating*>u.Z + r0 * u.r.fan_in, u.r.pieces, <const floating*>u.dA + r0 * fo,
+                              <floating*>c.units[i - 1].dA + r0 * u.r.fan_in, nr, fo)
         if u.r.kind == UNIT_BATCHNORM:
             if bn_backward_p(<const floating*>u.dA, <const floating*>u.Z, params + u.r.w_off, u.r.eps,
                              <const floating*>u.M, grads + u.r.w_off,
@@ -399,7 +415,8 @@ cdef void _clip(Ctx* c, floating* params) noexcept nogil:
 
 cdef void _update_trainable(const UnitRec* r, int opt_kind, const Hyper* h, double step, floating* params,
                             floating* grads, floating* s1, floating* s2) noexcept nogil:
-    """The update of one unit's trainable parameters: a dense unit's W and b, batch norm's gamma and beta."""
+    """The update of one unit's trainable parameters: a dense unit's W and b, batch norm's gamma and
+    beta, PReLU's alpha."""
     cdef Py_ssize_t off, n
     if r.kind == UNIT_DENSE:
         off, n = r.w_off, r.fan_in * r.fan_out
@@ -411,6 +428,8 @@ cdef void _update_trainable(const UnitRec* r, int opt_kind, const Hyper* h, doub
             return
     elif r.kind == UNIT_BATCHNORM:
         off, n = r.w_off, 2 * r.fan_out
+    elif r.kind == UNIT_PRELU:
+        off, n = r.w_off, 1 if r.shared else r.fan_out
     else:
         return
     _opt_span(opt_kind, h, step, params + off, grads + off, s1 + off if s1 != NULL else NULL,
@@ -455,7 +474,7 @@ cdef Py_ssize_t _train_loop(Ctx* c, Py_ssize_t n_steps, floating* params) noexce
     """The driver: thread c.tid of c.nt runs n_steps steps, phase after phase.
     Returns the steps done (fewer when the loss was not finite: that step's loss
     is reported and no update applied), or -1 when batch norm could not
-    allocate its scratch space."""
+    allocate its scratch space (or PReLU)."""
     cdef Py_ssize_t s, t
     cdef double loss, l2, correct
     cdef bint timing = RT.timing and c.tid == 0
