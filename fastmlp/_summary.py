@@ -104,8 +104,6 @@ def loop_path(model, batch_size=None, n_threads=None):
             text = f"the compiled loop on one thread of its own, products on {blas}"
             if rt_threads > 1:
                 why = (" (batch norm needs the whole batch: the loop does not split)" if model._has_batchnorm
-                       else " (PReLU's alpha gradient sums the whole batch: the loop does not split)"
-                       if any(u.prelu for u in model._units)
                        else " (this build cannot split the loop)" if not _policy._HAVE_LOOP_THREADS
                        else " (the step is too small for the loop to split it)")
     elif name == "numba":

@@ -255,16 +255,51 @@ def test_native_loops_match_reference(native_name, dtype, net):
     check_native_matches_reference(_nets(net), native_name, dtype, 20 + net)
 
 
-def test_cython_loop_stays_on_one_thread():
-    """PReLU's dalpha sums the whole batch: the Cython loop declines its thread split (and says why)."""
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("extra", [{}, {"clip_value": 2e-3}, {"clip_norm": 0.05, "weight_decay": 0.1}],
+                         ids=["plain", "clip_value", "clip_norm_decay"])
+def test_cython_split_loop_matches_reference(dtype, extra):
+    """The Cython loop splits a PReLU net between its threads (each adds its rows' sums for
+    dalpha; the alphas' update, clipping and decay go by shares): the reference's weights."""
     if "cython" not in BACKENDS:  # pragma: no cover
         pytest.skip("the Cython backend is not built")
+    from fastmlp._native import loop as LP
     from fastmlp._native import policy
-    model = fastmlp.Sequential([Dense(256), PReLU(), Dense(10)], input_dim=784, seed=0, backend="cython")
-    recs = model._records(model._train_acts, 128, dropout=True)
-    assert policy._loop_path(recs, model._params.size, 128, 2, True)[0] == 1
-    model.compile("cross_entropy", "adam")
-    assert "PReLU" in model.loop_path(batch_size=128, n_threads=2).description
+    from fastmlp._native import runtime as R
+    dt = np.dtype(dtype)
+    layers = [Dense(40), PReLU(), Dense(33), PReLU(shared=True), Dense(3)]
+    model = jitter(fastmlp.Sequential(layers, input_dim=24, dtype=dt, seed=5, backend="cython"), 5, 0.1)
+    rng = np.random.default_rng(6)
+    X, y = rng.standard_normal((64, 24)).astype(dt), rng.integers(0, 3, 64).astype(np.int64)
+    order = rng.permutation(64).astype(np.int64)
+    old_limits, old_threads = LP._set_loop_split_limits(0, 2), R.get_num_threads()
+    try:
+        R.set_num_threads(2)
+        recs = model._records(model._train_acts, 16, dropout=True)
+        assert policy._loop_path(recs, model._params.size, 16, 2, dt == np.float32)[0] == 2
+        out = {}
+        for name in ("reference", "cython"):
+            plan = make_plan(recs, 16, dt, Loss.CE, params=model._params.copy())
+            loop = loop_state(Opt.ADAM, model._params.size, dt, seed=1, clip_norm=extra.get("clip_norm", 0.0),
+                              weight_decay=extra.get("weight_decay", 0.0))
+            loop.clip_value = extra.get("clip_value", 0.0)
+            losses, correct = np.empty(4), np.empty(4)
+            fastmlp.get_backend(name).train_steps(plan, loop, X, y, np.empty(0, dt), order, 0, 4, losses, correct)
+            out[name] = plan.params.copy(), plan.grads.copy(), losses.copy()
+            if name == "cython":
+                assert LP._last_loop_threads() == 2
+    finally:
+        LP._set_loop_split_limits(*old_limits)
+        R.set_num_threads(old_threads)
+    rtol = 2e-4 if dt == np.float32 else 1e-10
+    np.testing.assert_allclose(out["cython"][2], out["reference"][2], rtol=rtol)
+    for k in (0, 1):
+        scale = np.abs(out["reference"][k]).max()
+        assert np.abs(out["cython"][k] - out["reference"][k]).max() <= rtol * scale
+    alphas = [slice(u.w_off, u.w_off + u.n_params) for u in model._units if u.prelu]
+    for a in alphas:  # the alphas trained, and their gradients reached every share
+        assert np.abs(out["cython"][0][a] - model._params[a]).min() > 0
+        assert np.abs(out["cython"][1][a]).min() > 0
 
 
 def test_trains_fashion_like_problem_every_backend():

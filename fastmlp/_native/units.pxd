@@ -79,8 +79,22 @@ cdef inline void prelu_forward_p(const floating* Z, const floating* alpha, bint 
             A[r * k + j] = z if z > 0 else (alpha[0] if shared else alpha[j]) * z
 
 
-cdef int prelu_backward_p(const floating* Z, const floating* alpha, bint shared, floating* dA,
-                          floating* dalpha, Py_ssize_t n, Py_ssize_t k) noexcept nogil
+cdef inline void prelu_backward_p(const floating* Z, const floating* alpha, bint shared, floating* dA,
+                                  double* acc, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
+    # rows 0..n of Z and dA: acc[j] = the sum of min(0, Z) * dA over them (in double; the loop
+    # adds the threads' sums into dalpha), then dA *= 1 where Z > 0, alpha elsewhere, in place
+    # (PyTorch's derivative at 0: alpha)
+    cdef Py_ssize_t r, j
+    cdef floating z
+    for j in range(k):
+        acc[j] = 0.0
+    for r in range(n):
+        for j in range(k):
+            z = Z[r * k + j]
+            if not z > 0:
+                if z < 0:
+                    acc[j] += <double>z * <double>dA[r * k + j]
+                dA[r * k + j] = dA[r * k + j] * (alpha[0] if shared else alpha[j])
 
 
 cdef inline void maxout_forward_p(const floating* Z, Py_ssize_t pieces, floating* A, Py_ssize_t n,

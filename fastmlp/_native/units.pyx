@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""The plan's units as raw pointers (fill_units), and the batch-normalization and PReLU kernels."""
+"""The plan's units as raw pointers (fill_units), and the batch-normalization kernels."""
 from libc.math cimport sqrt
 from libc.stdlib cimport free, malloc
 
@@ -135,34 +135,3 @@ cdef int bn_backward_p(const floating* dA, const floating* Z, const floating* G,
     free(acc)
     return 0
 
-
-# ------------------------------------------------------------ PReLU
-cdef int prelu_backward_p(const floating* Z, const floating* alpha, bint shared, floating* dA,
-                          floating* dalpha, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
-    """dalpha = the sums of min(0, Z) * dA over the batch (and the features when shared), in
-    double; then dA *= 1 where Z > 0, alpha elsewhere, in place (the gradient at the input).
-    Returns -1 when the scratch space cannot be allocated, else 0."""
-    cdef Py_ssize_t r, j
-    cdef double s = 0.0
-    cdef double* acc = <double*>malloc(k * sizeof(double))
-    cdef floating z
-    if acc == NULL:
-        return -1
-    for j in range(k):
-        acc[j] = 0.0
-    for r in range(n):
-        for j in range(k):
-            z = Z[r * k + j]
-            if not z > 0:  # PyTorch's derivative at 0: alpha
-                if z < 0:
-                    acc[j] += <double>z * <double>dA[r * k + j]
-                dA[r * k + j] = dA[r * k + j] * (alpha[0] if shared else alpha[j])
-    if shared:
-        for j in range(k):
-            s += acc[j]
-        dalpha[0] = <floating>s
-    else:
-        for j in range(k):
-            dalpha[j] = <floating>acc[j]
-    free(acc)
-    return 0
