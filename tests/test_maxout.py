@@ -19,6 +19,7 @@ from test_prelu import (
     check_predict_matches_torch,
     check_three_steps_match_torch,
     jitter,
+    split_vs_reference,
     torch,
 )
 
@@ -119,40 +120,15 @@ def test_native_loops_match_reference(native_name, dtype, net):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_cython_split_loop_matches_reference(dtype):
-    """Maxout units split by rows: the Cython loop on 2 threads of its own (packed float32
-    operands included) gives the reference's weights."""
+    """Maxout units split by rows: the Cython loop on 2 threads of its own gives the reference's weights."""
     if "cython" not in BACKENDS:  # pragma: no cover
         pytest.skip("the Cython backend is not built")
-    from fastmlp._native import loop as LP
-    from fastmlp._native import runtime as R
     dt = np.dtype(dtype)
     model = fastmlp.Sequential([Maxout(40, pieces=3), Maxout(32, pieces=2), Dense(3)], input_dim=24, dtype=dt,
                                seed=5, backend="cython")
     rng = np.random.default_rng(6)
-    X, y = rng.standard_normal((64, 24)).astype(dt), rng.integers(0, 3, 64)
-    order = rng.permutation(64).astype(np.int64)
-    old_limits, old_threads = LP._set_loop_split_limits(0, 2), R.get_num_threads()
-    try:
-        R.set_num_threads(2)
-        out = {}
-        for name in ("reference", "cython"):
-            plan = make_plan(model._records(model._train_acts, 16, dropout=True), 16, dt, Loss.CE,
-                             params=model._params.copy())
-            loop = loop_state(Opt.ADAM, model._params.size, dt, seed=1)
-            losses, correct = np.empty(4), np.empty(4)
-            fastmlp.get_backend(name).train_steps(plan, loop, X, y.astype(np.int64), np.empty(0, dt), order, 0, 4,
-                                                  losses, correct)
-            out[name] = plan.params.copy(), losses.copy()
-            if name == "cython":
-                assert LP._last_loop_threads() == 2
-    finally:
-        LP._set_loop_split_limits(*old_limits)
-        R.set_num_threads(old_threads)
-    rtol = 2e-4 if dt == np.float32 else 1e-10
-    np.testing.assert_allclose(out["cython"][1], out["reference"][1], rtol=rtol)
-    scale = np.abs(out["reference"][0]).max()
-    assert np.abs(out["cython"][0] - out["reference"][0]).max() <= rtol * scale
-    assert not np.allclose(out["reference"][0], model._params)
+    X, y = rng.standard_normal((64, 24)).astype(dt), rng.integers(0, 3, 64).astype(np.int64)
+    split_vs_reference(model, X, y, 16, 4)
 
 
 # ------------------------------------------------- saving, ONNX, summary, estimators (both layers)

@@ -180,6 +180,40 @@ def check_native_matches_reference(layers, native, dtype, seed, d=6):
     assert not np.allclose(jitter(w0, seed).get_weights()[0], out[native][0][0])  # it trained
 
 
+def split_vs_reference(model, X, y, rows, n_steps, clip_value=0.0, **loop):
+    """``n_steps`` steps of ``rows`` rows (Adam) in the reference and in the Cython loop split
+    between 2 threads of its own (asserted): {backend: (params, grads, losses)}."""
+    from fastmlp._native import loop as LP
+    from fastmlp._native import runtime as R
+    dt = model.dtype
+    order = np.random.default_rng(6).permutation(X.shape[0]).astype(np.int64)
+    recs = model._records(model._train_acts, rows, dropout=True)
+    old_limits, old_threads = LP._set_loop_split_limits(0, 2), R.get_num_threads()
+    out = {}
+    try:
+        R.set_num_threads(2)
+        for name in ("reference", "cython"):
+            plan = make_plan(recs, rows, dt, Loss.CE, params=model._params.copy())
+            state = loop_state(Opt.ADAM, model._params.size, dt, seed=1, **loop)
+            state.clip_value = clip_value
+            losses, correct = np.empty(n_steps), np.empty(n_steps)
+            fastmlp.get_backend(name).train_steps(plan, state, X, y, np.empty(0, dt), order, 0, n_steps, losses,
+                                                  correct)
+            out[name] = plan.params.copy(), plan.grads.copy(), losses.copy()
+            if name == "cython":
+                assert LP._last_loop_threads() == 2
+    finally:
+        LP._set_loop_split_limits(*old_limits)
+        R.set_num_threads(old_threads)
+    rtol = 2e-4 if dt == np.float32 else 1e-10
+    np.testing.assert_allclose(out["cython"][2], out["reference"][2], rtol=rtol)
+    for k in (0, 1):
+        scale = np.abs(out["reference"][k]).max()
+        assert np.abs(out["cython"][k] - out["reference"][k]).max() <= rtol * scale
+    assert not np.allclose(out["reference"][0], model._params)
+    return out
+
+
 # ------------------------------------------------------------------ the layer
 def _nets(i):
     """Small nets mixing PReLU with the other layers."""
@@ -263,46 +297,20 @@ def test_cython_split_loop_matches_reference(dtype, extra):
     dalpha; the alphas' update, clipping and decay go by shares): the reference's weights."""
     if "cython" not in BACKENDS:  # pragma: no cover
         pytest.skip("the Cython backend is not built")
-    from fastmlp._native import loop as LP
-    from fastmlp._native import policy
-    from fastmlp._native import runtime as R
     dt = np.dtype(dtype)
     layers = [Dense(40), PReLU(), Dense(33), PReLU(shared=True), Dense(3)]
     model = jitter(fastmlp.Sequential(layers, input_dim=24, dtype=dt, seed=5, backend="cython"), 5, 0.1)
     rng = np.random.default_rng(6)
     X, y = rng.standard_normal((64, 24)).astype(dt), rng.integers(0, 3, 64).astype(np.int64)
-    order = rng.permutation(64).astype(np.int64)
-    old_limits, old_threads = LP._set_loop_split_limits(0, 2), R.get_num_threads()
-    try:
-        R.set_num_threads(2)
-        recs = model._records(model._train_acts, 16, dropout=True)
-        assert policy._loop_path(recs, model._params.size, 16, 2, dt == np.float32)[0] == 2
-        out = {}
-        for name in ("reference", "cython"):
-            plan = make_plan(recs, 16, dt, Loss.CE, params=model._params.copy())
-            loop = loop_state(Opt.ADAM, model._params.size, dt, seed=1, clip_norm=extra.get("clip_norm", 0.0),
-                              weight_decay=extra.get("weight_decay", 0.0))
-            loop.clip_value = extra.get("clip_value", 0.0)
-            losses, correct = np.empty(4), np.empty(4)
-            fastmlp.get_backend(name).train_steps(plan, loop, X, y, np.empty(0, dt), order, 0, 4, losses, correct)
-            out[name] = plan.params.copy(), plan.grads.copy(), losses.copy()
-            if name == "cython":
-                assert LP._last_loop_threads() == 2
-    finally:
-        LP._set_loop_split_limits(*old_limits)
-        R.set_num_threads(old_threads)
-    rtol = 2e-4 if dt == np.float32 else 1e-10
-    np.testing.assert_allclose(out["cython"][2], out["reference"][2], rtol=rtol)
-    for k in (0, 1):
-        scale = np.abs(out["reference"][k]).max()
-        assert np.abs(out["cython"][k] - out["reference"][k]).max() <= rtol * scale
+    out = split_vs_reference(model, X, y, 16, 4, extra.get("clip_value", 0.0),
+                             clip_norm=extra.get("clip_norm", 0.0), weight_decay=extra.get("weight_decay", 0.0))
     alphas = [slice(u.w_off, u.w_off + u.n_params) for u in model._units if u.prelu]
     for a in alphas:  # the alphas trained, and their gradients reached every share
         assert np.abs(out["cython"][0][a] - model._params[a]).min() > 0
         assert np.abs(out["cython"][1][a]).min() > 0
 
 
-def test_trains_fashion_like_problem_every_backend():
+def test_learns_and_every_backend_agrees():
     """A learnable problem: the loss falls and every backend ends on the same weights (float64)."""
     rng = np.random.default_rng(0)
     X = rng.standard_normal((64, 6))
