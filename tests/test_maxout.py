@@ -226,3 +226,18 @@ def test_estimators_accept_the_new_activations(activation):
     reg = fastmlp.MLPRegressor(hidden_layer_sizes=(5,), activation=activation, max_iter=5, random_state=0, solver="lbfgs")
     reg.fit(X, X[:, 0])
     assert np.isfinite(reg.predict(X)).all()
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_estimator_with_the_new_layers_saves_and_loads(tmp_path):
+    pytest.importorskip("sklearn")
+    rng = np.random.default_rng(1)
+    X, y = rng.standard_normal((40, 4)), rng.integers(0, 3, 40)
+    clf = fastmlp.MLPClassifier((6, 5), activation=["maxout", "prelu"], max_iter=5, random_state=0,
+                                backend="reference").fit(X, y)
+    assert [type(a).__name__ for a in clf._model.layers] == ["Maxout", "Dense", "PReLU", "Dense"]
+    clf.save(tmp_path / "clf.safetensors")
+    back = fastmlp.load_model(tmp_path / "clf.safetensors")
+    np.testing.assert_array_equal(back.predict_proba(X), clf.predict_proba(X))
+    for got, want in zip(back._model.get_weights(), clf._model.get_weights()):
+        np.testing.assert_array_equal(got, want)
