@@ -3,8 +3,7 @@
 Needs the ``onnx`` package (``pip install fastmlp[onnx]``). The graph computes what
 ``predict`` computes, in the model's dtype (float32 or float64), for any batch size:
 every Dense unit as MatMul + Add, BatchNorm with its running statistics, Dropout as the
-identity, PReLU as PRelu (float32; in float64, which onnxruntime's PRelu does not take,
-as Where), Maxout as MatMul + Add + Reshape + ReduceMax, every activation from primitive operators (with the model's own constants, in
+identity, PReLU as PRelu, Maxout as MatMul + Add + Reshape + ReduceMax, every activation from primitive operators (with the model's own constants, in
 the model's dtype), and the output activation that ``predict`` applies (softmax for
 cross_entropy, sigmoid for binary_cross_entropy, exp for poisson).
 
@@ -112,12 +111,8 @@ _ERF_TERMS = 160  # 2 z^2 <= 72: the terms fall below 1e-17 of the sum well befo
 def _sequential_graph(g, model, x):
     """The output name of ``model``'s predict graph on input ``x``."""
     for i, u in enumerate(model._units):
-        if u.prelu:
-            slope = g.const(u.alphas, f"alpha{i}")
-            if g.dtype == np.float32:
-                x = g.op("PRelu", [x, slope])
-            else:
-                x = g.op("Where", [g.op("Greater", [x, g.const(0.0)]), x, g.op("Mul", [x, slope])])
+        if u.prelu:  # the slope (k,) or (1,) broadcasts over the rows
+            x = g.op("PRelu", [x, g.const(u.alphas, f"alpha{i}")])
             continue
         if u.pieces:  # (N, units * pieces) -> (N, units, pieces) -> max over the pieces
             x = g.op("Reshape", [x, g.const([0, u.fan_out, u.pieces], dtype=np.int64)])
