@@ -3,7 +3,8 @@
 Needs the ``onnx`` package (``pip install fastmlp[onnx]``). The graph computes what
 ``predict`` computes, in the model's dtype (float32 or float64), for any batch size:
 every Dense unit as MatMul + Add, BatchNorm with its running statistics, Dropout as the
-identity, PReLU as PRelu, Maxout as MatMul + Add + Reshape + ReduceMax, every activation from primitive operators (with the model's own constants, in
+identity, PReLU as PRelu, Maxout as MatMul + Add + Reshape + ReduceMax, every activation
+from primitive operators (with the model's own constants, in
 the model's dtype), and the output activation that ``predict`` applies (softmax for
 cross_entropy, sigmoid for binary_cross_entropy, exp for poisson).
 
