@@ -13,8 +13,9 @@ running_var]: the running statistics are updated by the training loop and get
 a zero gradient, so that the update leaves them as they are, and weight decay
 spares them (they are buffers in PyTorch, not parameters). A PReLU unit's
 block is its alpha (one per feature, or one); a Maxout layer compiles into a
-dense unit of units * pieces outputs and a maxout unit without parameters. Per-batch buffers are allocated once per fit and batch
-size; a training step only calls backend kernels on them.
+dense unit of units * pieces outputs and a maxout unit without parameters.
+Per-batch buffers are allocated once per fit and batch size; a training step
+only calls backend kernels on them.
 """
 import contextlib
 import math

@@ -223,7 +223,8 @@ def test_estimators_accept_the_new_activations(activation):
         assert kinds == ["Maxout", "Maxout", "Dense"]
         assert [c.shape for c in clf.coefs_] == [(4, 16), (8, 12), (6, 1)]
     assert clf.score(X, y) > 0.8
-    reg = fastmlp.MLPRegressor(hidden_layer_sizes=(5,), activation=activation, max_iter=5, random_state=0, solver="lbfgs")
+    reg = fastmlp.MLPRegressor(hidden_layer_sizes=(5,), activation=activation, max_iter=5, random_state=0,
+                               solver="lbfgs")
     reg.fit(X, X[:, 0])
     assert np.isfinite(reg.predict(X)).all()
 
