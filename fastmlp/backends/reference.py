@@ -542,7 +542,8 @@ def batchnorm_backward(dA, Z, G, eps, S, dG, dX):
 # The units of fm.PReLU and fm.Maxout, in NumPy: helpers of the step loop
 # (forward_units, loss_and_grads), not kernels of the contract, so every
 # backend's Python path runs these and its compiled loop its own version.
-def _prelu_alpha(params, u):
+def _prelu_alpha(u):
+    """The slice of params holding a PReLU unit's alpha(s)."""
     n = 1 if u["shared"] else int(u["fan_out"])
     return slice(int(u["w_off"]), int(u["w_off"]) + n)
 
@@ -605,7 +606,7 @@ def forward_units(kernels, plan, training=False):
             elif A is not Z:
                 A[...] = Z
         elif kind == Unit.PRELU:
-            _prelu_forward(Z, params[_prelu_alpha(params, u)], A)
+            _prelu_forward(Z, params[_prelu_alpha(u)], A)
         elif kind == Unit.MAXOUT:
             _maxout_forward(Z, int(u["pieces"]), A)
         else:
@@ -644,7 +645,7 @@ def loss_and_grads(kernels, plan, y, Y, sw, training=False):
         if kind == Unit.DROPOUT and training and i > 0:
             kernels.dropout_backward(dA[i], plan.M[i], dA[i])
         if kind == Unit.PRELU:
-            at = _prelu_alpha(params, u)
+            at = _prelu_alpha(u)
             _prelu_backward(Z[i], params[at], dA[i], grads[at], dA[i])
         if kind == Unit.MAXOUT and i > 0:
             _maxout_backward(Z[i], int(u["pieces"]), dA[i], dA[i - 1])
