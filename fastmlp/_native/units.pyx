@@ -134,4 +134,3 @@ cdef int bn_backward_p(const floating* dA, const floating* Z, const floating* G,
                     dx[j] = <floating>(da[j] * acc[2 * k + j])
     free(acc)
     return 0
-
