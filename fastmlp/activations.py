@@ -12,7 +12,7 @@ loss, whose output layer produces the log-rate. The codes are the members of
 :class:`fastmlp._native.codes.Act`.
 """
 
-from ._native.codes import ROWWISE_ACTS as ROWWISE
+from ._native.codes import ROWWISE_ACTS as ROWWISE  # noqa: F401  (the row-wise codes, by this module's names)
 from ._native.codes import Act
 
 # The codes, by their names in this module (the enum is their one owner).
@@ -60,6 +60,19 @@ CODE_TO_NAME = {code: name for name, (code, _, _) in ACTIVATIONS.items()}
 
 def resolve(name):
     """Return ``(canonical_name, code, alpha)`` for an activation name.
+
+    Parameters
+    ----------
+    name : str or None
+        A name of :data:`ACTIVATIONS` or of :data:`ALIASES` (None is the identity).
+
+    Returns
+    -------
+    canonical_name : str
+    code : int
+        The activation's code (:class:`fastmlp._native.codes.Act`).
+    alpha : float
+        Its parameter (leaky_relu's slope, elu's alpha; 0 for the others).
 
     Raises
     ------

@@ -43,6 +43,7 @@ class Callback:
         self.model = model
 
     def set_params(self, params):
+        """Keras' hook: ``fit`` passes ``{"epochs", "steps", "verbose"}`` before training."""
         self.params = params
 
     def on_train_begin(self, logs=None):
@@ -78,7 +79,15 @@ class _Function(Callback):
 
 
 class CallbackList:
-    """The callbacks of one fit, called in the order given."""
+    """The callbacks of one fit, called in the order given (``fit`` builds it).
+
+    Parameters
+    ----------
+    callbacks : list of Callback or of functions ``f(model, epoch, logs)``, or None
+        A function runs at the end of every epoch; returning True stops training.
+    model : Sequential
+        The model being trained; each callback's ``model`` is set to it.
+    """
 
     def __init__(self, callbacks, model):
         if callbacks is None:
@@ -102,6 +111,7 @@ class CallbackList:
             self.append(cb)
 
     def append(self, cb):
+        """Add a callback (``fit`` adds the progress bar this way); its ``model`` is set."""
         cb.set_model(self.model)
         self.callbacks.append(cb)
         self.batch_hooks = [cb for cb in self.callbacks if _overrides(cb, "on_train_batch_end")]
@@ -111,6 +121,7 @@ class CallbackList:
         return any(isinstance(cb, ProgressBar) for cb in self.callbacks)
 
     def set_params(self, params):
+        """Pass ``params`` to every callback's ``set_params``."""
         for cb in self.callbacks:
             cb.set_params(params)
 
@@ -162,6 +173,24 @@ class EarlyStopping(Callback):
     ``restore_best_weights=True`` sets the weights of the best epoch at the end
     of training (those of the first monitored epoch if none improved).
     Epochs before ``start_from_epoch`` are not monitored.
+
+    Parameters
+    ----------
+    monitor : str, default="val_loss"
+        The log to watch: "loss", "accuracy", "val_loss", "val_accuracy", or a key that another
+        callback puts in the logs.
+    min_delta : float, default=0.0
+        The smallest change that counts as an improvement (its sign is ignored).
+    patience : int, default=0
+        Epochs without improvement after which training stops.
+    mode : {"auto", "min", "max"}, default="auto"
+        Which way is better; "auto" is "max" for accuracies, "min" otherwise.
+    baseline : float or None, default=None
+        A value to beat: the wait restarts only on epochs that also beat it.
+    restore_best_weights : bool, default=False
+        At the end of training, set the weights of the best epoch.
+    start_from_epoch : int, default=0
+        Epochs before this one are not monitored (a warm-up).
     """
 
     def __init__(self, monitor="val_loss", min_delta=0.0, patience=0, mode="auto", baseline=None,
@@ -217,7 +246,8 @@ class TerminateOnNaN(Callback):
 
     fastmlp's loop already stops at a non-finite loss and raises
     :class:`fastmlp.model.TrainingDivergedError`; this callback is for losses
-    that other callbacks put in the logs, and for Keras code that uses it."""
+    that other callbacks put in the logs, and for Keras code that uses it. It takes no
+    parameters."""
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
@@ -228,7 +258,17 @@ class TerminateOnNaN(Callback):
 class LambdaCallback(Callback):
     """A callback from functions (Keras' LambdaCallback): ``on_epoch_begin(epoch, logs)``,
     ``on_epoch_end(epoch, logs)``, ``on_train_begin(logs)``, ``on_train_end(logs)``,
-    ``on_train_batch_end(batch, logs)``; the ones not given do nothing."""
+    ``on_train_batch_end(batch, logs)``; the ones not given do nothing.
+
+    Parameters
+    ----------
+    on_epoch_begin, on_epoch_end : callable ``f(epoch, logs)`` or None
+        Called at the start and at the end of every epoch.
+    on_train_begin, on_train_end : callable ``f(logs)`` or None
+        Called once, before the first epoch and after the last.
+    on_train_batch_end : callable ``f(batch, logs)`` or None
+        Called after each native call of the loop (see the module docstring).
+    """
 
     def __init__(self, on_epoch_begin=None, on_epoch_end=None, on_train_begin=None, on_train_end=None,
                  on_train_batch_end=None):
@@ -245,7 +285,17 @@ class LambdaCallback(Callback):
 class CSVLogger(Callback):
     """Write each epoch's logs as a row of a CSV file (Keras' CSVLogger): a column
     ``epoch``, then the logs' keys in sorted order. ``append=True`` adds to an
-    existing file (its header is kept)."""
+    existing file (its header is kept).
+
+    Parameters
+    ----------
+    filename : str or os.PathLike
+        The CSV file to write.
+    separator : str, default=","
+        The field delimiter.
+    append : bool, default=False
+        Add to an existing file instead of overwriting it.
+    """
 
     def __init__(self, filename, separator=",", append=False):
         if not isinstance(filename, (str, os.PathLike)) or not os.fspath(filename):
@@ -287,7 +337,25 @@ class ReduceLROnPlateau(Callback):
     for ``patience`` epochs (Keras' ReduceLROnPlateau): an improvement beats the
     best by more than ``min_delta``; after a reduction, ``cooldown`` epochs pass
     before the wait counts again; the rate never goes below ``min_lr``. Each
-    epoch's logs get its ``learning_rate``."""
+    epoch's logs get its ``learning_rate``.
+
+    Parameters
+    ----------
+    monitor : str, default="val_loss"
+        The log to watch.
+    factor : float in (0, 1), default=0.1
+        The new rate is ``rate * factor``.
+    patience : int, default=10
+        Epochs without improvement before a reduction.
+    mode : {"auto", "min", "max"}, default="auto"
+        Which way is better; "auto" is "max" when the monitor's name has "acc" in it.
+    min_delta : float, default=1e-4
+        The smallest change that counts as an improvement.
+    cooldown : int, default=0
+        Epochs after a reduction during which the wait does not count.
+    min_lr : float, default=0.0
+        The rate's floor.
+    """
 
     def __init__(self, monitor="val_loss", factor=0.1, patience=10, mode="auto", min_delta=1e-4, cooldown=0,
                  min_lr=0.0):
@@ -338,7 +406,13 @@ class LearningRateScheduler(Callback):
     """Set the learning rate at the start of each epoch to ``schedule(epoch, lr)``
     (Keras' LearningRateScheduler; ``schedule(epoch)`` also works). The new rate
     is checked: a schedule that returns 0, a negative number or NaN stops the fit
-    with a ValueError that names it. Each epoch's logs get its ``learning_rate``."""
+    with a ValueError that names it. Each epoch's logs get its ``learning_rate``.
+
+    Parameters
+    ----------
+    schedule : callable ``schedule(epoch, lr) -> float`` or ``schedule(epoch) -> float``
+        The rate of each epoch (0-based), from the current one.
+    """
 
     def __init__(self, schedule):
         if not callable(schedule):
@@ -423,4 +497,4 @@ class ProgressBar(Callback):
             self.bar = None
 
 
-from .checkpoints import BackupAndRestore, ModelCheckpoint  # noqa: E402  (they subclass Callback)
+from .checkpoints import BackupAndRestore, ModelCheckpoint  # noqa: E402, F401  (re-exported; they subclass Callback)

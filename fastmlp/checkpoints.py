@@ -78,6 +78,11 @@ class BackupAndRestore(Callback):
     restores that state into ``self.model`` when the file is there, and sets
     :attr:`initial_epoch` to the first epoch still to run (0 when there is no backup); ``fit``
     goes on from that epoch.
+
+    Parameters
+    ----------
+    backup_dir : str or os.PathLike
+        The folder of the backup file (created if missing).
     """
 
     FILE = "backup.safetensors"

@@ -19,7 +19,7 @@ __all__ = ["load_idx", "load_fashion_mnist"]
 _GZIP_MAGIC = b"\x1f\x8b"
 
 # IDX type byte -> big-endian element dtype.
-_IDX_DTYPES = {
+_IDX_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype(">u1"),
     0x09: np.dtype(">i1"),
     0x0B: np.dtype(">i2"),
@@ -189,12 +189,10 @@ def load_fashion_mnist(
 
     Returns
     -------
-    (X_train, y_train), (X_test, y_test)
-        ``X_train`` : ndarray of shape (60000, 784), float32 in [0, 1]
-            Flattened 28x28 images, row-major, divided by 255.
-        ``y_train`` : ndarray of shape (60000,), int64 in 0..9
-        ``X_test`` : ndarray of shape (10000, 784), float32 in [0, 1]
-        ``y_test`` : ndarray of shape (10000,), int64 in 0..9
+    (X_train, y_train), (X_test, y_test) : tuple of two tuples of ndarray
+        ``X_train`` of shape (60000, 784) and ``X_test`` of shape (10000, 784): float32 in
+        [0, 1], the flattened 28x28 images, row-major, divided by 255. ``y_train`` of shape
+        (60000,) and ``y_test`` of shape (10000,): int64 labels in 0..9.
 
     Raises
     ------

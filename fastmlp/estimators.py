@@ -50,9 +50,11 @@ How the numbers line up with scikit-learn's
   (scikit-learn weighs batches by their row count).
 """
 import numbers
+import os
 import warnings
 
 import numpy as np
+from numpy.typing import ArrayLike
 import scipy
 import scipy.optimize
 import scipy.special
@@ -185,8 +187,15 @@ class _BaseMLP(BaseEstimator):
             _init.resolve(self.init, _act.RELU)  # raises on unknown names, listing the valid ones
         return [int(s) for s in sizes], acts
 
-    def save(self, path, include_optimizer=True):
-        """Write the fitted estimator to one safetensors file (:func:`fastmlp.load_model` reads it)."""
+    def save(self, path: str | os.PathLike, include_optimizer: bool = True) -> None:
+        """Write the fitted estimator to one safetensors file (:func:`fastmlp.load_model` reads it).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+        include_optimizer : bool, default=True
+            Also save the optimizer's state and step counter.
+        """
         from .saving import save_model
         save_model(self, path, include_optimizer)
 
@@ -585,9 +594,10 @@ _PARAMS_DOC = """
         gives one per hidden layer. 'prelu': a linear layer then fastmlp.PReLU (alpha
         learned per unit, from 0.25); 'maxout': fastmlp.Maxout(units, pieces=2), whose
         ``coefs_`` entry has 2 * units columns (the pieces of unit j in columns 2j, 2j + 1).
-    solver, alpha, batch_size, learning_rate, learning_rate_init, power_t, max_iter, shuffle,
-    random_state, tol, verbose, warm_start, momentum, nesterovs_momentum, early_stopping,
-    validation_fraction, beta_1, beta_2, epsilon, n_iter_no_change, max_fun
+    solver, alpha, batch_size, learning_rate, learning_rate_init, power_t : as in scikit-learn
+    max_iter, shuffle, random_state, tol, verbose, warm_start, momentum : as in scikit-learn
+    nesterovs_momentum, early_stopping, validation_fraction, beta_1, beta_2 : as in scikit-learn
+    epsilon, n_iter_no_change, max_fun : as in scikit-learn
         As in scikit-learn, with the same defaults. ``solver="lbfgs"`` runs
         scipy's L-BFGS-B on fastmlp's full-batch loss and gradient.""" + _EXTRA_DOC + """
     Attributes
@@ -647,7 +657,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     _score_function = staticmethod(accuracy_score)
 
-    def fit(self, X, y, sample_weight=None, validation_data=None):
+    def fit(self, X: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None,
+            validation_data: tuple[ArrayLike, ArrayLike] | None = None) -> "MLPClassifier":
         """Fit the model to X (n_samples, n_features) and class labels y.
 
         Parameters
@@ -685,8 +696,22 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return X, self._label_binarizer.transform(y).astype(bool)
 
     @available_if(lambda est: est._check_solver())
-    def partial_fit(self, X, y, sample_weight=None, classes=None):
-        """One epoch over (X, y); ``classes`` (all labels) is required on the first call."""
+    def partial_fit(self, X: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None,
+                    classes: ArrayLike | None = None) -> "MLPClassifier":
+        """One epoch over (X, y); ``classes`` (all labels) is required on the first call.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,) or (n_samples, n_labels) label indicators
+        sample_weight : array-like of shape (n_samples,), optional
+        classes : array-like of shape (n_classes,), optional
+            Every label that any call will see; required on the first call.
+
+        Returns
+        -------
+        self
+        """
         if _check_partial_fit_first_call(self, classes):
             self._label_binarizer = LabelBinarizer()
             if type_of_target(y).startswith("multilabel"):
@@ -701,13 +726,31 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             y_pred = y_pred.ravel()
         return self._label_binarizer.inverse_transform(y_pred)
 
-    def predict(self, X):
-        """Predicted classes, of shape (n_samples,) or (n_samples, n_labels) for multilabel."""
+    def predict(self, X: ArrayLike) -> np.ndarray:
+        """Predicted classes, of shape (n_samples,) or (n_samples, n_labels) for multilabel.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples,) or (n_samples, n_labels)
+        """
         check_is_fitted(self)
         return self._predict(X)
 
-    def predict_proba(self, X):
-        """Class probabilities of shape (n_samples, n_classes), in the order of ``classes_``."""
+    def predict_proba(self, X: ArrayLike) -> np.ndarray:
+        """Class probabilities of shape (n_samples, n_classes), in the order of ``classes_``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+        """
         check_is_fitted(self)
         y_pred = self._forward(X)
         if self.n_outputs_ == 1:
@@ -716,8 +759,17 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             return np.vstack([1 - y_pred, y_pred]).T
         return y_pred
 
-    def predict_log_proba(self, X):
-        """``log(predict_proba(X))``."""
+    def predict_log_proba(self, X: ArrayLike) -> np.ndarray:
+        """``log(predict_proba(X))``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+        """
         y_prob = self.predict_proba(X)
         return np.log(y_prob, out=y_prob)
 
@@ -732,10 +784,11 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
 class MLPRegressor(RegressorMixin, _BaseMLP):
     __doc__ = ("Multi-layer perceptron regressor: scikit-learn's MLPRegressor, trained by fastmlp.\n"
-               "\n    loss : {'squared_error', 'poisson'}, default='squared_error'\n"
-               "        Half the squared error, or with 'poisson' the half Poisson deviance on an exp\n"
-               "        output (out_activation_ 'exp'; targets must be >= 0), as scikit-learn.\n"
-               + _PARAMS_DOC)
+               + _PARAMS_DOC.replace("    Parameters\n    ----------\n", "    Parameters\n    ----------\n"
+                                     "    loss : {'squared_error', 'poisson'}, default='squared_error'\n"
+                                     "        Half the squared error, or with 'poisson' the half Poisson deviance on\n"
+                                     "        an exp output (``out_activation_`` 'exp'; targets must be >= 0), as\n"
+                                     "        scikit-learn.\n", 1))
 
     _parameter_constraints: dict = {**_BaseMLP._parameter_constraints,
                                     "loss": [StrOptions({"squared_error", "poisson"})]}
@@ -751,11 +804,22 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     _score_function = staticmethod(r2_score)
 
-    def fit(self, X, y, sample_weight=None, validation_data=None):
+    def fit(self, X: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None,
+            validation_data: tuple[ArrayLike, ArrayLike] | None = None) -> "MLPRegressor":
         """Fit the model to X (n_samples, n_features) and targets y (n_samples,) or (n_samples, n_outputs).
 
-        ``validation_data=(X_val, y_val)`` turns on early stopping on that set
-        instead of a held-out ``validation_fraction`` (sgd and adam).
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+        sample_weight : array-like of shape (n_samples,), optional
+        validation_data : (X_val, y_val), optional
+            Turns on early stopping on this set instead of a held-out
+            ``validation_fraction`` (sgd and adam).
+
+        Returns
+        -------
+        self
         """
         return self._fit(X, y, sample_weight=sample_weight, validation_data=validation_data)
 
@@ -767,15 +831,35 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return X, y
 
     @available_if(lambda est: est._check_solver())
-    def partial_fit(self, X, y, sample_weight=None):
-        """One epoch over (X, y)."""
+    def partial_fit(self, X: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None) -> "MLPRegressor":
+        """One epoch over (X, y).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+        sample_weight : array-like of shape (n_samples,), optional
+
+        Returns
+        -------
+        self
+        """
         return self._fit(X, y, sample_weight=sample_weight, incremental=True)
 
     def _predict(self, X, check_input=True):
         y_pred = self._forward(X, check_input)
         return y_pred.ravel() if y_pred.shape[1] == 1 else y_pred
 
-    def predict(self, X):
-        """Predicted values, of shape (n_samples,) or (n_samples, n_outputs)."""
+    def predict(self, X: ArrayLike) -> np.ndarray:
+        """Predicted values, of shape (n_samples,) or (n_samples, n_outputs).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples,) or (n_samples, n_outputs)
+        """
         check_is_fitted(self)
         return self._predict(X)

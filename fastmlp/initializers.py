@@ -38,7 +38,17 @@ _HE_FAMILY = {_act.RELU, _act.LEAKY_RELU, _act.ELU, _act.GELU, _act.SWISH, _act.
 
 def auto_initializer(act_code):
     """The "auto" rule: He for the ReLU family, LeCun (normal) for SELU,
-    Glorot for sigmoid, tanh, softmax, identity, exp and the rest."""
+    Glorot for sigmoid, tanh, softmax, identity, exp and the rest.
+
+    Parameters
+    ----------
+    act_code : int
+        The activation's code (:class:`fastmlp._native.codes.Act`).
+
+    Returns
+    -------
+    str
+    """
     if act_code in _HE_FAMILY:
         return "he_uniform"
     if act_code == _act.SELU:
@@ -47,7 +57,15 @@ def auto_initializer(act_code):
 
 
 def resolve(name, act_code):
-    """Return the canonical initializer name for ``name`` ("auto" resolved)."""
+    """Return the canonical initializer name for ``name`` ("auto" resolved).
+
+    Parameters
+    ----------
+    name : str
+        A name of :data:`INITIALIZERS`, an alias ("xavier_uniform", "kaiming_normal", ...) or "auto".
+    act_code : int
+        The layer's activation code, for "auto".
+    """
     if name == "auto":
         return auto_initializer(act_code)
     key = ALIASES.get(name, name)
@@ -58,5 +76,21 @@ def resolve(name, act_code):
 
 
 def initialize(name, act_code, fan_in, fan_out, rng, dtype):
-    """Draw a ``(fan_in, fan_out)`` weight matrix of ``dtype``."""
+    """Draw a ``(fan_in, fan_out)`` weight matrix of ``dtype``.
+
+    Parameters
+    ----------
+    name : str
+        As for :func:`resolve`.
+    act_code : int
+        The layer's activation code, for "auto".
+    fan_in, fan_out : int
+        The layer's inputs and outputs.
+    rng : numpy.random.Generator
+    dtype : numpy dtype
+
+    Returns
+    -------
+    ndarray of shape (fan_in, fan_out)
+    """
     return INITIALIZERS[resolve(name, act_code)](rng, fan_in, fan_out).astype(dtype)

@@ -5,15 +5,17 @@ A :class:`~fastmlp.Sequential` compiles its layers into a plan of units
 activation; a dropout unit; or a batch-norm unit. A Dense layer followed by
 an Activation layer fuses into one unit.
 """
+from typing import Any
+
 from . import _validation
 from . import activations as _act
 from . import initializers as _init
 
 
 class Layer:
-    """Base class of layer specifications."""
+    """Base class of layer specifications: settings only, no maths."""
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return dict(vars(self))
 
     def __repr__(self):
@@ -38,7 +40,8 @@ class Dense(Layer):
         L2 penalty ``l2 * sum(W**2)`` added to the loss (Keras' kernel_regularizer).
     """
 
-    def __init__(self, units, activation=None, use_bias=True, kernel_initializer="auto", l2=0.0):
+    def __init__(self, units: int, activation: str | None = None, use_bias: bool = True,
+                 kernel_initializer: str = "auto", l2: float = 0.0) -> None:
         self.units = _validation.check_positive_int(units, "units")
         self.activation = _act.resolve(activation)[0]
         self.use_bias = bool(use_bias)
@@ -48,9 +51,15 @@ class Dense(Layer):
 
 
 class Activation(Layer):
-    """Activation as a layer of its own: ``Dense(300, use_bias=False)`` then ``Activation("relu")``."""
+    """Activation as a layer of its own: ``Dense(300, use_bias=False)`` then ``Activation("relu")``.
 
-    def __init__(self, activation):
+    Parameters
+    ----------
+    activation : str or None
+        Name from :data:`fastmlp.activations.ACTIVATIONS`; None is the identity.
+    """
+
+    def __init__(self, activation: str | None) -> None:
         self.activation = _act.resolve(activation)[0]
 
 
@@ -68,7 +77,7 @@ class Dropout(Layer):
         Probability of dropping an element; 0 makes the layer a no-op.
     """
 
-    def __init__(self, rate=0.5):
+    def __init__(self, rate: float = 0.5) -> None:
         self.rate = _validation.check_in_range(rate, "Dropout rate", 0.0, 1.0)
 
 
@@ -94,7 +103,7 @@ class BatchNorm(Layer):
     eps : float > 0
     """
 
-    def __init__(self, momentum=0.1, eps=1e-5):
+    def __init__(self, momentum: float = 0.1, eps: float = 1e-5) -> None:
         momentum = _validation.check_nonnegative(momentum, "BatchNorm momentum")
         if momentum > 1.0:
             raise ValueError(f"BatchNorm momentum must be in [0, 1], got {momentum}.")
@@ -121,7 +130,7 @@ class PReLU(Layer):
         One alpha for every feature (``num_parameters=1``).
     """
 
-    def __init__(self, init=0.25, shared=False):
+    def __init__(self, init: float = 0.25, shared: bool = False) -> None:
         self.init = _validation.check_finite(init, "PReLU init")
         self.shared = bool(shared)
 
@@ -145,7 +154,7 @@ class Maxout(Layer):
         As Dense's; "auto" is He (uniform): maxout is piecewise linear like ReLU.
     """
 
-    def __init__(self, units, pieces=2, use_bias=True, kernel_initializer="auto"):
+    def __init__(self, units: int, pieces: int = 2, use_bias: bool = True, kernel_initializer: str = "auto") -> None:
         self.units = _validation.check_positive_int(units, "Maxout units")
         self.pieces = _validation.check_positive_int(pieces, "Maxout pieces")
         self.use_bias = bool(use_bias)

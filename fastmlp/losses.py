@@ -20,6 +20,27 @@ from ._native.codes import Loss
 
 @dataclass(frozen=True)
 class LossSpec:
+    """What the model needs to know about a loss (one entry of :data:`LOSSES`).
+
+    Parameters
+    ----------
+    name : str
+        The canonical name.
+    kind : int
+        The loss code of the step loop (:class:`fastmlp._native.codes.Loss`) for integer
+        labels or real targets.
+    onehot_kind : int
+        The code for one-hot (probability) rows, or -1 if they are not accepted.
+    fused_act : int
+        The activation fused into the kernel, or -1.
+    allowed_out : tuple of int
+        The output-layer activation codes the loss accepts (empty: any).
+    labels : bool
+        Whether targets are integer class labels (or one-hot rows).
+    predict_act : int
+        The activation ``predict`` applies to the logits (-1: the layer's own).
+    """
+
     name: str
     kind: int            # loss kind of the step loop (codes.Loss) for integer labels / real targets
     onehot_kind: int     # loss kind for one-hot (probability) rows, or -1 if not accepted
@@ -52,7 +73,17 @@ ALIASES = {
 
 
 def resolve(name):
-    """Return the :class:`LossSpec` for a loss name; unknown names list the valid ones."""
+    """Return the :class:`LossSpec` for a loss name; unknown names list the valid ones.
+
+    Parameters
+    ----------
+    name : str
+        A name of :data:`LOSSES` or of :data:`ALIASES` (Keras' and scikit-learn's names).
+
+    Returns
+    -------
+    LossSpec
+    """
     key = ALIASES.get(name, name) if isinstance(name, str) else None
     if not isinstance(key, str) or key not in LOSSES:
         raise ValueError(f"Unknown loss {name!r}. Valid losses: {', '.join(sorted(LOSSES))}.")
@@ -60,7 +91,19 @@ def resolve(name):
 
 
 def check_output(spec, out_act):
-    """Raise if the output layer's activation does not fit the loss."""
+    """Raise if the output layer's activation does not fit the loss.
+
+    Parameters
+    ----------
+    spec : LossSpec
+    out_act : int
+        The output layer's activation code.
+
+    Raises
+    ------
+    ValueError
+        Saying which activations the loss needs and how to end the model.
+    """
     if spec.allowed_out and out_act not in spec.allowed_out:
         allowed = " or ".join(repr(_act.CODE_TO_NAME[c]) for c in spec.allowed_out)
         hint = {

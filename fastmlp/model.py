@@ -19,10 +19,14 @@ only calls backend kernels on them.
 """
 import contextlib
 import math
+import os
 import time
 import weakref
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from . import _chunks, _config, _validation
 from . import callbacks as _callbacks
@@ -34,7 +38,7 @@ from ._native import plan as _plan
 from ._native.codes import FUSED_LOSSES, REGRESSION_LOSSES, Loss, Unit
 from .backends import get_backend
 from .backends import reference as _ref
-from .layers import Activation, BatchNorm, Dense, Dropout, Maxout, PReLU
+from .layers import Activation, BatchNorm, Dense, Dropout, Layer, Maxout, PReLU
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -42,7 +46,15 @@ class TrainingDivergedError(FloatingPointError):
 
 
 class History:
-    """What ``fit`` returns: ``history.history`` maps metric names to per-epoch lists."""
+    """What ``fit`` returns: ``history.history`` maps metric names to per-epoch lists.
+
+    Attributes
+    ----------
+    history : dict of str to list of float
+        "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", ... per epoch.
+    epoch : list of int
+        The epochs trained (0-based; they start at ``initial_epoch``).
+    """
 
     def __init__(self):
         self.history = {}
@@ -64,11 +76,13 @@ class _Unit:
     rate = 0.0  # the drop rate of a dropout unit (class default: older pickles)
     bn = False  # a batch-norm unit: params block [gamma, beta, running_mean, running_var]
     eps = momentum = 0.0
-    G = dG = None
+    G: Any = None  # (4, fan_out) views of a batch-norm unit's block, and of its gradient
+    dG: Any = None
     layers = ()  # indices of the model's layers this unit runs (summary(); class default: older pickles)
     prelu = shared = False  # a PReLU unit: params block alpha, (1,) when shared else (fan_out,)
     alpha_init = 0.25
-    alphas = dalphas = None
+    alphas: Any = None  # (n_alpha,) views of a PReLU unit's alphas, and of their gradient
+    dalphas: Any = None
     pieces = 0  # a maxout unit (no parameters): fan_in == fan_out * pieces
     init_act = None  # the activation the "auto" initializer goes by (None: act)
 
@@ -143,8 +157,9 @@ class Sequential:
         Bound on BLAS, Numba and OpenMP threads; None leaves the libraries' defaults.
     """
 
-    def __init__(self, layers, input_dim=None, dtype=_config.DEFAULT_DTYPE, seed=None, backend=None,
-                 n_threads=None):
+    def __init__(self, layers: Iterable[Layer], input_dim: int | None = None,
+                 dtype: DTypeLike = _config.DEFAULT_DTYPE, seed: int | None = None, backend: str | None = None,
+                 n_threads: int | None = None) -> None:
         layers = list(layers)
         if not layers:
             raise ValueError("Sequential needs at least one layer.")
@@ -171,14 +186,14 @@ class Sequential:
         self.backend = get_backend(backend)
         self.n_threads = None if n_threads is None else _validation.check_positive_int(n_threads, "n_threads")
         self._rng = np.random.default_rng(seed)
-        self._units = None
+        self._units: list[_Unit] | None = None
         self._loss = None
         self._loss_kind = None
         self._weighted = False
-        self.optimizer = None
+        self.optimizer: _optim.Optimizer | None = None
         self._alpha_per_batch = 0.0  # scikit-learn's L2 scaling: alpha / (2 n_batch) * ||W||^2
         self._infer_cache = self._predictor = None
-        self.input_dim = None
+        self.input_dim: int | None = None
         if input_dim is not None:
             self.build(_validation.check_positive_int(input_dim, "input_dim"))
 
@@ -226,8 +241,18 @@ class Sequential:
             units[-1].layers = (j,)
         return units
 
-    def build(self, input_dim):
-        """Create the weights for ``input_dim`` features (done by ``fit`` when omitted)."""
+    def build(self, input_dim: int) -> "Sequential":
+        """Create the weights for ``input_dim`` features (done by ``fit`` when omitted).
+
+        Parameters
+        ----------
+        input_dim : int
+            Number of input features.
+
+        Returns
+        -------
+        self : Sequential
+        """
         self.input_dim = input_dim
         self._units = self._compile_units(input_dim)
         offset = 0
@@ -277,7 +302,8 @@ class Sequential:
             self._infer_acts[-1] = spec.predict_act
 
     @property
-    def built(self):
+    def built(self) -> bool:
+        """Whether the weights exist (``input_dim`` given, or after the first ``fit``)."""
         return self._units is not None
 
     @property
@@ -288,7 +314,8 @@ class Sequential:
     def _has_dropout(self):
         return self._units is not None and any(u.dropout for u in self._units)
 
-    def count_params(self):
+    def count_params(self) -> int:
+        """Number of parameters (0 before the model is built), BatchNorm's running statistics included."""
         return 0 if not self.built else int(self._params.size)
 
     def summary(self, print_fn=None, line_length=None, *, batch_size=None, n_threads=None):
@@ -304,9 +331,13 @@ class Sequential:
             Called with each line (Keras' rule); None prints.
         line_length : int, optional
             Width of the table (default 78).
-        batch_size, n_threads : as :meth:`loop_path`.
+        batch_size, n_threads : int, optional
+            As :meth:`loop_path`.
 
-        Raises ValueError on a model that is not built yet (no ``input_dim``).
+        Raises
+        ------
+        ValueError
+            On a model that is not built yet (no ``input_dim``).
         """
         from . import _summary
         if print_fn is not None and not callable(print_fn):
@@ -318,7 +349,18 @@ class Sequential:
         """The training-loop path a ``fit(batch_size=..., n_threads=...)`` would take now,
         without training: a :class:`fastmlp._summary.LoopPath` (backend, thread bound,
         threads of the loop's own, units on packed operands, and a description).
-        ``batch_size`` defaults to the last fit's, else 32."""
+
+        Parameters
+        ----------
+        batch_size : int, optional
+            Defaults to the last fit's, else 32.
+        n_threads : int, optional
+            Defaults to the model's thread bound.
+
+        Returns
+        -------
+        fastmlp._summary.LoopPath
+        """
         from . import _summary
         return _summary.loop_path(self, batch_size, n_threads)
 
@@ -336,7 +378,8 @@ class Sequential:
         return code
 
     # ---------------------------------------------------------------- compile
-    def compile(self, loss="cross_entropy", optimizer="adam", clip_norm=None, clip_value=None):
+    def compile(self, loss: str = "cross_entropy", optimizer: "str | _optim.Optimizer" = "adam",
+                clip_norm: float | None = None, clip_value: float | None = None) -> "Sequential":
         """Choose the loss and the optimizer.
 
         Parameters
@@ -476,47 +519,60 @@ class Sequential:
         return _ref.loss_and_grads(self.backend, plan, y, Y, sw)
 
     # -------------------------------------------------------------------- fit
-    def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, verbose=1,
-            sample_weight=None, n_threads=None, callbacks=None, initial_epoch=0, validation_split=0.0,
-            class_weight=None):
+    def fit(self, X: ArrayLike, y: ArrayLike, epochs: int = 1, batch_size: int = 32, shuffle: bool = True,
+            validation_data: tuple[ArrayLike, ArrayLike] | None = None, verbose: int = 1,
+            sample_weight: ArrayLike | None = None, n_threads: int | None = None,
+            callbacks: Sequence[Any] | None = None, initial_epoch: int = 0,
+            validation_split: float = 0.0, class_weight: dict[Any, float] | None = None) -> History:
         """Train the model.
 
         Parameters
         ----------
-        X : array of shape (n_samples, n_features) or (n_samples, ...) (flattened)
-        y : integer labels (n_samples,) or one-hot (n_samples, n_classes) for
-            classification losses; (n_samples,) or (n_samples, n_outputs) for mse
-            and poisson (counts or rates >= 0)
-        epochs : int
-        batch_size : int; ``len(X)`` gives batch gradient descent, 1 stochastic
-            gradient descent. A last partial batch is trained, not dropped.
-        shuffle : bool
-        validation_data : (X_val, y_val), optional; evaluated after every epoch
-        verbose : 0 (silent), 1 (a progress bar per epoch on a terminal or in a notebook when
-            tqdm is installed, else a line per epoch) or 2 (a line per epoch)
-        sample_weight : (n_samples,), optional; the loss is the weighted mean
-        n_threads : int, optional; overrides the model's setting for this fit
-        callbacks : list of :class:`fastmlp.callbacks.Callback` (Keras' hooks; setting
-            ``model.stop_training = True`` stops after the epoch), or of functions
-            ``f(model, epoch, logs)`` run after each epoch (returning True stops training).
+        X : array-like of shape (n_samples, n_features) or (n_samples, ...)
+            Inputs (more dimensions are flattened); converted to the model's dtype once.
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            Integer labels (n_samples,) or one-hot rows (n_samples, n_classes) for the
+            classification losses; (n_samples,) or (n_samples, n_outputs) for mse and poisson
+            (counts or rates >= 0).
+        epochs : int, default=1
+            Index of the last epoch (Keras' rule with ``initial_epoch``).
+        batch_size : int, default=32
+            ``len(X)`` gives batch gradient descent, 1 stochastic gradient descent. A last
+            partial batch is trained, not dropped.
+        shuffle : bool, default=True
+            Draw a new order of the rows every epoch.
+        validation_data : tuple (X_val, y_val), optional
+            Evaluated after every epoch ("val_loss", "val_accuracy" in the history).
+        verbose : {0, 1, 2}, default=1
+            0 is silent; 1 a progress bar per epoch on a terminal or in a notebook when tqdm is
+            installed, else a line per epoch; 2 a line per epoch.
+        sample_weight : array-like of shape (n_samples,), optional
+            The loss is the weighted mean.
+        n_threads : int, optional
+            Overrides the model's thread bound for this fit.
+        callbacks : list of fastmlp.callbacks.Callback or of callables, optional
+            Keras' hooks (setting ``model.stop_training = True`` stops after the epoch), or
+            functions ``f(model, epoch, logs)`` run after each epoch (returning True stops).
             The native loop runs in chunks of steps: ``on_train_batch_end`` runs after each
             chunk (about every 0.1 s), not after every step. Ctrl-C stops at the end of the
             chunk (about 1 s without batch hooks), keeps the weights of its last step and the
-            history of the completed epochs, runs ``on_train_end``, then raises KeyboardInterrupt
-        validation_split : float in [0, 1); as Keras: the last fraction of the rows (taken
-            before shuffling) is held out and evaluated after every epoch; ignored when
-            validation_data is given
-        initial_epoch : int; as Keras: the epoch to start from (``epochs`` is the index of
-            the last one, so ``fit(epochs=4, initial_epoch=2)`` trains epochs 2 and 3). A
-            callback's ``on_train_begin`` may move it by setting ``model._initial_epoch``
-            (:class:`fastmlp.callbacks.BackupAndRestore` does)
-        class_weight : dict {label: weight}, optional; classification losses only, as Keras: a
-            training row weighs ``class_weight[label]`` (times its sample_weight), 1.0 for a
-            label without a key; a one-hot row's label is its argmax
+            history of the completed epochs, runs ``on_train_end``, then raises KeyboardInterrupt.
+        initial_epoch : int, default=0
+            As Keras: the epoch to start from (``fit(epochs=4, initial_epoch=2)`` trains
+            epochs 2 and 3). A callback's ``on_train_begin`` may move it by setting
+            ``model._initial_epoch`` (:class:`fastmlp.callbacks.BackupAndRestore` does).
+        validation_split : float in [0, 1), default=0.0
+            As Keras: the last fraction of the rows (taken before shuffling) is held out and
+            evaluated after every epoch; ignored when ``validation_data`` is given.
+        class_weight : dict {label: weight}, optional
+            Classification losses only, as Keras: a training row weighs ``class_weight[label]``
+            (times its sample_weight), 1.0 for a label without a key; a one-hot row's label is
+            its argmax.
 
         Returns
         -------
         History
+            Per-epoch logs in ``history.history``.
         """
         if self._loss is None:
             raise RuntimeError("Call model.compile(loss=..., optimizer=...) before fit.")
@@ -746,9 +802,20 @@ class Sequential:
         if not self.built:
             raise RuntimeError("The model has no weights yet: pass input_dim=... or call fit first.")
 
-    def predict(self, X, batch_size=4096, n_threads=None):
+    def predict(self, X: ArrayLike, batch_size: int = 4096, n_threads: int | None = None) -> np.ndarray:
         """Model outputs: probabilities for cross_entropy / binary_cross_entropy, rates exp(z) for
         poisson, else the raw output.
+
+        A C-contiguous batch of up to 64 rows of the model's dtype takes the per-request path:
+        one native call with no allocation but the output.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features) or (n_samples, ...) (flattened)
+        batch_size : int, default=4096
+            Rows per forward pass (bounds the work buffers' memory).
+        n_threads : int, optional
+            Overrides the model's thread bound for this call.
 
         Returns
         -------
@@ -767,7 +834,7 @@ class Sequential:
         out = self._predict_small(X, n, None)
         if out is not None:
             return self._check_outputs(out, X)
-        out = np.empty((n, self._units[-1].fan_out), dtype=self.dtype)
+        out = np.empty((n, self._units[-1].fan_out), dtype=self.dtype)  # type: ignore[index]  # built: checked above
         with self._threads(n_threads), np.errstate(over="ignore", invalid="ignore"):
             for start in range(0, n, batch_size):
                 chunk = X[start:start + batch_size]
@@ -810,8 +877,28 @@ class Sequential:
             self._infer_cache = self._make_plan(self._infer_acts, n)
         return self._infer_cache
 
-    def evaluate(self, X, y, sample_weight=None, batch_size=4096, n_threads=None):
-        """Loss (and accuracy for classification) on a data set: ``{"loss": ..., "accuracy": ...}``."""
+    def evaluate(self, X: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None, batch_size: int = 4096,
+                 n_threads: int | None = None) -> dict[str, float]:
+        """Loss (and accuracy for classification) on a data set.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            Targets as for :meth:`fit`.
+        sample_weight : array-like of shape (n_samples,), optional
+            The loss is the weighted mean.
+        batch_size : int, default=4096
+            Rows per forward pass.
+        n_threads : int, optional
+            Overrides the model's thread bound for this call.
+
+        Returns
+        -------
+        dict
+            ``{"loss": float, "accuracy": float}``; no "accuracy" for mse and poisson. The loss
+            includes the L2 penalty, as in training.
+        """
         if self._loss is None:
             raise RuntimeError("Call model.compile(...) before evaluate.")
         batch_size = _validation.check_positive_int(batch_size, "batch_size")
@@ -873,7 +960,7 @@ class Sequential:
                     out.append(u.b)
         return out
 
-    def get_weights(self):
+    def get_weights(self) -> list[np.ndarray]:
         """Copies of the parameters: ``[W0, b0, W1, b1, ...]``, W of shape (fan_in, fan_out).
 
         A Dense layer with ``use_bias=False`` contributes its W only; a
@@ -885,8 +972,16 @@ class Sequential:
         self._require_built()
         return [w.copy() for w in self._weight_views()]
 
-    def set_weights(self, weights):
-        """Set the parameters from a list shaped as :meth:`get_weights` returns."""
+    def set_weights(self, weights: Sequence[ArrayLike]) -> None:
+        """Set the parameters from a list shaped as :meth:`get_weights` returns.
+
+        Parameters
+        ----------
+        weights : list of array-like
+            ``[W0, b0, W1, b1, ...]`` with W of shape (fan_in, fan_out) (BatchNorm layers:
+            gamma, beta, running_mean, running_var of shape (features,)); cast to the model's
+            dtype. An unbuilt model is built from W0's shape. On an error nothing is changed.
+        """
         with self._unchanged_on_error():
             self._set_weights(list(weights))
 
@@ -918,9 +1013,17 @@ class Sequential:
             dst[...] = src
         self._infer_cache = self._predictor = None
 
-    def save(self, path, include_optimizer=True):
+    def save(self, path: str | os.PathLike, include_optimizer: bool = True) -> None:
         """Write the model to one safetensors file; see :func:`fastmlp.load_model` and
-        :mod:`fastmlp.saving`."""
+        :mod:`fastmlp.saving`.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file to write (atomically: a temporary file, then a rename).
+        include_optimizer : bool, default=True
+            Also save the optimizer's state and step counter, so that training resumes exactly.
+        """
         from .saving import save_model
         save_model(self, path, include_optimizer)
 

@@ -227,7 +227,20 @@ def _classifier_outputs(g, est, p, elem):
 
 
 def export(model, path, opset=None):
-    """Write ``to_onnx(model, opset)`` to ``path`` (atomically, as ``model.save``)."""
+    """Write ``to_onnx(model, opset)`` to ``path`` (atomically, as ``model.save``).
+
+    Parameters
+    ----------
+    model : Sequential (built), MLPClassifier or MLPRegressor (fitted)
+    path : str or os.PathLike
+        Conventionally ``*.onnx``.
+    opset : int or None
+        The ONNX opset; None: :data:`DEFAULT_OPSET`.
+
+    Returns
+    -------
+    path
+    """
     from . import _container
 
     proto = to_onnx(model, opset)

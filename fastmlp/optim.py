@@ -5,13 +5,18 @@ and b are views into it) and all gradients in another, so one optimizer
 step is one fused kernel call over the whole network.
 """
 import weakref
+from typing import Any, Union
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from . import _validation
 from . import schedules as _schedules
 from ._native import plan as _plan
 from ._native.codes import Opt
+
+# a learning rate: a number, a schedule (fastmlp.schedules), or None for the class's default
+_Rate = Union[float, _schedules.LearningRateSchedule, None]
 
 
 def _no_owner():
@@ -53,23 +58,36 @@ class Optimizer:
     parameters of one model: the model whose ``compile`` it was given owns it,
     and giving the same instance to another model's ``compile`` is an error
     while the first model lives.
+
+    Parameters
+    ----------
+    lr : float > 0, fastmlp.schedules.LearningRateSchedule or None
+        The learning rate, or a schedule of it per step; None takes the class's ``default_lr``.
+    learning_rate : float > 0, LearningRateSchedule or None
+        Keras' spelling of ``lr`` (give one of the two).
+    weight_decay : float >= 0, default=0.0
+        Weight decay (coupled, or decoupled for :class:`AdamW`).
     """
 
     #: names of the state vectors, each the size of the parameter vector
-    state_names = ()
+    state_names: tuple[str, ...] = ()
     #: the optimizer's code in the native loop (codes.Opt)
     kind = Opt.NONE
-    state = None
+    state: dict[str, np.ndarray] | None = None
+    #: the learning rate when none is given
+    default_lr: float
     _owner = staticmethod(_no_owner)
     lr = _Hyper(_check_lr)
     weight_decay = _Hyper(_validation.check_nonnegative)
-    #: AdamW's decoupled decay (p *= 1 - lr * wd) rather than PyTorch's coupled one (g + wd * p)
+    #: AdamW's decoupled decay (``p *= 1 - lr * wd``) rather than PyTorch's coupled one (``g + wd * p``)
     decoupled = False
 
-    def __init__(self, lr, learning_rate=None, weight_decay=0.0):
+    def __init__(self, lr: _Rate, learning_rate: _Rate = None,
+                 weight_decay: float = 0.0) -> None:
         if learning_rate is not None:  # Keras' spelling
             if lr is not None:
-                raise ValueError(f"Pass lr or learning_rate, not both (got lr={lr!r}, learning_rate={learning_rate!r}).")
+                raise ValueError(
+                    f"Pass lr or learning_rate, not both (got lr={lr!r}, learning_rate={learning_rate!r}).")
             lr = learning_rate
         self.lr = self.default_lr if lr is None else lr
         self.weight_decay = weight_decay
@@ -84,8 +102,18 @@ class Optimizer:
         """The rate of the next update: ``lr``, or the schedule's rate at step ``t``."""
         return self.lr(self.t) if self.scheduled else self.lr
 
-    def init_state(self, n_params, dtype, np=np):
-        """Allocate the state vectors (zeros), once per model."""
+    def init_state(self, n_params: int, dtype: DTypeLike, np=np) -> None:
+        """Allocate the state vectors (zeros), once per model.
+
+        Parameters
+        ----------
+        n_params : int
+            Size of the model's flat parameter vector.
+        dtype : numpy dtype
+            The model's dtype.
+        np : module, default=numpy
+            The array module that allocates them.
+        """
         self.t = 0
         self.state = {name: np.zeros(n_params, dtype=dtype) for name in self.state_names}
 
@@ -111,18 +139,49 @@ class Optimizer:
         raise NotImplementedError
 
     def states(self, np=np):
-        """The two state vectors the native step loop updates ((0,) where unused)."""
+        """The two state vectors the native step loop updates ((0,) where unused).
+
+        Parameters
+        ----------
+        np : module, default=numpy
+            The array module that allocates the empty ones.
+
+        Returns
+        -------
+        list of two ndarray of shape (n_params,) or (0,)
+        """
         vecs = [self.state[name] for name in self.state_names]
         empty = np.empty(0, dtype=vecs[0].dtype)
         return (vecs + [empty, empty])[:2]
 
     def loop_state(self, clip_norm=0.0, seed=0, n_steps=0, clip_value=0.0):
         """The :class:`fastmlp._native.plan.LoopState` of a training call of ``n_steps``
-        steps from the current state (with a schedule: the rates of those steps)."""
+        steps from the current state (with a schedule: the rates of those steps).
+
+        Parameters
+        ----------
+        clip_norm : float, default=0.0
+            Global gradient-norm bound (0: no clipping).
+        seed : int, default=0
+            Seed of the dropout masks.
+        n_steps : int, default=0
+            Steps of the call (a schedule's rates are computed for them).
+        clip_value : float, default=0.0
+            Element-wise gradient bound (0: none).
+        """
         lrs = self.lr.rates(self.t, n_steps) if self.scheduled else None
         return _plan.LoopState(self.kind, self.hyper(), *self.states(), self.t, clip_norm, seed, lrs, clip_value)
 
     def step(self, backend, params, grads):  # pragma: no cover - abstract
+        """One update of ``params`` in place from ``grads`` (both of shape (n_params,)) with ``backend``'s kernel.
+
+        Parameters
+        ----------
+        backend : module
+            A backend from :func:`fastmlp.get_backend`.
+        params, grads : ndarray of shape (n_params,)
+            The flat parameter vector (updated in place) and its gradient.
+        """
         raise NotImplementedError
 
     def _decay(self, params, grads, lr):
@@ -137,7 +196,7 @@ class Optimizer:
     def _hypers(self):
         return [name for name in dir(type(self)) if isinstance(getattr(type(self), name), _Hyper)]
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         config = {name: getattr(self, name) for name in self._hypers()}
         config.update({k: v for k, v in vars(self).items()
                        if not k.startswith("_") and k not in ("state", "t")})
@@ -163,6 +222,20 @@ class SGD(Optimizer):
     """Stochastic gradient descent as ``torch.optim.SGD`` (dampening 0).
 
     v = momentum * v + g; p -= lr * (g + momentum * v if nesterov else v).
+
+    Parameters
+    ----------
+    lr : float > 0, default=0.01
+        The learning rate.
+    momentum : float in [0, 1], default=0.0
+        The velocity's decay; 0 is plain gradient descent.
+    nesterov : bool, default=False
+        Nesterov's momentum (needs ``momentum > 0``).
+    learning_rate : float > 0, optional
+        Keras' spelling of ``lr``.
+    weight_decay : float >= 0, default=0.0
+        PyTorch's coupled weight decay: ``weight_decay * p`` is added to each gradient (batch
+        norm's running statistics excepted).
     """
 
     state_names = ("buf",)
@@ -171,7 +244,8 @@ class SGD(Optimizer):
 
     default_lr = 0.01
 
-    def __init__(self, lr=None, momentum=0.0, nesterov=False, learning_rate=None, weight_decay=0.0):
+    def __init__(self, lr: _Rate = None, momentum: float = 0.0, nesterov: bool = False,
+                 learning_rate: _Rate = None, weight_decay: float = 0.0) -> None:
         super().__init__(lr, learning_rate, weight_decay)
         self.momentum = momentum
         if nesterov and momentum == 0.0:
@@ -189,7 +263,24 @@ class SGD(Optimizer):
 
 
 class RMSprop(Optimizer):
-    """RMSprop as ``torch.optim.RMSprop`` (alpha=rho, not centered)."""
+    """RMSprop as ``torch.optim.RMSprop`` (alpha=rho, not centered).
+
+    sq = rho * sq + (1 - rho) * g**2; p -= lr * g / (sqrt(sq) + eps).
+
+    Parameters
+    ----------
+    lr : float > 0, default=0.01
+        The learning rate.
+    rho : float in [0, 1), default=0.99
+        Decay of the running mean of squared gradients.
+    eps : float > 0, default=1e-8
+        Added to the denominator.
+    learning_rate : float > 0, optional
+        Keras' spelling of ``lr``.
+    weight_decay : float >= 0, default=0.0
+        PyTorch's coupled weight decay: ``weight_decay * p`` is added to each gradient (batch
+        norm's running statistics excepted).
+    """
 
     state_names = ("sq",)
     kind = Opt.RMSPROP
@@ -198,7 +289,8 @@ class RMSprop(Optimizer):
 
     default_lr = 0.01
 
-    def __init__(self, lr=None, rho=0.99, eps=1e-8, learning_rate=None, weight_decay=0.0):
+    def __init__(self, lr: _Rate = None, rho: float = 0.99, eps: float = 1e-8,
+                 learning_rate: _Rate = None, weight_decay: float = 0.0) -> None:
         super().__init__(lr, learning_rate, weight_decay)
         self.rho, self.eps = rho, eps
 
@@ -212,7 +304,22 @@ class RMSprop(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adam as ``torch.optim.Adam`` (bias-corrected, no AMSGrad)."""
+    """Adam as ``torch.optim.Adam`` (bias-corrected, no AMSGrad).
+
+    Parameters
+    ----------
+    lr : float > 0, default=1e-3
+        The learning rate.
+    beta1, beta2 : float in [0, 1), default=0.9 and 0.999
+        Decays of the first and second moment estimates.
+    eps : float > 0, default=1e-8
+        Added to the denominator.
+    learning_rate : float > 0, optional
+        Keras' spelling of ``lr``.
+    weight_decay : float >= 0, default=0.0
+        PyTorch's coupled weight decay: ``weight_decay * p`` is added to each gradient (batch
+        norm's running statistics excepted).
+    """
 
     state_names = ("m", "v")
     kind = Opt.ADAM
@@ -222,7 +329,8 @@ class Adam(Optimizer):
 
     default_lr = 1e-3
 
-    def __init__(self, lr=None, beta1=0.9, beta2=0.999, eps=1e-8, learning_rate=None, weight_decay=0.0):
+    def __init__(self, lr: _Rate = None, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+                 learning_rate: _Rate = None, weight_decay: float = 0.0) -> None:
         super().__init__(lr, learning_rate, weight_decay)
         self.beta1, self.beta2, self.eps = beta1, beta2, eps
 
@@ -239,19 +347,44 @@ class Adam(Optimizer):
 
 class AdamW(Adam):
     """AdamW as ``torch.optim.AdamW``: Adam with decoupled weight decay, every
-    trainable parameter first multiplied by ``1 - lr * weight_decay``."""
+    trainable parameter first multiplied by ``1 - lr * weight_decay``.
+
+    Parameters
+    ----------
+    lr : float > 0 or LearningRateSchedule, default=1e-3
+        The learning rate.
+    beta1, beta2 : float in [0, 1), default=0.9 and 0.999
+        Decays of the first and second moment estimates.
+    eps : float > 0, default=1e-8
+        Added to the denominator.
+    weight_decay : float >= 0, default=0.01
+        The decoupled decay's rate.
+    learning_rate : float > 0, optional
+        Keras' spelling of ``lr``.
+    """
 
     decoupled = True
 
-    def __init__(self, lr=None, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, learning_rate=None):
+    def __init__(self, lr: _Rate = None, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+                 weight_decay: float = 0.01, learning_rate: _Rate = None) -> None:
         super().__init__(lr, beta1, beta2, eps, learning_rate, weight_decay)
 
 
 OPTIMIZERS = {"sgd": SGD, "rmsprop": RMSprop, "adam": Adam, "adamw": AdamW}
 
 
-def get(optimizer):
-    """An :class:`Optimizer` from an instance or a name ("sgd", "rmsprop", "adam", "adamw")."""
+def get(optimizer: "Optimizer | str") -> Optimizer:
+    """An :class:`Optimizer` from an instance or a name.
+
+    Parameters
+    ----------
+    optimizer : Optimizer or {"sgd", "rmsprop", "adam", "adamw"}
+        An instance is returned as is; a name gives a new instance with the defaults.
+
+    Returns
+    -------
+    Optimizer
+    """
     if isinstance(optimizer, Optimizer):
         return optimizer
     if isinstance(optimizer, str) and optimizer.lower() in OPTIMIZERS:

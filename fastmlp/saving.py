@@ -94,7 +94,23 @@ def _history_doc(model):
 
 
 def sequential_state(model, include_optimizer=True, prefix=""):
-    """(document, tensors) of a Sequential; tensor names start with ``prefix``."""
+    """(document, tensors) of a Sequential; tensor names start with ``prefix``.
+
+    Parameters
+    ----------
+    model : Sequential
+        A built model.
+    include_optimizer : bool, default=True
+        Include the optimizer's state vectors and step counter.
+    prefix : str, default=""
+        Prepended to every tensor name (the estimators nest a model under a prefix).
+
+    Returns
+    -------
+    doc : dict
+        The JSON-able configuration.
+    tensors : dict of str to ndarray
+    """
     layers = []
     for layer in model.layers:
         cls = next(name for name, (c, _) in _LAYERS.items() if isinstance(layer, c))
@@ -270,7 +286,21 @@ def _check_tensor(name, arr, shape, dtype):
 
 def build_sequential(doc, tensors, prefix=""):
     """A Sequential from its document and tensors (the names start with ``prefix``), every
-    part checked before the model is built. Consumes the tensors it uses from ``tensors``."""
+    part checked before the model is built. Consumes the tensors it uses from ``tensors``.
+
+    Parameters
+    ----------
+    doc : dict
+        The model's document, as :func:`sequential_state` makes it.
+    tensors : dict of str to ndarray
+        The file's tensors by name.
+    prefix : str, default=""
+        The names' prefix.
+
+    Returns
+    -------
+    Sequential
+    """
     from .model import Sequential
 
     keys = {"layers", "input_dim", "dtype", "seed", "backend", "n_threads", "rng", "epochs_done", "history",
@@ -395,7 +425,17 @@ def save_model(obj, path, include_optimizer=True, extra=None):
 
 
 def read_document(path):
-    """The checked JSON document and the tensors of a fastmlp model file."""
+    """The checked JSON document and the tensors of a fastmlp model file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    doc : dict
+    tensors : dict of str to ndarray
+    """
     meta, tensors = _container.read(path)
     where = str(path)
     if meta.get("format") != FORMAT or "fastmlp" not in meta:
@@ -424,6 +464,15 @@ def load_model(path):
     Nothing in the file is executed. Raises :class:`ModelFileError` (a ValueError) that says
     what is wrong for any file that is missing, corrupt, truncated, of a newer format, or
     whose tensors do not match its configuration.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A file written by ``model.save`` / ``estimator.save``.
+
+    Returns
+    -------
+    Sequential, MLPClassifier or MLPRegressor
     """
     doc, tensors = read_document(path)
     try:

@@ -71,6 +71,17 @@ class ExponentialDecay(LearningRateSchedule):
     """``initial * decay_rate ** (step / decay_steps)``; the exponent floored when ``staircase``.
 
     As ``keras.optimizers.schedules.ExponentialDecay``.
+
+    Parameters
+    ----------
+    initial : float > 0
+        The rate at step 0.
+    decay_steps : float > 0
+        The steps over which the rate decays by ``decay_rate``.
+    decay_rate : float > 0
+        The decay factor.
+    staircase : bool, default=False
+        Floor the step quotient (a rate constant over each ``decay_steps`` steps).
     """
 
     def __init__(self, initial, decay_steps, decay_rate, staircase=False):
@@ -90,6 +101,17 @@ class InverseTimeDecay(LearningRateSchedule):
     """``initial / (1 + decay_rate * step / decay_steps)``; the quotient floored when ``staircase``.
 
     As ``keras.optimizers.schedules.InverseTimeDecay``.
+
+    Parameters
+    ----------
+    initial : float > 0
+        The rate at step 0.
+    decay_steps : float > 0
+        The steps over which the rate decays by ``decay_rate``.
+    decay_rate : float > 0
+        The decay factor.
+    staircase : bool, default=False
+        Floor the step quotient (a rate constant over each ``decay_steps`` steps).
     """
 
     def __init__(self, initial, decay_steps, decay_rate, staircase=False):
@@ -141,6 +163,19 @@ class CosineDecay(LearningRateSchedule):
 
     As ``keras.optimizers.schedules.CosineDecay``: without ``warmup_target``
     there is no warm-up (``warmup_steps`` is ignored, as in Keras).
+
+    Parameters
+    ----------
+    initial : float > 0
+        The rate at step 0.
+    decay_steps : float > 0
+        The steps of the cosine decay (after the warm-up).
+    alpha : float in [0, 1], default=0.0
+        The final rate as a fraction of the decay's starting rate.
+    warmup_steps : int >= 0, default=0
+        The steps of the linear warm-up.
+    warmup_target : float > 0 or None, default=None
+        The rate the warm-up reaches; None: no warm-up.
     """
 
     def __init__(self, initial, decay_steps, alpha=0.0, warmup_steps=0, warmup_target=None):
@@ -172,6 +207,19 @@ class OneCycle(LearningRateSchedule):
     ``pct_start * total_steps - 1`` steps, then down to ``max_lr / div_factor /
     final_div_factor`` at step ``total_steps - 1``; later steps keep that last
     rate (PyTorch raises there instead).
+
+    Parameters
+    ----------
+    max_lr : float > 0
+        The peak rate.
+    total_steps : int >= 2
+        The steps of the cycle.
+    pct_start : float in (0, 1), default=0.3
+        The fraction of the steps spent rising.
+    div_factor : float > 0, default=25.0
+        The starting rate is ``max_lr / div_factor``.
+    final_div_factor : float > 0, default=1e4
+        The final rate is ``max_lr / div_factor / final_div_factor``.
     """
 
     def __init__(self, max_lr, total_steps, pct_start=0.3, div_factor=25.0, final_div_factor=1e4):
@@ -204,4 +252,14 @@ class OneCycle(LearningRateSchedule):
 
 
 def is_schedule(value):
+    """Whether ``value`` is a :class:`LearningRateSchedule`.
+
+    Parameters
+    ----------
+    value : object
+
+    Returns
+    -------
+    bool
+    """
     return isinstance(value, LearningRateSchedule)

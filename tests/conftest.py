@@ -172,7 +172,7 @@ def central_diff(f, x, eps=1e-6):
 # ------------------------------------------------------------- plans by hand
 # The tests of train_steps / make_predictor build small plans unit by unit.
 from fastmlp._native import plan as _plan  # noqa: E402
-from fastmlp._native.codes import LABEL_LOSSES, Act, Loss, Opt, Unit  # noqa: E402
+from fastmlp._native.codes import LABEL_LOSSES, Act, Loss, Opt, Unit  # noqa: E402, F401  (re-exported to the tests)
 
 OPT_HYPER = {  # the hyperparameters the loop tests train with
     Opt.SGD: dict(lr=0.1, momentum=0.9, nesterov=1.0),

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 import fastmlp
-from fastmlp import activations as A
 from fastmlp import backends
 from fastmlp.backends import BackendUnavailableWarning
 from fastmlp.backends import reference as ref

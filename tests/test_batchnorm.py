@@ -36,7 +36,6 @@ def _bn_numpy(X, G, eps, momentum, training):
     """The specification in float64, written independently of the kernels."""
     X = X.astype(np.float64)
     G = G.astype(np.float64)
-    n = X.shape[0]
     if training:
         mean, var = X.mean(axis=0), X.var(axis=0)
         xhat = (X - mean) / np.sqrt(var + eps)

@@ -5,10 +5,9 @@ import pytest
 
 import fastmlp
 from fastmlp import Activation, Dense, Dropout
-from fastmlp import activations as A
 from fastmlp.backends import reference as ref
 
-from conftest import (BACKENDS, DTYPES, NATIVE_BACKENDS, Act, Loss, Opt, Unit, assert_close, central_diff,
+from conftest import (BACKENDS, DTYPES, Act, Loss, Opt, Unit, assert_close, central_diff,
                       loop_state, make_plan, records, targets_of, unit)
 from test_backends import _rng, rand
 

@@ -166,3 +166,17 @@ def test_verbose_2_prints_lines_even_on_a_terminal_and_0_nothing():
     out = _run_in(2, tty=True)
     assert len([ln for ln in out.splitlines() if ln.startswith("Epoch ")]) == 2 and "step/s" not in out
     assert _run_in(0, tty=False).strip() == "DONE"
+
+
+def test_a_progress_bar_given_explicitly_draws_on_any_stream(monkeypatch):
+    pytest.importorskip("tqdm")
+    import io
+    monkeypatch.setattr(_chunks, "CHUNK_SECONDS", 1e-4)
+    X, y = _data(n=2000)
+    stream = io.StringIO()
+    m = _model("reference", dropout=False)
+    h = m.fit(X, y, epochs=1, batch_size=10, verbose=1, callbacks=[fm.callbacks.ProgressBar(file=stream)])
+    out = stream.getvalue()
+    frames = [f for f in out.split("\r") if "Epoch 1/1" in f]
+    assert len(frames) > 3 and "200/200" in frames[-1]
+    assert f"loss={h.history['loss'][0]:.4f}" in frames[-1]  # the epoch's logs at its end

@@ -64,7 +64,6 @@ def test_output_activation_that_predict_applies(loss, last, tmp_path):
 def test_estimators(kind):
     from sklearn.datasets import make_classification, make_multilabel_classification
 
-    rng = np.random.default_rng(2)
     if kind == "multilabel":
         X, y = make_multilabel_classification(300, 6, n_classes=3, random_state=0)
     else:

@@ -10,7 +10,7 @@ import fastmlp as fm
 from fastmlp import activations as A
 from fastmlp.backends import reference as ref
 
-from conftest import BACKENDS, DTYPES, NATIVE_BACKENDS, Unit, assert_close, make_plan, records, unit
+from conftest import BACKENDS, DTYPES, Unit, assert_close, make_plan, records, unit
 
 ALL_CODES = sorted(code for code, _, _ in A.ACTIVATIONS.values())
 

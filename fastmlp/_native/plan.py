@@ -201,7 +201,8 @@ def _writeable(who, name, b):
 
 _KINDS = frozenset(int(u) for u in Unit)
 _OPTS = frozenset(int(o) for o in Opt)
-_DENSE, _ACTIVATION, _DROPOUT, _BATCHNORM = int(Unit.DENSE), int(Unit.ACTIVATION), int(Unit.DROPOUT), int(Unit.BATCHNORM)
+_DENSE, _ACTIVATION = int(Unit.DENSE), int(Unit.ACTIVATION)
+_DROPOUT, _BATCHNORM = int(Unit.DROPOUT), int(Unit.BATCHNORM)
 _PRELU, _MAXOUT = int(Unit.PRELU), int(Unit.MAXOUT)
 _PASS_DOWN = (_ACTIVATION, _DROPOUT, _PRELU)  # units whose Z is the buffer before them and dA[i-1] is dA[i]
 _IDENTITY = int(Act.IDENTITY)

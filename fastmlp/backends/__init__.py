@@ -49,7 +49,12 @@ def available_backends():
 
 
 def backend_error(name):
-    """Why a backend failed to load, or None."""
+    """Why a backend failed to load, or None.
+
+    Parameters
+    ----------
+    name : {"cython", "numba", "reference"}
+    """
     _load(name)
     return _errors.get(name)
 
@@ -62,6 +67,11 @@ def get_backend(name=None):
     name : {"auto", "cython", "numba", "reference"} or None
         None means the ``use_backend`` context, else ``FASTMLP_BACKEND``,
         else "auto".
+
+    Returns
+    -------
+    module
+        The backend: every kernel of :mod:`fastmlp.backends.reference`, same names and signatures.
     """
     if name is None:
         name = _current or _config.BACKEND
@@ -100,7 +110,13 @@ def get_backend(name=None):
 
 @contextlib.contextmanager
 def use_backend(name):
-    """Context manager: models created without a backend use ``name``."""
+    """Context manager: models created without a backend use ``name``.
+
+    Parameters
+    ----------
+    name : {"auto", "cython", "numba", "reference"}
+        Checked on entry.
+    """
     global _current
     get_backend(name)  # validate now, not at first use
     previous, _current = _current, name
