@@ -13,7 +13,6 @@ from conftest import BACKENDS, Loss, Opt, loop_state, make_plan
 from test_prelu import (
     OPTIMIZERS,
     TorchMaxout,
-    assert_weights_close,
     check_finite_differences,
     check_native_matches_reference,
     check_predict_matches_torch,
