@@ -58,10 +58,12 @@ class Workload:
     lr: float
     momentum: float = 0.0
     n_rows: int = 0     # rows of training data (0: all)
+    hidden: str = "relu"  # the hidden layers: "relu" (Dense + ReLU), "prelu" (Dense + PReLU), "maxout" (2 pieces)
+    label: str = ""     # the row's letter when it is not the data's key
 
     @property
     def name(self):
-        return f"{self.key} b{self.batch}"
+        return f"{self.label or self.key} b{self.batch}"
 
     @property
     def n_params(self):
@@ -77,7 +79,9 @@ A128 = Workload("A", (784, 256, 128, 10), 128, "adam", 1e-3, n_rows=A_ROWS)
 A32 = replace(A128, batch=32)
 A512 = replace(A128, batch=512)
 B32 = Workload("B", (20, 64, 64, 2), 32, "sgd", 0.05, momentum=0.9, n_rows=B_ROWS)
-WORKLOADS = {"A b128": A128, "A b32": A32, "A b512": A512, "B b32": B32}
+P128 = replace(A128, hidden="prelu", label="P")   # A's widths with PReLU (an alpha per unit)
+M128 = replace(A128, hidden="maxout", label="M")  # A's widths with Maxout(k, pieces=2)
+WORKLOADS = {"A b128": A128, "A b32": A32, "A b512": A512, "B b32": B32, "P b128": P128, "M b128": M128}
 
 
 # ----------------------------------------------------------------------- data
@@ -151,7 +155,14 @@ def blas_threads(n_threads):
 # ------------------------------------------------------------------- fastmlp
 def fastmlp_model(workload, backend="reference", n_threads=2, seed=SEED):
     """The workload's network as a compiled ``fastmlp.Sequential`` (float32)."""
-    layers = [fm.Dense(k, activation="relu") for k in workload.sizes[1:-1]]
+    layers = []
+    for k in workload.sizes[1:-1]:
+        if workload.hidden == "prelu":
+            layers += [fm.Dense(k), fm.PReLU()]
+        elif workload.hidden == "maxout":
+            layers.append(fm.Maxout(k, pieces=2))
+        else:
+            layers.append(fm.Dense(k, activation="relu"))
     layers.append(fm.Dense(workload.sizes[-1]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", fm.backends.BackendUnavailableWarning)
@@ -220,8 +231,19 @@ def _torch():
     return torch
 
 
+def _TorchMaxout(units, pieces):
+    torch = _torch()
+
+    class Maxout(torch.nn.Module):
+        def forward(self, x):
+            return x.view(x.shape[0], units, pieces).max(-1).values
+
+    return Maxout()
+
+
 class TorchRunner:
-    """nn.Sequential of Linear/ReLU; a plain loop over ``torch.randperm`` batches."""
+    """nn.Sequential of Linear/ReLU (PReLU, or Linear of 2k outputs then the max of each pair, for
+    the P and M rows); a plain loop over ``torch.randperm`` batches."""
 
     label = "torch"
 
@@ -232,16 +254,24 @@ class TorchRunner:
         torch.manual_seed(SEED)
         mods = []
         for i, (fan_in, fan_out) in enumerate(zip(workload.sizes[:-1], workload.sizes[1:])):
-            mods.append(torch.nn.Linear(fan_in, fan_out))
-            if i < len(workload.sizes) - 2:
+            hidden = i < len(workload.sizes) - 2
+            pieces = 2 if hidden and workload.hidden == "maxout" else 1
+            mods.append(torch.nn.Linear(fan_in, fan_out * pieces))
+            if hidden and workload.hidden == "prelu":
+                mods.append(torch.nn.PReLU(fan_out))
+            elif hidden and workload.hidden == "maxout":
+                mods.append(_TorchMaxout(fan_out, pieces))
+            elif hidden:
                 mods.append(torch.nn.ReLU())
         self.net = torch.nn.Sequential(*mods)
-        weights = initial_weights(workload) if weights is None else weights
-        linears = [m for m in self.net if isinstance(m, torch.nn.Linear)]
+        weights = iter(initial_weights(workload) if weights is None else weights)  # get_weights' order
         with torch.no_grad():
-            for lin, W, b in zip(linears, weights[0::2], weights[1::2]):
-                lin.weight.copy_(torch.from_numpy(np.ascontiguousarray(W.T)))
-                lin.bias.copy_(torch.from_numpy(b))
+            for m in self.net:
+                if isinstance(m, torch.nn.Linear):
+                    m.weight.copy_(torch.from_numpy(np.ascontiguousarray(next(weights).T)))
+                    m.bias.copy_(torch.from_numpy(next(weights)))
+                elif isinstance(m, torch.nn.PReLU):
+                    m.weight.copy_(torch.from_numpy(next(weights)))
         if workload.optimizer == "adam":
             self.opt = torch.optim.Adam(self.net.parameters(), lr=workload.lr)
         else:

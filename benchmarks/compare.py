@@ -58,6 +58,8 @@ ROWS = [
     ("A b512", ["fastmlp-reference", "torch", "gemm"]),
     ("B b32", ["fastmlp-reference", "torch", "sklearn"]),
     ("C predict", ["fastmlp-reference", "torch"]),
+    ("P b128", ["torch"]),
+    ("M b128", ["torch"]),
 ]
 MEMORY_SLACK_MIB = 64.0   # target: peak during fit <= dataset + 64 MiB
 FLAT_MIB = 4.0            # "flat across epochs": peak grows by at most this after epoch 1
@@ -221,7 +223,7 @@ def target_text(row, best, torch_t, gemm_t):
         parts.append(">=3x PyTorch: " + ("n/a" if r_torch is None else f"{verdict(r_torch >= 3)} ({r_torch:.2f}x)"))
         parts.append("<=1.25x GEMM: " + ("n/a" if r_gemm is None else f"{verdict(r_gemm <= 1.25)} ({r_gemm:.2f}x)"))
         return "; ".join(parts)
-    need = {"A b32": 1.0, "A b512": 1.0, "B b32": 20.0, "C predict": 10.0}[row]
+    need = {"A b32": 1.0, "A b512": 1.0, "B b32": 20.0, "C predict": 10.0, "P b128": 2.0, "M b128": 2.0}[row]
     label = "faster than PyTorch" if need == 1.0 else f">={need:g}x PyTorch"
     if r_torch is None:
         return f"{label}: n/a"
@@ -483,6 +485,7 @@ def parse_args(argv=None):
     p.add_argument("--no-overhead", action="store_true", help="skip the callbacks' cost section")
     p.add_argument("--overhead-repeats", type=int, default=7, help="epochs per variant in that section")
     p.add_argument("--json", default=None, help="also write the medians to this file")
+    p.add_argument("--only", default=None, help="comma-separated rows to run, e.g. 'A b128,P b128,M b128'")
     p.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
     args = p.parse_args(argv)
     if args.smoke:
@@ -514,7 +517,10 @@ def main(argv=None):
     log("data loaded")
 
     rows = []
+    only = None if args.only is None else {r.strip() for r in args.only.split(",")}
     for row, fws in ROWS:
+        if only is not None and row not in only:
+            continue
         fws = [f for f in fws if f != "fastmlp-reference"]
         if args.reference == "all" or (args.reference == "auto" and row in ("A b512", "B b32", "C predict")):
             fws.append("fastmlp-reference")
@@ -526,7 +532,8 @@ def main(argv=None):
     print(f"mode: {mode}; {args.repeats} timed repeat(s), median; float32; "
           f"A = 784-256-128-10 ReLU, Adam(1e-3), {Xa.shape[0]} rows of {source_a}; "
           f"B = 20-64-64-2 ReLU, SGD(0.05, momentum 0.9), {Xb.shape[0]} rows ({source_b}); "
-          f"C = single-row predict on B (up to {args.calls} calls per timing)")
+          f"C = single-row predict on B (up to {args.calls} calls per timing); "
+          f"P, M = A's widths and data with Dense + PReLU, Maxout(pieces=2) hidden layers")
     print(f"command: python benchmarks/compare.py {' '.join(sys.argv[1:] if argv is None else argv)}".rstrip())
     print(flush=True)
 

@@ -11,12 +11,13 @@ from dataclasses import dataclass
 
 from . import _validation
 from . import activations as _act
-from .layers import Activation, BatchNorm, Dense, Dropout
+from .layers import Activation, BatchNorm, Dense, Dropout, Maxout, PReLU
 
 DEFAULT_BATCH_SIZE = 32  # fit's default, used before any fit
 DEFAULT_LINE_LENGTH = 78
 _POSITIONS = (0.40, 0.68, 0.86, 1.0)  # right edges of the four columns, as fractions of the line
-_TYPE_NAMES = {Dense: "dense", Activation: "activation", BatchNorm: "batch_norm", Dropout: "dropout"}
+_TYPE_NAMES = {Dense: "dense", Activation: "activation", BatchNorm: "batch_norm", Dropout: "dropout", PReLU: "p_re_lu",
+               Maxout: "maxout"}
 
 
 def _not_built(what):
@@ -127,8 +128,13 @@ def _layer_rows(model):
         if isinstance(layer, Dense):
             params = width * layer.units + (layer.units if layer.use_bias else 0)
             width = layer.units
+        elif isinstance(layer, Maxout):
+            params = width * layer.units * layer.pieces + (layer.units * layer.pieces if layer.use_bias else 0)
+            width = layer.units
         elif isinstance(layer, BatchNorm):
             params, frozen = 4 * width, 2 * width  # gamma, beta trained; running mean, var not (Keras)
+        elif isinstance(layer, PReLU):
+            params = 1 if layer.shared else width
         rows.append((base if k == 0 else f"{base}_{k}", type(layer).__name__, width, params, frozen,
                      unit_of.get(j)))
     return rows, units
@@ -140,6 +146,10 @@ def _unit_text(u):
         return f"batch norm {u.fan_out}"
     if u.dropout:
         return f"dropout {u.rate:g} on {u.fan_out}"
+    if u.prelu:
+        return f"prelu on {u.fan_out} ({'one alpha' if u.shared else 'an alpha per feature'})"
+    if u.pieces:
+        return f"maxout {u.fan_in}->{u.fan_out} ({u.pieces} pieces)"
     if u.dense:
         return f"dense {u.fan_in}->{u.fan_out}{'' if u.use_bias else ' (no bias)'}" + (
             "" if u.act == _act.IDENTITY else f" + {act}")

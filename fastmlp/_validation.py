@@ -33,6 +33,12 @@ def check_nonnegative(value, name):
     return float(value)
 
 
+def check_finite(value, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}.")
+    return float(value)
+
+
 def check_in_range(value, name, lo, hi, hi_open=True):
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and lo <= value
     ok = ok and (value < hi if hi_open else value <= hi)

@@ -73,7 +73,7 @@ from . import _validation
 from . import activations as _act
 from . import initializers as _init
 from . import optim as _optim
-from .layers import Activation, BatchNorm, Dense, Dropout
+from .layers import Activation, BatchNorm, Dense, Dropout, Maxout, PReLU
 from .model import Sequential, TrainingDivergedError
 
 try:  # scikit-learn >= 1.6
@@ -173,7 +173,8 @@ class _BaseMLP(BaseEstimator):
             if a in ("softmax", "log_softmax", "step"):
                 raise ValueError(f"activation {a!r} cannot be a hidden activation; use 'relu', 'tanh', "
                                  "'logistic' or another element-wise activation.")
-            _act.resolve(a)
+            if a not in _LAYER_ACTS:
+                _act.resolve(a)
         _validation.check_dtype(self.dtype)
         if self.dropout and self.solver == "lbfgs":
             raise ValueError(f"dropout={self.dropout!r} needs a stochastic solver: L-BFGS's line search "
@@ -273,14 +274,20 @@ class _BaseMLP(BaseEstimator):
         init = "auto" if self.init is None else self.init
         layers = []
         for u, a in zip(units[1:-1], acts):
-            if self.batch_norm:  # Dense (no bias), BatchNorm, activation
-                layers += [Dense(u, use_bias=False, kernel_initializer=init), BatchNorm(), Activation(a)]
+            if a == "maxout":  # Maxout(u, pieces=2) [, BatchNorm]
+                layers.append(Maxout(u, _MAXOUT_PIECES, use_bias=not self.batch_norm, kernel_initializer=init))
+                layers += [BatchNorm()] if self.batch_norm else []
+            elif self.batch_norm:  # Dense (no bias), BatchNorm, activation
+                layers += [Dense(u, use_bias=False, kernel_initializer=init), BatchNorm(),
+                           PReLU() if a == "prelu" else Activation(a)]
+            elif a == "prelu":
+                layers += [Dense(u, kernel_initializer=init), PReLU()]
             else:
                 layers.append(Dense(u, activation=a, kernel_initializer=init))
             if self.dropout:
                 layers.append(Dropout(float(self.dropout)))
         layers.append(Dense(units[-1], kernel_initializer=init))
-        weights = self._sklearn_init(units, rs) if self.init is None else None
+        weights = self._sklearn_init(units, rs, acts) if self.init is None else None
         self._model = Sequential(layers, input_dim=units[0], dtype=self.dtype,
                                  seed=int(rs.randint(np.iinfo(np.int32).max)),
                                  backend=self.backend, n_threads=self.n_threads)
@@ -298,19 +305,24 @@ class _BaseMLP(BaseEstimator):
             self.validation_scores_ = [] if early else None
             self.best_validation_score_ = -np.inf if early else None
 
-    def _sklearn_init(self, units, rs):
+    def _sklearn_init(self, units, rs, acts=()):
         """scikit-learn's initialisation, from the same random state: weights and biases
-        uniform in +-sqrt(6 / (fan_in + fan_out)) (sqrt(2 / ...) for 'logistic')."""
+        uniform in +-sqrt(6 / (fan_in + fan_out)) (sqrt(2 / ...) for 'logistic'). A maxout
+        layer draws its units * pieces columns so; a PReLU's alpha starts at 0.25."""
         factor = 2.0 if self.activation == "logistic" else 6.0
         weights = []
         for i, (fan_in, fan_out) in enumerate(zip(units[:-1], units[1:])):
+            act = acts[i] if i < len(units) - 2 else None
+            width = fan_out * (_MAXOUT_PIECES if act == "maxout" else 1)
             bound = np.sqrt(factor / (fan_in + fan_out))
-            weights.append(rs.uniform(-bound, bound, (fan_in, fan_out)))
-            b = rs.uniform(-bound, bound, fan_out)  # drawn in any case: the same stream
-            if self.batch_norm and i < len(units) - 2:  # no bias; gamma, beta, running mean, var
+            weights.append(rs.uniform(-bound, bound, (fan_in, width)))
+            b = rs.uniform(-bound, bound, width)  # drawn in any case: the same stream
+            if self.batch_norm and act is not None:  # no bias; gamma, beta, running mean, var
                 weights += [np.ones(fan_out), np.zeros(fan_out), np.zeros(fan_out), np.ones(fan_out)]
             else:
                 weights.append(b)
+            if act == "prelu":
+                weights.append(np.full(fan_out, PReLU().init))
         return weights
 
     def _targets(self, y):
@@ -579,7 +591,9 @@ _PARAMS_DOC = """
     activation : str or list of str, default="relu"
         'identity', 'logistic', 'tanh', 'relu' or any fastmlp activation
         ('leaky_relu', 'elu', 'selu', 'gelu', 'swish', 'softplus', ...); a list
-        gives one per hidden layer.
+        gives one per hidden layer. 'prelu': a linear layer then fastmlp.PReLU (alpha
+        learned per unit, from 0.25); 'maxout': fastmlp.Maxout(units, pieces=2), whose
+        ``coefs_`` entry has 2 * units columns (the pieces of unit j in columns 2j, 2j + 1).
     solver, alpha, batch_size, learning_rate, learning_rate_init, power_t : as in scikit-learn
     max_iter, shuffle, random_state, tol, verbose, warm_start, momentum : as in scikit-learn
     nesterovs_momentum, early_stopping, validation_fraction, beta_1, beta_2 : as in scikit-learn
@@ -597,6 +611,10 @@ _PARAMS_DOC = """
     n_layers_, n_outputs_, out_activation_, t_, n_features_in_, feature_names_in_
         As in scikit-learn.
 """
+
+
+_LAYER_ACTS = ("prelu", "maxout")  # hidden "activations" that are layers of their own
+_MAXOUT_PIECES = 2
 
 
 def _split_weights(model):

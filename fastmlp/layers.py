@@ -109,3 +109,54 @@ class BatchNorm(Layer):
             raise ValueError(f"BatchNorm momentum must be in [0, 1], got {momentum}.")
         self.momentum = momentum
         self.eps = _validation.check_positive(eps, "BatchNorm eps")
+
+
+class PReLU(Layer):
+    """Parametric ReLU (``torch.nn.PReLU``): ``max(0, x) + alpha * min(0, x)`` with
+    ``alpha`` learned, one per feature or (``shared=True``) one for the layer.
+
+    Typical use: after a linear ``Dense`` (``Dense(256), PReLU()``); it may follow
+    any layer but cannot be the first or the last one. ``get_weights`` gives its
+    alpha (shape ``(features,)``, or ``(1,)`` when shared) in its place in the layer
+    order, right after the Dense's W and b. The derivative at 0 is PyTorch's
+    (``alpha``: the identity branch is ``x > 0``). Weight decay applies to alpha,
+    as PyTorch's optimizers decay every parameter they are given; L2 does not.
+
+    Parameters
+    ----------
+    init : float
+        The initial alpha (finite).
+    shared : bool
+        One alpha for every feature (``num_parameters=1``).
+    """
+
+    def __init__(self, init: float = 0.25, shared: bool = False) -> None:
+        self.init = _validation.check_finite(init, "PReLU init")
+        self.shared = bool(shared)
+
+
+class Maxout(Layer):
+    """Maxout (Goodfellow et al. 2013): a dense layer of ``units * pieces`` outputs, then the
+    maximum over each unit's pieces. The same as PyTorch's ``Linear(fan_in, units * pieces)``
+    followed by ``.view(n, units, pieces).max(-1)``: ``get_weights`` gives W of shape
+    ``(fan_in, units * pieces)`` and b of ``(units * pieces,)``, the pieces of unit j in
+    columns ``j * pieces ... j * pieces + pieces - 1``. The gradient goes to the arg-max
+    piece (the first on ties, as ``torch.max``). It cannot be the last layer.
+
+    Parameters
+    ----------
+    units : int
+        Number of outputs.
+    pieces : int
+        Linear pieces per output (>= 1).
+    use_bias : bool
+    kernel_initializer : str
+        As Dense's; "auto" is He (uniform): maxout is piecewise linear like ReLU.
+    """
+
+    def __init__(self, units: int, pieces: int = 2, use_bias: bool = True, kernel_initializer: str = "auto") -> None:
+        self.units = _validation.check_positive_int(units, "Maxout units")
+        self.pieces = _validation.check_positive_int(pieces, "Maxout pieces")
+        self.use_bias = bool(use_bias)
+        _init.resolve(kernel_initializer, _act.RELU)  # validate the name now
+        self.kernel_initializer = kernel_initializer

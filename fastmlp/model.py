@@ -11,8 +11,11 @@ gradients in another, so that an optimizer step is one kernel call. A
 batch-norm unit's block of the vector is [gamma, beta, running_mean,
 running_var]: the running statistics are updated by the training loop and get
 a zero gradient, so that the update leaves them as they are, and weight decay
-spares them (they are buffers in PyTorch, not parameters). Per-batch buffers are allocated once per fit and batch
-size; a training step only calls backend kernels on them.
+spares them (they are buffers in PyTorch, not parameters). A PReLU unit's
+block is its alpha (one per feature, or one); a Maxout layer compiles into a
+dense unit of units * pieces outputs and a maxout unit without parameters.
+Per-batch buffers are allocated once per fit and batch size; a training step
+only calls backend kernels on them.
 """
 import contextlib
 import math
@@ -35,7 +38,7 @@ from ._native import plan as _plan
 from ._native.codes import FUSED_LOSSES, REGRESSION_LOSSES, Loss, Unit
 from .backends import get_backend
 from .backends import reference as _ref
-from .layers import Activation, BatchNorm, Dense, Dropout, Layer
+from .layers import Activation, BatchNorm, Dense, Dropout, Layer, Maxout, PReLU
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -76,6 +79,12 @@ class _Unit:
     G: Any = None  # (4, fan_out) views of a batch-norm unit's block, and of its gradient
     dG: Any = None
     layers = ()  # indices of the model's layers this unit runs (summary(); class default: older pickles)
+    prelu = shared = False  # a PReLU unit: params block alpha, (1,) when shared else (fan_out,)
+    alpha_init = 0.25
+    alphas: Any = None  # (n_alpha,) views of a PReLU unit's alphas, and of their gradient
+    dalphas: Any = None
+    pieces = 0  # a maxout unit (no parameters): fan_in == fan_out * pieces
+    init_act = None  # the activation the "auto" initializer goes by (None: act)
 
     def __init__(self, dense, fan_in, fan_out, act, alpha, use_bias=False, init="auto", l2=0.0):
         self.dense, self.fan_in, self.fan_out = dense, fan_in, fan_out
@@ -91,6 +100,8 @@ class _Unit:
     def n_params(self):
         if self.bn:
             return 4 * self.fan_out
+        if self.prelu:
+            return 1 if self.shared else self.fan_out
         return (self.fan_in * self.fan_out + self.fan_out * self.use_bias) if self.dense else 0
 
 
@@ -132,8 +143,9 @@ class Sequential:
 
     Parameters
     ----------
-    layers : list of Dense / Activation / Dropout / BatchNorm
-        A Dropout or BatchNorm layer cannot be the last one.
+    layers : list of Dense / Activation / Dropout / BatchNorm / PReLU / Maxout
+        A Dropout, BatchNorm, PReLU or Maxout layer cannot be the last one; a PReLU
+        layer cannot be the first.
     input_dim : int, optional
         Number of input features; inferred at the first ``fit`` when omitted.
     dtype : {"float32", "float64"}
@@ -152,17 +164,21 @@ class Sequential:
         if not layers:
             raise ValueError("Sequential needs at least one layer.")
         for layer in layers:
-            if not isinstance(layer, (Dense, Activation, Dropout, BatchNorm)):
-                raise TypeError(f"Layers must be fastmlp.Dense, fastmlp.Activation, fastmlp.Dropout or "
-                                f"fastmlp.BatchNorm, got {layer!r}.")
+            if not isinstance(layer, (Dense, Activation, Dropout, BatchNorm, PReLU, Maxout)):
+                raise TypeError(f"Layers must be fastmlp.Dense, fastmlp.Activation, fastmlp.Dropout, "
+                                f"fastmlp.BatchNorm, fastmlp.PReLU or fastmlp.Maxout, got {layer!r}.")
         if not any(isinstance(layer, Dense) for layer in layers):
             raise ValueError("Sequential needs at least one Dense layer.")
         if isinstance(layers[-1], Dropout):
             raise ValueError("Dropout cannot be the last layer (the loss is computed on the output of "
                              "the last Dense or Activation); put it before a Dense layer.")
-        if isinstance(layers[-1], BatchNorm):
-            raise ValueError("BatchNorm cannot be the last layer (the loss is computed on the output of "
-                             "the last Dense or Activation); put it before a Dense layer.")
+        for kind in (BatchNorm, PReLU, Maxout):
+            if isinstance(layers[-1], kind):
+                raise ValueError(f"{kind.__name__} cannot be the last layer (the loss is computed on the output "
+                                 "of the last Dense or Activation); put it before a Dense layer.")
+        if isinstance(layers[0], PReLU):
+            raise ValueError("PReLU cannot be the first layer: put it after a linear Dense, "
+                             "e.g. [Dense(256), PReLU(), ...].")
         self.layers = layers
         self.dtype = _validation.check_dtype(dtype)
         self.seed = seed
@@ -194,6 +210,22 @@ class Sequential:
                 units.append(_Unit(False, fan_in, fan_in, _act.IDENTITY, 0.0, use_bias=True))
                 units[-1].bn, units[-1].eps, units[-1].momentum = True, layer.eps, layer.momentum
                 units[-1].layers = (j,)
+                continue
+            if isinstance(layer, PReLU):
+                if units and units[-1].dense and units[-1].act == _act.IDENTITY:
+                    units[-1].init_act = _act.LEAKY_RELU  # "auto" is He before a PReLU
+                units.append(_Unit(False, fan_in, fan_in, _act.IDENTITY, 0.0))
+                units[-1].prelu, units[-1].shared, units[-1].alpha_init = True, layer.shared, layer.init
+                units[-1].layers = (j,)
+                continue
+            if isinstance(layer, Maxout):  # a dense unit of units * pieces outputs, then the maximum
+                width = layer.units * layer.pieces
+                units.append(_Unit(True, fan_in, width, _act.IDENTITY, 0.0, layer.use_bias,
+                                   layer.kernel_initializer))
+                units[-1].init_act, units[-1].layers = _act.RELU, (j,)
+                units.append(_Unit(False, width, layer.units, _act.IDENTITY, 0.0))
+                units[-1].pieces, units[-1].layers = layer.pieces, (j,)
+                fan_in = layer.units
                 continue
             _, code, alpha = _act.resolve(layer.activation)
             if isinstance(layer, Dense):
@@ -232,10 +264,13 @@ class Sequential:
         self._bind_views()
         for u in self._units:
             if u.dense:
-                u.W[...] = _init.initialize(u.init, u.act, u.fan_in, u.fan_out, self._rng, self.dtype)
+                act = u.act if u.init_act is None else u.init_act
+                u.W[...] = _init.initialize(u.init, act, u.fan_in, u.fan_out, self._rng, self.dtype)
             elif u.bn:  # gamma 1, beta 0, running mean 0, running var 1
                 u.G[0] = 1.0
                 u.G[3] = 1.0
+            elif u.prelu:
+                u.alphas[...] = u.alpha_init
         self._set_acts()
         self._infer_cache = self._predictor = None
         return self
@@ -246,6 +281,9 @@ class Sequential:
             if u.bn:
                 u.G = self._params[u.w_off:u.w_off + 4 * u.fan_out].reshape(4, u.fan_out)
                 u.dG = self._grads[u.w_off:u.w_off + 4 * u.fan_out].reshape(4, u.fan_out)
+            if u.prelu:
+                u.alphas = self._params[u.w_off:u.w_off + u.n_params]
+                u.dalphas = self._grads[u.w_off:u.w_off + u.n_params]
             if not u.dense:
                 continue
             nw = u.fan_in * u.fan_out
@@ -330,6 +368,9 @@ class Sequential:
         code = _act.IDENTITY
         for layer in self.layers:
             if isinstance(layer, (Dropout, BatchNorm)):
+                continue
+            if isinstance(layer, (PReLU, Maxout)):
+                code = _act.IDENTITY
                 continue
             _, c, _ = _act.resolve(layer.activation)
             if isinstance(layer, Dense) or c != _act.IDENTITY:
@@ -451,6 +492,10 @@ class Sequential:
             elif u.dropout:
                 r["kind"], r["act"] = (Unit.DROPOUT if dropout else Unit.ACTIVATION), _act.IDENTITY
                 r["rate"] = u.rate if dropout else 0.0
+            elif u.prelu:
+                r["kind"], r["act"], r["w_off"], r["shared"] = Unit.PRELU, _act.IDENTITY, u.w_off, u.shared
+            elif u.pieces:
+                r["kind"], r["act"], r["pieces"] = Unit.MAXOUT, _act.IDENTITY, u.pieces
             else:
                 r["kind"] = Unit.DENSE if u.dense else Unit.ACTIVATION
                 r["act"], r["alpha"], r["use_bias"] = acts[i], u.alpha, u.use_bias
@@ -907,6 +952,8 @@ class Sequential:
         for u in self._units:
             if u.bn:
                 out.extend(u.G)  # gamma, beta, running_mean, running_var
+            if u.prelu:
+                out.append(u.alphas)
             if u.dense:
                 out.append(u.W)
                 if u.use_bias:
@@ -919,7 +966,8 @@ class Sequential:
         A Dense layer with ``use_bias=False`` contributes its W only; a
         BatchNorm layer contributes ``gamma, beta, running_mean, running_var``
         (each of shape (features,), Keras' BatchNormalization order) in its place
-        in the layer order.
+        in the layer order; a PReLU layer its alpha, ``(features,)`` or ``(1,)``
+        when shared; a Maxout layer W ``(fan_in, units * pieces)`` and b.
         """
         self._require_built()
         return [w.copy() for w in self._weight_views()]

@@ -3,7 +3,8 @@
 Needs the ``onnx`` package (``pip install fastmlp[onnx]``). The graph computes what
 ``predict`` computes, in the model's dtype (float32 or float64), for any batch size:
 every Dense unit as MatMul + Add, BatchNorm with its running statistics, Dropout as the
-identity, every activation from primitive operators (with the model's own constants, in
+identity, PReLU as PRelu, Maxout as MatMul + Add + Reshape + ReduceMax, every activation
+from primitive operators (with the model's own constants, in
 the model's dtype), and the output activation that ``predict`` applies (softmax for
 cross_entropy, sigmoid for binary_cross_entropy, exp for poisson).
 
@@ -111,6 +112,16 @@ _ERF_TERMS = 160  # 2 z^2 <= 72: the terms fall below 1e-17 of the sum well befo
 def _sequential_graph(g, model, x):
     """The output name of ``model``'s predict graph on input ``x``."""
     for i, u in enumerate(model._units):
+        if u.prelu:  # the slope (k,) or (1,) broadcasts over the rows
+            x = g.op("PRelu", [x, g.const(u.alphas, f"alpha{i}")])
+            continue
+        if u.pieces:  # (N, units * pieces) -> (N, units, pieces) -> max over the pieces
+            x = g.op("Reshape", [x, g.const([0, u.fan_out, u.pieces], dtype=np.int64)])
+            if g.opset >= 18:  # axes became an input
+                x = g.op("ReduceMax", [x, g.const([2], dtype=np.int64)], keepdims=0)
+            else:
+                x = g.op("ReduceMax", [x], axes=[2], keepdims=0)
+            continue
         if u.bn:
             gamma, beta, mean, var = (g.const(v, n) for v, n in zip(u.G, ("gamma", "beta", "mean", "var")))
             x = g.op("BatchNormalization", [x, gamma, beta, mean, var], epsilon=float(u.eps))
@@ -163,6 +174,7 @@ def to_onnx(model, opset=None):
         check_is_fitted(model)
         seq, est = model._model, model
     g = _Graph(onnx, seq.dtype)
+    g.opset = opset
     elem = h.np_dtype_to_tensor_dtype(seq.dtype)
     inputs = [h.make_tensor_value_info("X", elem, ["N", seq.input_dim])]
     y = _sequential_graph(g, seq, "X")

@@ -22,7 +22,7 @@ from . import _container, _validation
 from . import optim as _optim
 from . import schedules as _schedules
 from ._container import ModelFileError
-from .layers import Activation, BatchNorm, Dense, Dropout
+from .layers import Activation, BatchNorm, Dense, Dropout, Maxout, PReLU
 
 FORMAT = "fastmlp.model"
 #: The format version this fastmlp writes, and the newest it reads.
@@ -31,7 +31,9 @@ FORMAT_VERSION = 1
 _LAYERS = {"Dense": (Dense, {"units", "activation", "use_bias", "kernel_initializer", "l2"}),
            "Activation": (Activation, {"activation"}),
            "Dropout": (Dropout, {"rate"}),
-           "BatchNorm": (BatchNorm, {"momentum", "eps"})}
+           "BatchNorm": (BatchNorm, {"momentum", "eps"}),
+           "PReLU": (PReLU, {"init", "shared"}),
+           "Maxout": (Maxout, {"units", "pieces", "use_bias", "kernel_initializer"})}
 _BN_NAMES = ("gamma", "beta", "running_mean", "running_var")
 _BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937")
 _BACKENDS = (None, "auto", "cython", "numba", "reference")
@@ -176,12 +178,14 @@ def _weight_names(layers):
     """The tensor names of ``Sequential._weight_views()``, in its order."""
     names = []
     for i, layer in enumerate(layers):
-        if isinstance(layer, Dense):
+        if isinstance(layer, (Dense, Maxout)):
             names.append(f"layers.{i}.W")
             if layer.use_bias:
                 names.append(f"layers.{i}.b")
         elif isinstance(layer, BatchNorm):
             names += [f"layers.{i}.{n}" for n in _BN_NAMES]
+        elif isinstance(layer, PReLU):
+            names.append(f"layers.{i}.alpha")
     return names
 
 
@@ -194,9 +198,16 @@ def _expected_shapes(layers, input_dim):
             if layer.use_bias:
                 shapes[f"layers.{i}.b"] = (layer.units,)
             fan_in = layer.units
+        elif isinstance(layer, Maxout):
+            shapes[f"layers.{i}.W"] = (fan_in, layer.units * layer.pieces)
+            if layer.use_bias:
+                shapes[f"layers.{i}.b"] = (layer.units * layer.pieces,)
+            fan_in = layer.units
         elif isinstance(layer, BatchNorm):
             for n in _BN_NAMES:
                 shapes[f"layers.{i}.{n}"] = (fan_in,)
+        elif isinstance(layer, PReLU):
+            shapes[f"layers.{i}.alpha"] = (1 if layer.shared else fan_in,)
     return shapes
 
 
@@ -212,8 +223,9 @@ def _make_layers(docs):
         factory, keys = _LAYERS[cls]
         if set(config) != keys:
             _fail(f"{where} ({cls}) must have the settings {sorted(keys)}, got {sorted(config)}.")
-        if "use_bias" in config and not isinstance(config["use_bias"], bool):
-            _fail(f"{where}.use_bias must be true or false, got {config['use_bias']!r:.40}.")
+        for flag in ("use_bias", "shared"):
+            if flag in config and not isinstance(config[flag], bool):
+                _fail(f"{where}.{flag} must be true or false, got {config[flag]!r:.40}.")
         if not all(isinstance(v, (str, int, float, bool)) for v in config.values()):
             _fail(f"{where} ({cls}) settings must be numbers, strings or booleans, got {config!r:.160}.")
         try:

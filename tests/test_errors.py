@@ -318,7 +318,8 @@ def test_bad_layer_lists():
         fastmlp.Sequential([])
     with pytest.raises(ValueError, match="at least one Dense layer"):
         fastmlp.Sequential([Activation("relu")])
-    with pytest.raises(TypeError, match="Layers must be fastmlp.Dense, fastmlp.Activation, fastmlp.Dropout or fastmlp.BatchNorm"):
+    with pytest.raises(TypeError, match="Layers must be fastmlp.Dense, fastmlp.Activation, fastmlp.Dropout, "
+                                        "fastmlp.BatchNorm, fastmlp.PReLU or fastmlp.Maxout"):
         fastmlp.Sequential([Dense(2), "relu"])
 
 

@@ -20,6 +20,8 @@ class Unit(enum.IntEnum):
     DENSE = 1       # X @ W + b, then the unit's activation
     DROPOUT = 2     # inverted dropout, the identity at inference
     BATCHNORM = 3   # batch normalization over the features
+    PRELU = 4       # max(0, x) + alpha * min(0, x), alpha learned per feature or shared
+    MAXOUT = 5      # the maximum over each output's ``pieces`` consecutive inputs
 
 
 class Act(enum.IntEnum):
@@ -101,6 +103,8 @@ UNIT_FIELDS = (
     ("rate", "float64"),    # dropout: the drop probability, in [0, 1)
     ("eps", "float64"),     # batch norm: added to the variance
     ("momentum", "float64"),  # batch norm: of the running statistics
+    ("pieces", "int64"),    # maxout: inputs per output (fan_in == fan_out * pieces)
+    ("shared", "int64"),    # prelu: one alpha for every feature (1), or one per feature (0); at w_off
 )
 
 # The hyperparameters of the optimizer, by name (plan.HYPER_DTYPE, struct Hyper).

@@ -8,11 +8,13 @@ the products into each dA), parameter gradients (dW, db), clipping, update.
 The driver, ``_train_loop``, runs them and times them (``runtime.loop_phase_times``);
 the product helpers time the matrix products apart.
 
-With nt > 1 threads of its own (a plan without batch norm whose dense units
-own every parameter, and a step big enough: ``_loop_threads``), thread tid
-takes rows [r0, r1) of the batch through gather, forward, loss and backward;
-after a barrier, its share of every dW, db and of the update (split.pxd); a
-second barrier ends the step. Its products then run on one BLAS thread each
+With nt > 1 threads of its own (a plan without batch norm whose dense and PReLU
+units own every parameter, and a step big enough: ``_loop_threads``; maxout
+units split by rows like activations), thread tid
+takes rows [r0, r1) of the batch through gather, forward, loss and backward
+(a PReLU unit: its rows' sums of min(0, z) * dA into a scratch of its own);
+after a barrier, its share of every dW, db, dalpha (the threads' sums added)
+and of the update (split.pxd); a second barrier ends the step. Its products then run on one BLAS thread each
 (the BLAS is pinned to one thread meanwhile), or on packgemm.h's kernel for
 the units kept on packed operands (float32, ``policy.pk_unit``).
 """
@@ -37,7 +39,10 @@ from fastmlp._native.runtime cimport Runtime, lap, now, runtime
 from fastmlp._native.split cimport (
     Share, _part, _pk_copy_rows, _pk_own_clamp, _pk_own_scale, _pk_own_sumsq, _pk_share, _share, _update_share, _update_share_pk,
 )
-from fastmlp._native.units cimport UnitPtrs, _dropout_mask_p, _mul_mask_p, bn_backward_p, bn_forward_p, fill_units
+from fastmlp._native.units cimport (
+    UnitPtrs, _dropout_mask_p, _mul_mask_p, bn_backward_p, bn_forward_p, fill_units, maxout_backward_p,
+    maxout_forward_p, prelu_backward_p, prelu_forward_p,
+)
 
 import numpy as np
 
@@ -113,6 +118,7 @@ cdef struct LoopShared:
     double l2[MAX_LOOP_THREADS]
     double correct[MAX_LOOP_THREADS]
     double sumsq[MAX_LOOP_THREADS]
+    double* acc[MAX_LOOP_THREADS]  # each thread's PReLU sums (Ctx.acc)
     Py_ssize_t done
 
 
@@ -145,6 +151,7 @@ cdef struct Ctx:
     double* losses_out
     double* correct_out
     const double* lrs  # a schedule's rate per step of the call, or NULL (h.lr throughout)
+    double* acc  # this thread's sums of min(0, z) * dA of every PReLU unit (_acc_off), or NULL
     # this step
     const int64_t* idx
     double denom
@@ -190,6 +197,51 @@ cdef inline void _dW_product(Ctx* c, const UnitPtrs* u, const floating* inp, flo
                 <int>fo, <int>c.rows, True, False, beta)
     if c.timing:
         RT.product_s[PH_PARAM_GRADS] += now() - t
+
+
+# ------------------------------------------------------------ PReLU's shares
+cdef inline Py_ssize_t _acc_off(const Ctx* c, Py_ssize_t i) noexcept nogil:
+    # where PReLU unit i's sums start in each thread's scratch: the widths of the PReLU units before it
+    cdef Py_ssize_t j, off = 0
+    for j in range(i):
+        if c.units[j].r.kind == UNIT_PRELU:
+            off += c.units[j].r.fan_out
+    return off
+
+
+cdef inline Py_ssize_t _alpha_share(const UnitPtrs* u, int tid, int nt, Py_ssize_t* a0) noexcept nogil:
+    # thread tid's alphas of a PReLU unit (offset into a0, count returned): its share of the
+    # features, or the shared alpha for thread 0
+    cdef Py_ssize_t k = u.r.fan_out
+    if u.r.shared:
+        a0[0] = u.r.w_off
+        return 1 if tid == 0 else 0
+    a0[0] = u.r.w_off + _part(k, tid, nt)
+    return _part(k, tid + 1, nt) - _part(k, tid, nt)
+
+
+cdef void _dalpha(Ctx* c, const UnitPtrs* u, Py_ssize_t i, floating* grads) noexcept nogil:
+    """This thread's share of PReLU unit i's dalpha: the threads' sums, feature by feature (the
+    shared alpha: the sum over the features of those, by thread 0)."""
+    cdef Py_ssize_t j, j0, j1, off = _acc_off(c, i), fo = u.r.fan_out
+    cdef int t
+    cdef double s, total = 0.0
+    if u.r.shared:
+        if c.tid != 0:
+            return
+        j0, j1 = 0, fo
+    else:
+        j0, j1 = _part(fo, c.tid, c.nt), _part(fo, c.tid + 1, c.nt)
+    for j in range(j0, j1):
+        s = 0.0
+        for t in range(c.nt):
+            s += c.sh.acc[t][off + j]
+        if u.r.shared:
+            total += s
+        else:
+            grads[u.r.w_off + j] = <floating>s
+    if u.r.shared:
+        grads[u.r.w_off] = <floating>total
 
 
 # ------------------------------------------------------------ the phases
@@ -246,6 +298,11 @@ cdef int _forward(Ctx* c, Py_ssize_t s, floating* params) noexcept nogil:
             if bn_forward_p(inp, params + u.r.w_off, u.r.eps, u.r.momentum, <floating*>u.M, <floating*>u.Z,
                             <floating*>u.A, c.rows, fo):
                 return -1
+        elif u.r.kind == UNIT_PRELU:
+            prelu_forward_p(<const floating*>u.Z + r0 * fo, params + u.r.w_off, u.r.shared != 0,
+                            <floating*>u.A + r0 * fo, nr, fo)
+        elif u.r.kind == UNIT_MAXOUT:
+            maxout_forward_p(<const floating*>u.Z + r0 * u.r.fan_in, u.r.pieces, <floating*>u.A + r0 * fo, nr, fo)
         elif u.r.act != ACT_IDENTITY:
             rows_bias_act(RT, <floating*>u.Z + r0 * fo, params, <floating*>u.A + r0 * fo, nr, fo, False,
                           <int>u.r.act, <floating>u.r.alpha)
@@ -268,8 +325,8 @@ cdef void _loss(Ctx* c, floating* params) noexcept nogil:
 
 cdef int _backward(Ctx* c, floating* params) noexcept nogil:
     """This thread's rows of each unit's dZ and of the gradient at its input (batch
-    norm: the whole batch, nt == 1, and its dG); its part of the L2 penalty. Returns
-    -1 when batch norm cannot allocate its scratch space."""
+    norm: the whole batch, nt == 1, and its dG; PReLU: its rows' sums for dalpha); its
+    part of the L2 penalty. Returns -1 when batch norm cannot allocate its scratch space."""
     cdef Py_ssize_t i, r0 = c.r0, nr = c.r1 - c.r0, fo
     cdef UnitPtrs* u
     cdef Share share
@@ -284,6 +341,12 @@ cdef int _backward(Ctx* c, floating* params) noexcept nogil:
         if u.r.kind == UNIT_DROPOUT and i > 0:
             _mul_mask_p(<const floating*>u.dA + r0 * fo, <const floating*>u.M + r0 * fo, <floating*>u.dA + r0 * fo,
                         nr * fo)
+        if u.r.kind == UNIT_PRELU:  # this thread's sums for dalpha, then dA in place (dA[i - 1] is dA[i])
+            prelu_backward_p(<const floating*>u.Z + r0 * fo, params + u.r.w_off, u.r.shared != 0,
+                             <floating*>u.dA + r0 * fo, c.acc + _acc_off(c, i), nr, fo)
+        if u.r.kind == UNIT_MAXOUT and i > 0:
+            maxout_backward_p(<const floating*>u.Z + r0 * u.r.fan_in, u.r.pieces, <const floating*>u.dA + r0 * fo,
+                              <floating*>c.units[i - 1].dA + r0 * u.r.fan_in, nr, fo)
         if u.r.kind == UNIT_BATCHNORM:
             if bn_backward_p(<const floating*>u.dA, <const floating*>u.Z, params + u.r.w_off, u.r.eps,
                              <const floating*>u.M, grads + u.r.w_off,
@@ -306,7 +369,7 @@ cdef int _backward(Ctx* c, floating* params) noexcept nogil:
 
 cdef void _param_grads(Ctx* c, floating* params) noexcept nogil:
     """This thread's rows f0..f1 of each dW (columns f0..f1 of the input) and columns
-    of each db, over the whole batch; the L2 term's W goes into dW first unless
+    of each db and dalpha, over the whole batch; the L2 term's W goes into dW first unless
     the update folds it in."""
     cdef Py_ssize_t i, fi, fo, f0, f1
     cdef UnitPtrs* u
@@ -314,6 +377,8 @@ cdef void _param_grads(Ctx* c, floating* params) noexcept nogil:
     cdef floating* grads = <floating*>c.grads
     for i in range(c.n_units - 1, -1, -1):
         u = &c.units[i]
+        if u.r.kind == UNIT_PRELU:
+            _dalpha(c, u, i, grads)
         if u.r.kind != UNIT_DENSE:
             continue
         fi, fo = u.r.fan_in, u.r.fan_out
@@ -332,7 +397,7 @@ cdef void _param_grads(Ctx* c, floating* params) noexcept nogil:
 cdef void _clip_value(Ctx* c, floating* params) noexcept nogil:
     """Clamp every gradient element to [-clip_value, clip_value]: each thread its own shares
     (the same shares _clip then sums and scales, so no thread waits for another here)."""
-    cdef Py_ssize_t i
+    cdef Py_ssize_t i, a0, an
     cdef Share share
     cdef UnitPtrs* u
     cdef floating* grads = <floating*>c.grads
@@ -341,7 +406,10 @@ cdef void _clip_value(Ctx* c, floating* params) noexcept nogil:
         return
     for i in range(c.n_units):
         u = &c.units[i]
-        if u.r.kind == UNIT_DENSE:
+        if u.r.kind == UNIT_PRELU:
+            an = _alpha_share(u, c.tid, c.nt, &a0)
+            _clamp_p(grads + a0, an, c.clip_value)
+        elif u.r.kind == UNIT_DENSE:
             share = _share(u, c.tid, c.nt)
             if u.Wp != NULL:
                 _pk_own_clamp(u.dWp, u, c.tid, c.nt, c.clip_value)
@@ -354,7 +422,7 @@ cdef void _clip_value(Ctx* c, floating* params) noexcept nogil:
 cdef void _clip(Ctx* c, floating* params) noexcept nogil:
     """Rescale the gradient to a global norm of at most clip_norm (the threads sum
     their shares' squares, meet, and scale their shares)."""
-    cdef Py_ssize_t i, t
+    cdef Py_ssize_t i, t, a0, an
     cdef double norm
     cdef Share share
     cdef UnitPtrs* u
@@ -365,7 +433,10 @@ cdef void _clip(Ctx* c, floating* params) noexcept nogil:
         norm = 0.0
         for i in range(c.n_units):
             u = &c.units[i]
-            if u.r.kind == UNIT_DENSE:
+            if u.r.kind == UNIT_PRELU:
+                an = _alpha_share(u, c.tid, c.nt, &a0)
+                norm += _sumsq_span(grads + a0, an)
+            elif u.r.kind == UNIT_DENSE:
                 share = _share(u, c.tid, c.nt)
                 if u.Wp != NULL:
                     norm += _pk_own_sumsq(u.dWp, u, c.tid, c.nt)
@@ -387,7 +458,10 @@ cdef void _clip(Ctx* c, floating* params) noexcept nogil:
         return
     for i in range(c.n_units):
         u = &c.units[i]
-        if u.r.kind == UNIT_DENSE:
+        if u.r.kind == UNIT_PRELU:
+            an = _alpha_share(u, c.tid, c.nt, &a0)
+            _scale_p(grads + a0, an, c.clip_norm / (norm + 1e-6))
+        elif u.r.kind == UNIT_DENSE:
             share = _share(u, c.tid, c.nt)
             if u.Wp != NULL:
                 _pk_own_scale(u.dWp, u, c.tid, c.nt, c.clip_norm / (norm + 1e-6))
@@ -399,7 +473,8 @@ cdef void _clip(Ctx* c, floating* params) noexcept nogil:
 
 cdef void _update_trainable(const UnitRec* r, int opt_kind, const Hyper* h, double step, floating* params,
                             floating* grads, floating* s1, floating* s2) noexcept nogil:
-    """The update of one unit's trainable parameters: a dense unit's W and b, batch norm's gamma and beta."""
+    """The update of one unit's trainable parameters: a dense unit's W and b, batch norm's gamma and
+    beta, PReLU's alpha."""
     cdef Py_ssize_t off, n
     if r.kind == UNIT_DENSE:
         off, n = r.w_off, r.fan_in * r.fan_out
@@ -411,6 +486,8 @@ cdef void _update_trainable(const UnitRec* r, int opt_kind, const Hyper* h, doub
             return
     elif r.kind == UNIT_BATCHNORM:
         off, n = r.w_off, 2 * r.fan_out
+    elif r.kind == UNIT_PRELU:
+        off, n = r.w_off, 1 if r.shared else r.fan_out
     else:
         return
     _opt_span(opt_kind, h, step, params + off, grads + off, s1 + off if s1 != NULL else NULL,
@@ -419,7 +496,7 @@ cdef void _update_trainable(const UnitRec* r, int opt_kind, const Hyper* h, doub
 
 cdef void _update(Ctx* c, Py_ssize_t s, floating* params) noexcept nogil:
     """Update number t0 + s + 1: all parameters (nt == 1), or this thread's shares."""
-    cdef Py_ssize_t i
+    cdef Py_ssize_t i, a0, an
     cdef double step = <double>(c.t0 + s + 1)
     cdef floating* grads = <floating*>c.grads
     cdef floating* s1 = <floating*>c.s1
@@ -442,6 +519,11 @@ cdef void _update(Ctx* c, Py_ssize_t s, floating* params) noexcept nogil:
             _update_share_pk(&c.units[i], c.tid, c.nt, c.opt_kind, &c.h, step, params, grads, s1, s2, c.fold_l2)
         elif c.units[i].r.kind == UNIT_DENSE:
             _update_share(&c.units[i], c.tid, c.nt, c.opt_kind, &c.h, step, params, grads, s1, s2, c.fold_l2)
+        elif c.units[i].r.kind == UNIT_PRELU:
+            an = _alpha_share(&c.units[i], c.tid, c.nt, &a0)
+            if an:
+                _opt_span(c.opt_kind, &c.h, step, params + a0, grads + a0, s1 + a0 if s1 != NULL else NULL,
+                          s2 + a0 if s2 != NULL else NULL, an, 0.0)
 
 
 cdef void _pack_all(Ctx* c, floating* params, bint pack) noexcept nogil:
@@ -519,7 +601,7 @@ cdef Py_ssize_t _run(object plan, object loop, object X, object y, object Y, obj
                      floating[::1] params) except -2:
     """train_steps on checked arguments, for the dtype of params."""
     global _last_nt, _last_pk
-    cdef Py_ssize_t i, n_units = plan.n_units, rows = plan.rows, done = 0, got = 0, pk_total, fi, fo
+    cdef Py_ssize_t i, n_units = plan.n_units, rows = plan.rows, done = 0, got = 0, pk_total, fi, fo, n_acc = 0
     cdef int nt, j, tid = 0
     cdef bint pinned = False, serial = False, pk = False
     cdef float* pk_mem = NULL
@@ -588,6 +670,10 @@ cdef Py_ssize_t _run(object plan, object loop, object X, object y, object Y, obj
         base.losses_out = <double*>_data(losses_out)
         base.correct_out = <double*>_data(correct_out)
         base.lrs = <const double*>_data(loop.lrs)
+        base.acc = NULL
+        for i in range(n_units):
+            if recs[i].kind == UNIT_PRELU:
+                n_acc += recs[i].fan_out
         ctxs = <Ctx*>malloc(nt * sizeof(Ctx))
         if ctxs == NULL:
             raise MemoryError()
@@ -595,6 +681,13 @@ cdef Py_ssize_t _run(object plan, object loop, object X, object y, object Y, obj
             ctxs[j] = base
             ctxs[j].tid, ctxs[j].nt, ctxs[j].sense = j, nt, 0
             ctxs[j].r0, ctxs[j].r1 = _part(rows, j, nt), _part(rows, j + 1, nt)
+        for j in range(nt):  # each thread's PReLU sums
+            if n_acc:
+                ctxs[j].acc = <double*>malloc(n_acc * sizeof(double))
+                if ctxs[j].acc == NULL:
+                    raise MemoryError()
+            sh.acc[j] = ctxs[j].acc
+        solo.acc[0] = ctxs[0].acc
         if not RT.loop_parallel:
             RT.serial_loops += 1
             serial = True
@@ -624,6 +717,9 @@ cdef Py_ssize_t _run(object plan, object loop, object X, object y, object Y, obj
     finally:
         free(units)
         free(pk_mem)
+        if ctxs != NULL:
+            for j in range(nt):
+                free(ctxs[j].acc)
         free(ctxs)
         if serial:
             RT.serial_loops -= 1

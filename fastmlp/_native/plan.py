@@ -18,14 +18,14 @@ and raise ``ValueError`` (``IndexError`` for indices) before any work.
 Buffers, per unit i (rows = the batch size):
 
 * ``Z[i]``: the pre-activations of a dense unit, x-hat of a batch-norm unit,
-  or the input of an activation or dropout unit, which is then ``A[i-1]``
-  itself (``x`` for the first unit).
+  or the input of an activation, dropout, PReLU or maxout unit, which is then
+  ``A[i-1]`` itself (``x`` for the first unit; ``(rows, fan_in)`` for maxout).
 * ``A[i]``: the unit's output; ``Z[i]`` itself when the unit's activation is
   the identity (a dense or activation unit), a buffer of its own otherwise
-  (always for dropout in training and for batch norm).
-* ``dA[i]`` (training): the gradient at ``A[i]``; an activation or dropout
-  unit passes its buffer down (``dA[i-1]`` is ``dA[i]``), dense and batch-norm
-  units write a ``(rows, fan_in)`` buffer of their own.
+  (always for dropout in training, for batch norm, PReLU and maxout).
+* ``dA[i]`` (training): the gradient at ``A[i]``; an activation, dropout or
+  PReLU unit passes its buffer down (``dA[i-1]`` is ``dA[i]``), dense,
+  batch-norm and maxout units write a ``(rows, fan_in)`` buffer of their own.
 * ``M[i]`` (training): a dropout unit's ``(rows, fan_out)`` mask, a batch-norm
   unit's ``(2, fan_out)`` batch statistics; an empty ``(0, 0)`` array otherwise.
 * ``P``: the probabilities (rates for poisson) of the fused losses, ``(rows, k)``.
@@ -112,7 +112,7 @@ class Plan:
         for i, u in enumerate(units):
             kind, k = Unit(u["kind"]), int(u["fan_out"])
             z = np.empty((n, k), dtype=dt) if kind in (Unit.DENSE, Unit.BATCHNORM) else prev
-            own = (u["act"] != Act.IDENTITY or kind == Unit.BATCHNORM
+            own = (u["act"] != Act.IDENTITY or kind in (Unit.BATCHNORM, Unit.PRELU, Unit.MAXOUT)
                    or (self.training and kind == Unit.DROPOUT))
             a = np.empty((n, k), dtype=dt) if own else z
             if self.training and kind == Unit.DROPOUT:
@@ -131,7 +131,7 @@ class Plan:
         self.dA = [None] * (L + 1)
         self.dA[L] = np.empty((n, k), dtype=dt)
         for i in range(L, 0, -1):
-            own = units[i]["kind"] in (Unit.DENSE, Unit.BATCHNORM)
+            own = units[i]["kind"] in (Unit.DENSE, Unit.BATCHNORM, Unit.MAXOUT)
             self.dA[i - 1] = np.empty((n, int(units[i]["fan_in"])), dtype=dt) if own else self.dA[i]
         self.P = np.empty((n, k), dtype=dt)
         labels = self.loss in LABEL_LOSSES
@@ -203,9 +203,12 @@ _KINDS = frozenset(int(u) for u in Unit)
 _OPTS = frozenset(int(o) for o in Opt)
 _DENSE, _ACTIVATION = int(Unit.DENSE), int(Unit.ACTIVATION)
 _DROPOUT, _BATCHNORM = int(Unit.DROPOUT), int(Unit.BATCHNORM)
+_PRELU, _MAXOUT = int(Unit.PRELU), int(Unit.MAXOUT)
+_PASS_DOWN = (_ACTIVATION, _DROPOUT, _PRELU)  # units whose Z is the buffer before them and dA[i-1] is dA[i]
 _IDENTITY = int(Act.IDENTITY)
 assert tuple(name for name, _ in UNIT_FIELDS) == (
-    "kind", "fan_in", "fan_out", "act", "use_bias", "w_off", "b_off", "alpha", "l2", "rate", "eps", "momentum")
+    "kind", "fan_in", "fan_out", "act", "use_bias", "w_off", "b_off", "alpha", "l2", "rate", "eps", "momentum",
+    "pieces", "shared")
 
 
 def _rows(units):
@@ -229,7 +232,7 @@ def _check_records(who, plan, training):
     n_params = params.shape[0]
     rows = _rows(units)
     fan_in = rows[0][1]
-    for i, (kind, fi, k, act, use_bias, w_off, b_off, _, l2, rate, eps, momentum) in enumerate(rows):
+    for i, (kind, fi, k, act, use_bias, w_off, b_off, _, l2, rate, eps, momentum, pieces, shared) in enumerate(rows):
         if kind not in _KINDS:
             raise ValueError(f"{who}: unit {i} has an unknown kind {kind}")
         if not 0 <= act < _N_ACTS:
@@ -237,7 +240,11 @@ def _check_records(who, plan, training):
         if fi != fan_in or k < 1 or fan_in < 1:
             raise ValueError(f"{who}: unit {i} takes {fi} inputs and gives {k} outputs, but the "
                              f"unit before gives {fan_in} (every width must be >= 1)")
-        if kind != _DENSE and (k != fan_in or (kind != _ACTIVATION and act != _IDENTITY)):
+        if kind == _MAXOUT:
+            if not (pieces >= 1 and fan_in == k * pieces and act == _IDENTITY):
+                raise ValueError(f"{who}: maxout unit {i} needs pieces >= 1, fan_in == fan_out * pieces and the "
+                                 f"identity activation, got fan_in {fan_in}, fan_out {k}, pieces {pieces}")
+        elif kind != _DENSE and (k != fan_in or (kind != _ACTIVATION and act != _IDENTITY)):
             raise ValueError(f"{who}: unit {i} ({Unit(kind).name.lower()}) must have fan_in == fan_out"
                              + ("" if kind == _ACTIVATION else " and the identity activation"))
         if kind == _DENSE:
@@ -248,6 +255,10 @@ def _check_records(who, plan, training):
         elif kind == _DROPOUT:
             if not 0.0 <= rate < 1.0:
                 raise ValueError(f"{who}: the dropout rate of unit {i} must be in [0, 1), got {rate}")
+        elif kind == _PRELU:
+            if shared not in (0, 1) or w_off < 0 or w_off + (1 if shared else k) > n_params:
+                raise ValueError(f"{who}: PReLU unit {i} needs shared in (0, 1) and its {1 if shared else k} "
+                                 f"alpha(s) inside params")
         elif kind == _BATCHNORM:
             if w_off < 0 or w_off + 4 * k > n_params:
                 raise ValueError(f"{who}: batch-norm unit {i} needs its (4, {k}) block inside params")
@@ -272,20 +283,21 @@ def _check_unit_buffers(who, plan, training, rows):
     prev = plan.x
     for i, r in enumerate(rows):
         kind, shape = r[0], (n, r[2])
-        _buf(who, "Z", Z[i], dt, shape, i)
+        _buf(who, "Z", Z[i], dt, (n, r[1]) if kind == _MAXOUT else shape, i)
         _buf(who, "A", A[i], dt, shape, i)
-        if (kind == _ACTIVATION or kind == _DROPOUT) and Z[i] is not prev:
-            raise ValueError(f"{who}: Z[{i}] of an activation or dropout unit must be the buffer before it")
-        if kind == _BATCHNORM and A[i] is Z[i]:
-            raise ValueError(f"{who}: a batch-norm unit's A[{i}] must be a buffer of its own")
+        if (kind in _PASS_DOWN or kind == _MAXOUT) and Z[i] is not prev:
+            raise ValueError(f"{who}: Z[{i}] of an activation, dropout, PReLU or maxout unit must be the "
+                             "buffer before it")
+        if (kind == _BATCHNORM or kind == _PRELU or kind == _MAXOUT) and A[i] is Z[i]:
+            raise ValueError(f"{who}: a batch-norm, PReLU or maxout unit's A[{i}] must be a buffer of its own")
         prev = A[i]
         if not training:
             continue
         if kind == _DROPOUT and A[i] is Z[i]:
             raise ValueError(f"{who}: a dropout unit's A[{i}] must be a buffer of its own in training")
         _buf(who, "dA", dA[i], dt, shape, i)
-        if i > 0 and (kind == _ACTIVATION or kind == _DROPOUT) and dA[i - 1] is not dA[i]:
-            raise ValueError(f"{who}: dA[{i - 1}] below an activation or dropout unit must be dA[{i}]")
+        if i > 0 and kind in _PASS_DOWN and dA[i - 1] is not dA[i]:
+            raise ValueError(f"{who}: dA[{i - 1}] below an activation, dropout or PReLU unit must be dA[{i}]")
         if kind == _DROPOUT:
             _buf(who, "M", M[i], dt, shape, i)
         elif kind == _BATCHNORM:
@@ -401,7 +413,7 @@ def check_train(plan, loop, X, targets, sw, order, start, n_steps, losses_out, c
     _buf(who, "P", plan.P, dt, (rows, k))
     if loss not in FUSED_LOSSES and loss not in (Loss.NLL, Loss.MSE):  # pragma: no cover - Loss is closed
         raise ValueError(f"{who}: unknown loss kind {loss}")
-    if recs[-1][0] == _DROPOUT or recs[-1][0] == _BATCHNORM:
+    if recs[-1][0] not in (_DENSE, _ACTIVATION):
         raise ValueError(f"{who}: the last unit must be dense or an activation")
     if any(r[0] == _BATCHNORM for r in recs) and rows < 2:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size "

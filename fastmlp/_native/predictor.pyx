@@ -10,7 +10,7 @@ cimport numpy as cnp
 from fastmlp._native.common cimport *
 from fastmlp._native.gemm cimport Blas, blas, gemm_p
 from fastmlp._native.rows cimport _bias_act_row
-from fastmlp._native.units cimport UnitPtrs, bn_forward_p, fill_units
+from fastmlp._native.units cimport UnitPtrs, bn_forward_p, fill_units, maxout_forward_p, prelu_forward_p
 
 from fastmlp._native.plan import check_predict
 
@@ -47,6 +47,10 @@ cdef bint _predict_rows(const floating* X, Py_ssize_t n, Py_ssize_t d, UnitPtrs*
             if bn_forward_p(inp, <floating*>(params + u.r.w_off), u.r.eps, 0.0, <floating*>NULL,
                             <floating*>u.Z, <floating*>u.A, n, k):
                 return False
+        elif u.r.kind == UNIT_PRELU:
+            prelu_forward_p(<const floating*>u.Z, params + u.r.w_off, u.r.shared != 0, <floating*>u.A, n, k)
+        elif u.r.kind == UNIT_MAXOUT:
+            maxout_forward_p(<const floating*>u.Z, u.r.pieces, <floating*>u.A, n, k)
         elif u.r.act != ACT_IDENTITY:
             for r in range(n):
                 _bias_act_row(<floating*>u.Z + r * k, params, <floating*>u.A + r * k, k, False, <int>u.r.act,

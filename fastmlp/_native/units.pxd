@@ -1,5 +1,5 @@
 """The units of a plan as the compiled loops hold them, and the kernels of the
-units that are not row kernels: dropout masks and batch normalization."""
+units that are not row kernels: dropout masks, batch normalization, PReLU and maxout."""
 from cython cimport floating
 from libc.stdint cimport int64_t, uint64_t
 
@@ -64,3 +64,69 @@ cdef int bn_forward_p(const floating* X, floating* G, double eps, double momentu
 cdef int bn_backward_p(const floating* dA, const floating* Z, const floating* G, double eps,
                        const floating* S, floating* dG, floating* dX, Py_ssize_t n,
                        Py_ssize_t k) noexcept nogil
+
+
+# ------------------------------------------------------------ PReLU and maxout
+# (reference._prelu_forward and the others.) alpha points at the unit's block
+# of params: one value when shared, else one per feature.
+cdef inline void prelu_forward_p(const floating* Z, const floating* alpha, bint shared, floating* A,
+                                 Py_ssize_t n, Py_ssize_t k) noexcept nogil:
+    cdef Py_ssize_t r, j
+    cdef floating z
+    for r in range(n):
+        for j in range(k):
+            z = Z[r * k + j]
+            A[r * k + j] = z if z > 0 else (alpha[0] if shared else alpha[j]) * z
+
+
+cdef inline void prelu_backward_p(const floating* Z, const floating* alpha, bint shared, floating* dA,
+                                  double* acc, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
+    # rows 0..n of Z and dA: acc[j] = the sum of min(0, Z) * dA over them (in double; the loop
+    # adds the threads' sums into dalpha), then dA *= 1 where Z > 0, alpha elsewhere, in place
+    # (PyTorch's derivative at 0: alpha)
+    cdef Py_ssize_t r, j
+    cdef floating z
+    for j in range(k):
+        acc[j] = 0.0
+    for r in range(n):
+        for j in range(k):
+            z = Z[r * k + j]
+            if not z > 0:
+                if z < 0:
+                    acc[j] += <double>z * <double>dA[r * k + j]
+                dA[r * k + j] = dA[r * k + j] * (alpha[0] if shared else alpha[j])
+
+
+cdef inline void maxout_forward_p(const floating* Z, Py_ssize_t pieces, floating* A, Py_ssize_t n,
+                                  Py_ssize_t k) noexcept nogil:
+    # Z: (n, k * pieces), A: (n, k)
+    cdef Py_ssize_t r, j, p
+    cdef const floating* z
+    cdef floating m
+    for r in range(n):
+        for j in range(k):
+            z = Z + (r * k + j) * pieces
+            m = z[0]
+            for p in range(1, pieces):
+                if z[p] > m:
+                    m = z[p]
+            A[r * k + j] = m
+
+
+cdef inline void maxout_backward_p(const floating* Z, Py_ssize_t pieces, const floating* dA, floating* dX,
+                                   Py_ssize_t n, Py_ssize_t k) noexcept nogil:
+    # dX: (n, k * pieces), dA at the first arg-max piece of each output (torch.max), 0 elsewhere
+    cdef Py_ssize_t r, j, p, best
+    cdef const floating* z
+    cdef floating* dx
+    for r in range(n):
+        for j in range(k):
+            z = Z + (r * k + j) * pieces
+            dx = dX + (r * k + j) * pieces
+            best = 0
+            for p in range(1, pieces):
+                if z[p] > z[best]:
+                    best = p
+            for p in range(pieces):
+                dx[p] = 0
+            dx[best] = dA[r * k + j]

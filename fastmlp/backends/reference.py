@@ -538,6 +538,44 @@ def batchnorm_backward(dA, Z, G, eps, S, dG, dX):
         dX[...] = dA * (gamma / np.sqrt(G[3].astype(np.float64) + eps))
 
 
+# ------------------------------------------------------------ PReLU and maxout
+# The units of fm.PReLU and fm.Maxout, in NumPy: helpers of the step loop
+# (forward_units, loss_and_grads), not kernels of the contract, so every
+# backend's Python path runs these and its compiled loop its own version.
+def _prelu_alpha(u):
+    """The slice of params holding a PReLU unit's alpha(s)."""
+    n = 1 if u["shared"] else int(u["fan_out"])
+    return slice(int(u["w_off"]), int(u["w_off"]) + n)
+
+
+def _prelu_forward(Z, alpha, A):
+    """A = max(0, Z) + alpha * min(0, Z) (torch.nn.PReLU). Z, A : (n, k); alpha : (k,) or (1,)."""
+    np.multiply(Z, np.where(Z > 0, Z.dtype.type(1), alpha), out=A)
+
+
+def _prelu_backward(Z, alpha, dA, dalpha, dX):
+    """dalpha = sum of min(0, Z) * dA over the rows (and the features when alpha is shared),
+    in float64; dX = dA where Z > 0, alpha * dA elsewhere (PyTorch's derivative at 0; dX may be dA)."""
+    g = (np.minimum(Z, 0).astype(np.float64) * dA).sum(axis=0)
+    dalpha[...] = g.sum() if dalpha.shape[0] == 1 else g
+    np.multiply(dA, np.where(Z > 0, Z.dtype.type(1), alpha), out=dX)
+
+
+def _maxout_forward(Z, pieces, A):
+    """A[:, j] = max of Z[:, j*pieces : (j+1)*pieces]. Z : (n, k*pieces); A : (n, k)."""
+    n, k = A.shape
+    np.max(Z.reshape(n, k, pieces), axis=2, out=A)
+
+
+def _maxout_backward(Z, pieces, dA, dX):
+    """dX : (n, k*pieces) is dA at each output's arg-max piece (the first on ties, as torch.max), 0 elsewhere."""
+    n, k = dA.shape
+    arg = np.argmax(Z.reshape(n, k, pieces), axis=2)
+    d = dX.reshape(n, k, pieces)
+    d[...] = 0
+    np.put_along_axis(d, arg[:, :, None], dA[:, :, None], axis=2)
+
+
 # ------------------------------------------------------------ the step loop
 # See fastmlp._native.plan for the plan (the units' records and the buffers
 # of a batch) and the loop state every backend's loop takes.
@@ -567,6 +605,10 @@ def forward_units(kernels, plan, training=False):
                 kernels.dropout_forward(Z, plan.M[i], A)
             elif A is not Z:
                 A[...] = Z
+        elif kind == Unit.PRELU:
+            _prelu_forward(Z, params[_prelu_alpha(u)], A)
+        elif kind == Unit.MAXOUT:
+            _maxout_forward(Z, int(u["pieces"]), A)
         else:
             kernels.act_forward(Z, act, u["alpha"], A)
         a = A
@@ -602,6 +644,11 @@ def loss_and_grads(kernels, plan, y, Y, sw, training=False):
             kernels.act_backward(Z[i], A[i], dA[i], act, u["alpha"], dA[i])
         if kind == Unit.DROPOUT and training and i > 0:
             kernels.dropout_backward(dA[i], plan.M[i], dA[i])
+        if kind == Unit.PRELU:
+            at = _prelu_alpha(u)
+            _prelu_backward(Z[i], params[at], dA[i], grads[at], dA[i])
+        if kind == Unit.MAXOUT and i > 0:
+            _maxout_backward(Z[i], int(u["pieces"]), dA[i], dA[i - 1])
         if kind == Unit.BATCHNORM:
             w_off = int(u["w_off"])
             G = params[w_off:w_off + 4 * fan_out].reshape(4, fan_out)
@@ -636,7 +683,7 @@ def count_correct(out, y, Y, loss_kind):
 
 def trainable_spans(units):
     """The (start, stop) spans of the flat parameters that an optimizer trains: each dense
-    unit's W and b, each batch norm's gamma and beta (not its running statistics)."""
+    unit's W and b, each batch norm's gamma and beta (not its running statistics), each PReLU's alpha."""
     spans = []
     for u in units:
         kind, w_off, fo = int(u["kind"]), int(u["w_off"]), int(u["fan_out"])
@@ -646,6 +693,8 @@ def trainable_spans(units):
                 spans.append((int(u["b_off"]), int(u["b_off"]) + fo))
         elif kind == Unit.BATCHNORM:
             spans.append((w_off, w_off + 2 * fo))
+        elif kind == Unit.PRELU:
+            spans.append((w_off, w_off + (1 if u["shared"] else fo)))
     return spans
 
 

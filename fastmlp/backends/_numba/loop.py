@@ -29,6 +29,66 @@ from .updates import (
 )
 
 
+# ------------------------------------------------------------ PReLU and maxout
+# (reference._prelu_forward and the others.) alpha is the unit's (1, 1) or (1, k) block.
+@jit
+def _prelu_forward(Z, alpha, shared, A):
+    n, k = Z.shape
+    for r in range(n):
+        for j in range(k):
+            z = Z[r, j]
+            A[r, j] = z if z > 0 else alpha[0, 0 if shared else j] * z
+
+
+@jit
+def _prelu_backward(Z, alpha, shared, dA, dalpha):
+    # dalpha: the sums of min(0, Z) * dA (float64), then dA in place (PyTorch's derivative at 0: alpha)
+    n, k = Z.shape
+    acc = np.zeros(k)
+    for r in range(n):
+        for j in range(k):
+            z = Z[r, j]
+            if not z > 0:
+                if z < 0:
+                    acc[j] += np.float64(z) * np.float64(dA[r, j])
+                dA[r, j] = dA[r, j] * alpha[0, 0 if shared else j]
+    if shared:
+        s = 0.0
+        for j in range(k):
+            s += acc[j]
+        dalpha[0, 0] = s
+    else:
+        for j in range(k):
+            dalpha[0, j] = acc[j]
+
+
+@jit
+def _maxout_forward(Z, pieces, A):
+    n, k = A.shape
+    for r in range(n):
+        for j in range(k):
+            m = Z[r, j * pieces]
+            for p in range(1, pieces):
+                if Z[r, j * pieces + p] > m:
+                    m = Z[r, j * pieces + p]
+            A[r, j] = m
+
+
+@jit
+def _maxout_backward(Z, pieces, dA, dX):
+    # dA at the first arg-max piece of each output (torch.max), 0 elsewhere
+    n, k = dA.shape
+    for r in range(n):
+        for j in range(k):
+            best = j * pieces
+            for p in range(1, pieces):
+                if Z[r, j * pieces + p] > Z[r, best]:
+                    best = j * pieces + p
+            for p in range(pieces):
+                dX[r, j * pieces + p] = 0
+            dX[r, best] = dA[r, j]
+
+
 # ------------------------------------------------------------ the step loop
 @jit_reduce
 def _sum_squares_2d(W):
@@ -82,6 +142,8 @@ def _weight_decay(params, grads, units, wd, decoupled, lr):
             spans = ((u.w_off, u.w_off + u.fan_in * u.fan_out), (u.b_off, u.b_off + (u.fan_out if u.use_bias else 0)))
         elif u.kind == Unit.BATCHNORM:
             spans = ((u.w_off, u.w_off + 2 * u.fan_out), (0, 0))
+        elif u.kind == Unit.PRELU:
+            spans = ((u.w_off, u.w_off + (1 if u.shared else u.fan_out)), (0, 0))
         else:
             continue
         for a, b in spans:
@@ -122,6 +184,10 @@ def _train_steps(X, y, Y, sw, order, start, n_steps, units, Ws, bs, dWs, dbs, pa
                 _mul_mask(Z[i], M[i], A[i])
             elif u.kind == Unit.BATCHNORM:
                 _batchnorm_forward(x_buf if i == 0 else A[i - 1], Ws[i], u.eps, u.momentum, M[i], Z[i], A[i])
+            elif u.kind == Unit.PRELU:
+                _prelu_forward(Z[i], Ws[i], u.shared != 0, A[i])
+            elif u.kind == Unit.MAXOUT:
+                _maxout_forward(Z[i], u.pieces, A[i])
             else:
                 _act_forward(Z[i], u.act, u.alpha, A[i])
         # fused loss: the gradient at the output lands in dA[L]
@@ -144,6 +210,10 @@ def _train_steps(X, y, Y, sw, order, start, n_steps, units, Ws, bs, dWs, dbs, pa
                 _act_backward(Z[i], A[i], dA[i], u.act, u.alpha, dA[i])
             if u.kind == Unit.DROPOUT and i > 0:
                 _mul_mask(dA[i], M[i], dA[i])
+            if u.kind == Unit.PRELU:
+                _prelu_backward(Z[i], Ws[i], u.shared != 0, dA[i], dWs[i])
+            if u.kind == Unit.MAXOUT and i > 0:
+                _maxout_backward(Z[i], u.pieces, dA[i], dA[i - 1])
             if u.kind == Unit.BATCHNORM:
                 _batchnorm_backward(dA[i], Z[i], Ws[i], u.eps, M[i], dWs[i], dA[i - 1] if i > 0 else empty2)
             if u.kind == Unit.DENSE:
@@ -198,6 +268,12 @@ def _unit_views(plan):
             dWs.append(grads[w_off:w_off + 4 * fan_out].reshape(4, fan_out))
             bs.append(e1)
             dbs.append(e1)
+        elif kind == Unit.PRELU:  # alpha as a (1, 1) or (1, k) block
+            na = 1 if u["shared"] else fan_out
+            Ws.append(params[w_off:w_off + na].reshape(1, na))
+            dWs.append(grads[w_off:w_off + na].reshape(1, na))
+            bs.append(e1)
+            dbs.append(e1)
         else:
             Ws.append(e2)
             dWs.append(e2)
@@ -225,6 +301,10 @@ def _predict_rows(X, units, Ws, bs, x_buf, Z, A, empty2, out):
             _dense_forward(x_buf if i == 0 else A[i - 1], Ws[i], bs[i], u.act, u.alpha, Z[i], A[i])
         elif u.kind == Unit.BATCHNORM:
             _batchnorm_forward(x_buf if i == 0 else A[i - 1], Ws[i], u.eps, 0.0, empty2, Z[i], A[i])
+        elif u.kind == Unit.PRELU:
+            _prelu_forward(Z[i], Ws[i], u.shared != 0, A[i])
+        elif u.kind == Unit.MAXOUT:
+            _maxout_forward(Z[i], u.pieces, A[i])
         else:
             _act_forward(Z[i], u.act, u.alpha, A[i])
     out[...] = A[L]
