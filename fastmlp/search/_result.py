@@ -20,6 +20,7 @@ class SearchResult:
         (seconds from the start of the search), ``pid`` (the process that trained it); ``rung`` for halving,
         ``parent`` for evolution.
     best_params : dict
+    best_trial : dict, the best trial's row
     best_model : fastmlp.Sequential, trained
     best_metric : float
     interrupted : bool
@@ -49,6 +50,13 @@ class SearchResult:
             return None
         rec = next(r for r in self._records if r["trial"] == self._best_id)
         return {k: rec[k] for k in NAMES}
+
+    @property
+    def best_trial(self):
+        """The best trial's row of :attr:`trials`, as a dict (None when every trial failed)."""
+        if self._best_id is None:
+            return None
+        return dict(next(r for r in self._records if r["trial"] == self._best_id))
 
     @property
     def best_metric(self):
