@@ -6,6 +6,7 @@ offers ``submit(task)``, ``next_done() -> (task, result, error)`` and
 ``close()``. ``error`` is set when the trial could not run to its end because
 its worker died (the trial's own failures are in its record).
 """
+import asyncio
 import collections
 import concurrent.futures
 import os
@@ -96,35 +97,63 @@ class DaskClient:
         self.client, self._wait = client, wait
         workers = client.nthreads()
         self.n_slots = n_jobs if n_jobs > 0 else max(1, sum(workers.values()))
-        # one object (the tuple), sent to every worker now, not with every trial
-        [self.ref] = client.scatter([data], broadcast=True, hash=False)
+        self.data = data
+        self._scatter()
         self.futures = {}
+        self.lost = {}  # trial id -> times its data was lost
+        self.placed = {}  # future -> the worker it was sent to
         self.tag = uuid.uuid4().hex[:8]
 
+    def _scatter(self):
+        # one object (the tuple), sent to every worker now, not with every trial
+        [self.ref] = self.client.scatter([self.data], broadcast=True, hash=False)
+
     def submit(self, task):
-        key = f"fastmlp-trial-{self.tag}-{task['id']}-{task['epochs']}-{task['attempt']}"
+        if self.ref.status != "finished":  # every worker that held the data died: send it again
+            self._scatter()
+        key = f"fastmlp-trial-{self.tag}-{task['id']}-{task['epochs']}-{task['attempt']}-{task.get('resent', 0)}"
         # retries=0: a trial's own errors are in its record; a worker's death comes back as
         # KilledWorker (after the scheduler's allowed-failures) and the driver retries it once
-        fut = self.client.submit(run_trial, task, self.ref, key=key, pure=False, retries=0)
+        # placed on the worker with the most free threads: a trial queued behind another on one
+        # worker would die with it (and count as that death's suspect)
+        busy = collections.Counter(self.placed.values())
+        free = {w: n - busy[w] for w, n in self.client.nthreads().items()}
+        where = {}
+        if free:
+            where = {"workers": [max(sorted(free), key=lambda w: free[w])], "allow_other_workers": True}
+        fut = self.client.submit(run_trial, task, self.ref, key=key, pure=False, retries=0, **where)
         self.futures[fut] = task
+        self.placed[fut] = where.get("workers", [None])[0]
 
     @property
     def in_flight(self):
         return len(self.futures)
 
     def next_done(self):
-        done = self._wait(list(self.futures), return_when="FIRST_COMPLETED").done
-        fut = min(done, key=lambda f: self.futures[f]["id"])
-        task = self.futures.pop(fut)
-        try:
-            return task, fut.result(), None
-        except Exception as exc:  # KilledWorker, a lost connection
-            return task, None, exc
+        while True:
+            done = self._wait(list(self.futures), return_when="FIRST_COMPLETED").done
+            fut = min(done, key=lambda f: self.futures[f]["id"])
+            task = self.futures.pop(fut)
+            self.placed.pop(fut, None)
+            try:
+                return task, fut.result(), None
+            except asyncio.CancelledError as exc:
+                # the scattered data was lost with the workers that held it (not this trial's
+                # fault): scatter it again and run the trial again, a few times at most
+                lost = self.lost.get(task["id"], 0) + 1
+                if lost > 3:
+                    return task, None, exc
+                self.lost[task["id"]] = lost
+                self._scatter()
+                self.submit(dict(task, resent=lost))
+            except Exception as exc:  # KilledWorker (its worker died running it), a lost connection
+                return task, None, exc
 
     def close(self):
         if self.futures:
             self.client.cancel(list(self.futures))
         self.futures.clear()
+        self.placed.clear()
         self.client.cancel([self.ref])
 
 

@@ -160,7 +160,7 @@ def run_halving(driver, space, rng, n_trials, epochs, eta):
         tasks.append(task)
     for i, (n_i, r_i) in enumerate(rungs):
         if i > 0:
-            ok = [t for t in tasks if driver.records[t["id"]]["status"] == "ok"]
+            ok = [t for t in tasks if driver.records.get(t["id"], {}).get("status") == "ok"]
             ok.sort(key=lambda t: (_sort_key(driver, driver.records[t["id"]]["metric"]), t["id"]))
             tasks = []
             for t in ok[:n_i]:
