@@ -6,7 +6,8 @@ Writes Fashion-MNIST's training set (float32, 60000 x 784 = 188 MB) to a .npy
 file once (in a child process, so that this process never holds it), then, in
 a fresh child, opens it with ``np.load(mmap_mode="r")`` and fits a
 784-256-128-10 net. It reports the child's RSS before the fit (imports done,
-model built) and its peak RSS (``getrusage`` max RSS), the peak of anonymous
+model built) and its peak RSS (VmHWM in /proc/self/status; getrusage's max RSS
+would count the parent's, which Linux carries over fork and exec), the peak of anonymous
 memory (RssAnon, sampled after every batch) and tracemalloc's peak of the
 fit. The file's pages that the fit reads count in RSS (they are page cache,
 clean, and the kernel can drop them); a copy of the data would count a
@@ -30,7 +31,7 @@ np.save(sys.argv[2], X[:rows]); np.save(sys.argv[3], y[:rows])
 """
 
 CHILD = """
-import json, resource, sys, tracemalloc
+import json, sys, tracemalloc
 import numpy as np
 import fastmlp as fm
 
@@ -66,7 +67,7 @@ if estimator:
 else:
     model.fit(X, y, epochs=epochs, batch_size=128, verbose=0, callbacks=[Sample()])
 traced = tracemalloc.get_traced_memory()[1]
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = rss("VmHWM")  # not getrusage's ru_maxrss: Linux carries the parent's peak over fork + exec
 print(json.dumps({"data": int(X.nbytes), "rss_before": before, "peak_rss": peak, "anon_before": anon_before,
                   "peak_anon": peak_anon[0], "tracemalloc_peak": traced}))
 """
