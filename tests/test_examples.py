@@ -58,7 +58,7 @@ def test_search_fashion_mnist_example_quick():
     # tiny size: both sides run and report; the 0.90 floor is for the full run (docs/search.md)
     pytest.importorskip("pandas")
     pytest.importorskip("joblib")
-    out = run_example("examples/search_fashion_mnist.py", "--quick", "--budget", "3", "--verbose", "0",
+    out = run_example("examples/search_fashion_mnist.py", "--quick", "--budget", "1", "--verbose", "0",
                       timeout=300)
     assert re.search(r"fastmlp: \d+ trials in \d+ halving bracket", out), out
     assert 0.5 < accuracy(out, "fastmlp search") <= 1.0, out

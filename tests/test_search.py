@@ -366,3 +366,24 @@ def test_dask_killed_worker_is_retried_once(digits, client, tmp_path, always):
         assert t.status[16] == "failed" and "worker died twice" in t.error[16]
     else:
         assert t.status[16] == "ok" and 0 < t.metric[16] <= 1
+
+
+@pytest.mark.parametrize("always", [False, True])
+def test_processes_killed_worker_is_retried_once(digits, tmp_path, always):
+    pytest.importorskip("joblib")
+    import cloudpickle
+    X, y = digits
+    marker = tmp_path / "attempts.txt"
+    space = Space(depth=1, width=[8, 16, 32], lr=1e-3, batch_size=64)
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    try:  # n_jobs=1: a dead loky worker breaks its pool, and every trial in flight with it
+        res = search.run(space, X, y, strategy="grid", epochs=1, executor="processes", n_jobs=1, verbose=0,
+                         callbacks=[ExitOnWidth(16, str(marker), always)])
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    t = res.trials.set_index(res.trials.widths.map(lambda w: w[0]))
+    assert len(marker.read_text().splitlines()) == 2
+    assert t.status[8] == t.status[32] == "ok" and t.attempts[16] == 2
+    assert (t.status[16] == "failed") == always
+    if always:
+        assert "worker died twice" in t.error[16] and "TerminatedWorkerError" in t.error[16]
