@@ -213,6 +213,7 @@ def test_time_budget_stops_the_search(digits):
     (dict(metric="f1"), "metric must be one of"),
     (dict(validation_split=0.0), "needs validation data"),
     (dict(n_jobs=0), "n_jobs must be"),
+    (dict(n_jobs=2), "needs executor='processes' or a Dask client"),
     (dict(executor="threads"), "executor must be"),
     (dict(strategy="halving", n_trials=2), "halving needs n_trials >= eta"),
     (dict(loss="mse"), "for classification"),

@@ -126,6 +126,9 @@ def run(space, X, y, strategy="random", n_trials=None, epochs=10, validation_dat
     if not (executor is None or executor == "processes"
             or hasattr(executor, "scatter") and hasattr(executor, "submit")):
         raise ValueError(f"executor must be None, 'processes' or a dask.distributed.Client, got {executor!r}.")
+    if executor is None and n_jobs != 1:
+        raise ValueError(f"n_jobs={n_jobs} needs executor='processes' or a Dask client: executor=None runs one "
+                         "trial at a time in this process (on all its threads).")
     eta = _check_int(eta, "eta", 2)
     grid = space.grid() if strategy == "grid" else None
     if n_trials is None:

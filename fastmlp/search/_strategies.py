@@ -26,6 +26,7 @@ class Driver:
         self.models = {}  # trial id -> trained model still needed (survivors, the best)
         self.best_id = None
         self.interrupted = False
+        self.keep = ()  # ids whose models the strategy still needs (halving's current rung)
         self.t0 = time.time()
         budget = settings["time_budget"]
         self.deadline = None if budget is None else self.t0 + budget
@@ -109,7 +110,7 @@ class Driver:
         self.progress.update(self.records[self.best_id]["metric"] if self.best_id is not None else None)
 
     def _still_needed(self, tid):
-        return tid in getattr(self, "keep", ())
+        return tid in self.keep
 
     def close(self):
         if self.interrupted:
