@@ -216,13 +216,24 @@ def test_time_budget_stops_the_search(digits):
     (dict(n_jobs=2), "needs executor='processes' or a Dask client"),
     (dict(executor="threads"), "executor must be"),
     (dict(strategy="halving", n_trials=2), "halving needs n_trials >= eta"),
-    (dict(loss="mse"), "for classification"),
+    (dict(loss="mse"), "is for classification, but the loss is 'mse'"),
     (dict(time_budget=-1), "time_budget must be"),
 ])
 def test_bad_arguments_fail_before_any_trial(digits, kw, match):
     X, y = digits
     with pytest.raises(ValueError, match=match):
         search.run(small_space(), X, y, **{"n_trials": 3, "epochs": 1, "verbose": 0, **kw})
+
+
+def test_labels_that_are_not_integers(digits):
+    X, y = digits
+    with pytest.raises(ValueError, match="loss='auto' chose 'mse': y is of dtype float64"):
+        search.run(small_space(), X, y.astype(float), n_trials=2, epochs=1, verbose=0)
+    with pytest.raises(TypeError, match="np.unique"):
+        search.run(small_space(), X, y.astype(str), n_trials=2, epochs=1, verbose=0, loss="cross_entropy")
+    # regression: mse on real targets, val_loss minimized
+    res = search.run(small_space(), X, y.astype(float) / 9, n_trials=3, epochs=2, verbose=0, metric="val_loss")
+    assert res.best_metric == res.trials.metric.min() and res.best_model.count_params() > 0
 
 
 def test_progress_bar_and_silence(digits, capsys):

@@ -23,7 +23,8 @@ def _prepare(X, y, validation_data, validation_split, loss, metric, dtype):
     """(X, y, X_val, y_val, n_outputs, loss) for every trial, checked once here."""
     X = _validation.check_X(X, dtype)  # a memmap of the right dtype and order passes through uncopied
     y = np.asarray(y)
-    if loss == "auto":
+    auto = loss == "auto"
+    if auto:
         loss = "cross_entropy" if y.ndim == 1 and (y.dtype == bool or np.issubdtype(y.dtype, np.integer)) else "mse"
     val = None
     if validation_data is not None:
@@ -45,6 +46,9 @@ def _prepare(X, y, validation_data, validation_split, loss, metric, dtype):
                          "validation_split > 0, or use metric='loss' / 'accuracy' (training data).")
     if loss == "cross_entropy":
         labels = [y] + ([val[1]] if val is not None else [])
+        if not all(a.dtype == bool or np.issubdtype(a.dtype, np.number) for a in labels):
+            raise TypeError(f"y must hold integer class labels 0..k-1 for loss='cross_entropy', got dtype {y.dtype}; "
+                            "encode them first: classes, y = np.unique(y, return_inverse=True).")
         top = max(int(np.max(a)) if a.size else 0 for a in labels)
         n_out = max(2, top + 1)
         y = _validation.check_labels(y, X.shape[0], n_out)
@@ -52,7 +56,9 @@ def _prepare(X, y, validation_data, validation_split, loss, metric, dtype):
             val = (val[0], _validation.check_labels(val[1], val[0].shape[0], n_out, "y_val"))
     elif loss == "mse":
         if metric.endswith("accuracy"):
-            raise ValueError(f"metric={metric!r} is for classification; with loss='mse' use 'val_loss' or 'loss'.")
+            why = f" (loss='auto' chose 'mse': y is of dtype {y.dtype}, not integer labels)" if auto else ""
+            raise ValueError(f"metric={metric!r} is for classification, but the loss is 'mse'{why}; pass integer "
+                             "class labels or loss='cross_entropy', or use metric='val_loss' / 'loss'.")
         y = _validation.cast(y.reshape(y.shape[0], -1), dtype, "y")
         n_out = y.shape[1]
         if val is not None:
