@@ -25,6 +25,8 @@ class SearchResult:
     best_metric : float
     interrupted : bool
         True when Ctrl-C stopped the search (the trials done so far are here).
+    metric_name, maximize, strategy : the search's settings
+    seconds : float, the search's wall time
     """
 
     def __init__(self, records, metric_name, maximize, best_id, best_model, interrupted, strategy, seconds):
