@@ -282,11 +282,18 @@ def test_processes_give_the_same_trials_as_in_process(digits):
 
 # ---------------------------------------------------------------------- Dask
 @pytest.fixture(scope="module")
-def client():
+def by_value():
+    """Callbacks of this file pickled by value: the workers need not import it."""
+    import cloudpickle
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield
+    cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+@pytest.fixture(scope="module")
+def client(by_value):
     dask = pytest.importorskip("dask")
     distributed = pytest.importorskip("distributed")
-    import cloudpickle
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers need not import this file
     # allowed-failures=0: the scheduler gives up on a task at its worker's first death, so the
     # search's own single retry is the only one; worker-saturation 1.0: a worker holds only the
     # trial it runs, so that no queued trial dies with it
@@ -298,7 +305,6 @@ def client():
     yield c
     c.close()
     cluster.close()
-    cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
 def test_dask_every_strategy_and_reproducibility(digits, client):
@@ -381,18 +387,14 @@ def test_dask_killed_worker_is_retried_once(digits, client, tmp_path, always):
 
 
 @pytest.mark.parametrize("always", [False, True])
-def test_processes_killed_worker_is_retried_once(digits, tmp_path, always):
+def test_processes_killed_worker_is_retried_once(digits, tmp_path, always, by_value):
     pytest.importorskip("joblib")
-    import cloudpickle
     X, y = digits
     marker = tmp_path / "attempts.txt"
     space = Space(depth=1, width=[8, 16, 32], lr=1e-3, batch_size=64)
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    try:  # n_jobs=1: a dead loky worker breaks its pool, and every trial in flight with it
-        res = search.run(space, X, y, strategy="grid", epochs=1, executor="processes", n_jobs=1, verbose=0,
-                         callbacks=[ExitOnWidth(16, str(marker), always)])
-    finally:
-        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    # n_jobs=1: a dead loky worker breaks its pool, and every trial in flight with it
+    res = search.run(space, X, y, strategy="grid", epochs=1, executor="processes", n_jobs=1, verbose=0,
+                     callbacks=[ExitOnWidth(16, str(marker), always)])
     t = res.trials.set_index(res.trials.widths.map(lambda w: w[0]))
     assert len(marker.read_text().splitlines()) == 2
     assert t.status[8] == t.status[32] == "ok" and t.attempts[16] == 2
