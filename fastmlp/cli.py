@@ -7,6 +7,9 @@
     fastmlp export MODEL --onnx model.onnx
     fastmlp info MODEL
     fastmlp bench [--quick | --smoke]
+    fastmlp search (DATA --target COLUMN | --dataset digits|fashion-mnist) [--strategy random]
+                   [--n-trials 20] [--epochs 10] [--depth 1:3] [--width 32:512] [--lr 1e-4:1e-2]
+                   (LOW:HIGH a range, A,B,C choices, one value fixed)
 
 DATA is a CSV or TSV file with a header row (the target named, or numbered from 0), a
 ``.npy`` array (the target a column number) or ``.npz`` (arrays ``X`` and ``y``), a pair of
@@ -316,6 +319,63 @@ def _bench(a):
     sys.exit(subprocess.call([sys.executable, script, *args, *a.rest]))
 
 
+def _search_data(a):
+    """(X, y) of ``fastmlp search``: a data file with a target column, or a named data set."""
+    if a.dataset == "digits":
+        from sklearn.datasets import load_digits
+
+        X, y = load_digits(return_X_y=True)
+        return X / 16.0, y
+    if a.dataset == "fashion-mnist":
+        from .datasets import load_fashion_mnist
+
+        (X, y), _ = load_fashion_mnist(a.data)
+        return X, y
+    if a.data is None or a.target is None:
+        raise DataError("fastmlp search needs DATA and --target COLUMN, or --dataset digits|fashion-mnist.")
+    X, y, _ = load_data(a.data, a.target)
+    y, task = _targets(y, "classification")
+    return X, np.unique(y, return_inverse=True)[1]  # classes as 0..k-1
+
+
+def _range(text):
+    """'1:3' -> (1, 3), a range; '1,2,3' -> [1, 2, 3], choices; '64' -> 64, a fixed value."""
+    def number(v):
+        try:
+            return int(v)
+        except ValueError:
+            return float(v)
+
+    try:
+        if ":" in text:
+            low, high = text.split(":")
+            return (number(low), number(high))
+        vals = [number(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes LOW:HIGH, A,B,C or one value, got {text!r}") from None
+    return vals[0] if len(vals) == 1 else vals
+
+
+def _search(a):
+    import json
+
+    from . import search
+
+    X, y = _search_data(a)
+    space = search.Space(depth=a.depth, width=a.width, lr=a.lr, batch_size=a.batch_size,
+                         activation=a.activation)
+    result = search.run(space, X, y, strategy=a.strategy, n_trials=a.n_trials, epochs=a.epochs,
+                        validation_split=a.validation_split, executor=a.executor, n_jobs=a.n_jobs, seed=a.seed,
+                        time_budget=a.time_budget, verbose=0 if a.quiet else 1)
+    if result.best_params is None:
+        raise ValueError(f"every one of the {len(result)} trials failed; the first error: "
+                         f"{result.trials.error.iloc[0]}")
+    t = result.trials
+    print(f"{len(t)} trials ({int((t.status != 'failed').sum())} trained) in {result.seconds:.1f} s; "
+          f"best val_accuracy {result.best_metric:.4f}")
+    print(json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in result.best_params.items()}))
+
+
 def _layers(text):
     try:
         sizes = tuple(int(s) for s in text.split(",") if s.strip())
@@ -382,6 +442,25 @@ def parser():
     b.add_argument("--smoke", action="store_true", help="tiny sizes (seconds)")
     b.add_argument("rest", nargs=argparse.REMAINDER)
     b.set_defaults(run=_bench)
+    s = sub.add_parser("search", help="search MLP widths, depths and learning rates (fastmlp.search)")
+    s.add_argument("data", nargs="?", default=None, help="a data file, or the folder of --dataset fashion-mnist")
+    s.add_argument("--target", help="the target column (classification)")
+    s.add_argument("--dataset", choices=("digits", "fashion-mnist"))
+    s.add_argument("--strategy", choices=("grid", "random", "halving", "evolution"), default="random")
+    s.add_argument("--n-trials", type=_positive(int), default=None, help="default: all the grid, or 20")
+    s.add_argument("--epochs", type=_positive(int), default=10)
+    s.add_argument("--depth", type=_range, default=(1, 3), help="LOW:HIGH, A,B,C or one value (default 1:3)")
+    s.add_argument("--width", type=_range, default=(32, 512), help="LOW:HIGH (log-uniform), A,B,C or one value")
+    s.add_argument("--lr", type=_range, default=(1e-4, 1e-2), help="LOW:HIGH (log-uniform), A,B,C or one value")
+    s.add_argument("--batch-size", type=_positive(int), default=128)
+    s.add_argument("--activation", default="relu")
+    s.add_argument("--validation-split", type=_fraction, default=0.2)
+    s.add_argument("--executor", choices=("processes",), default=None, help="loky worker processes")
+    s.add_argument("--n-jobs", type=int, default=1)
+    s.add_argument("--time-budget", type=_positive(float), default=None, help="seconds")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(run=_search)
     return p
 
 

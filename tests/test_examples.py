@@ -50,3 +50,17 @@ def test_sklearn_compare_accuracy_within_one_point():
     assert set(acc) == {"fastmlp", "scikit-learn"}, out
     assert acc["fastmlp"] >= 0.88, out
     assert abs(acc["fastmlp"] - acc["scikit-learn"]) <= 0.01, out
+
+
+@pytest.mark.skipif(not all((FASHION_DIR / f).is_file() for f in FASHION_FILES),
+                    reason=f"Fashion-MNIST files not found in {FASHION_DIR}")
+def test_search_fashion_mnist_example_quick():
+    # tiny size: both sides run and report; the 0.90 floor is for the full run (docs/search.md)
+    pytest.importorskip("pandas")
+    pytest.importorskip("joblib")
+    out = run_example("examples/search_fashion_mnist.py", "--quick", "--budget", "1", "--verbose", "0",
+                      timeout=300)
+    assert re.search(r"fastmlp: \d+ trials in \d+ halving bracket", out), out
+    assert 0.5 < accuracy(out, "fastmlp search") <= 1.0, out
+    assert 0.5 < accuracy(out, "scikit-learn search") <= 1.0, out
+    assert "best params {'depth':" in out
