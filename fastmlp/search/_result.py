@@ -27,6 +27,18 @@ class SearchResult:
         True when Ctrl-C stopped the search (the trials done so far are here).
     metric_name, maximize, strategy : the search's settings
     seconds : float, the search's wall time
+
+    Parameters
+    ----------
+    records : dict of int to dict
+        The trials' records by id (built by :func:`fastmlp.search.run`, not by users).
+    metric_name : str
+    maximize : bool
+    best_id : int or None
+    best_model : fastmlp.Sequential or None
+    interrupted : bool
+    strategy : str
+    seconds : float
     """
 
     def __init__(self, records, metric_name, maximize, best_id, best_model, interrupted, strategy, seconds):

@@ -104,7 +104,9 @@ def run(space, X, y, strategy="random", n_trials=None, epochs=10, validation_dat
     loss : {"auto", "cross_entropy", "mse"}; "auto": cross_entropy for integer labels
     dtype, backend, n_threads : as :class:`fastmlp.Sequential`; ``n_threads`` defaults to 1 in workers
     callbacks : list of :class:`fastmlp.callbacks.Callback`, passed to every trial's fit
-    eta : int >= 2 (halving); population, sample_size : int (evolution)
+    eta : int >= 2; halving keeps the best 1/eta of each rung
+    population : int, optional; evolution: the number of recent trials tournaments draw from
+    sample_size : int, optional; evolution: the trials of one tournament
     verbose : 0 (silent) or 1 (a progress bar over the trials, with tqdm when installed)
 
     Returns

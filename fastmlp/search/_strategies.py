@@ -177,7 +177,7 @@ def run_halving(driver, space, rng, n_trials, epochs, eta):
             if tid not in driver.keep and tid != driver.best_id:
                 del driver.models[tid]
         pending = list(tasks)[::-1]
-        if not driver.drive(lambda: pending.pop() if pending else None):
+        if not driver.drive(lambda pending=pending: pending.pop() if pending else None):
             break
     driver.keep = ()
     for tid in list(driver.models):

@@ -22,7 +22,23 @@ _LOADED = {}
 
 
 def build_model(params, n_features, n_outputs, loss, seed, dtype="float32", backend=None, n_threads=None):
-    """The compiled Sequential of one trial's parameters."""
+    """The compiled Sequential of one trial's parameters.
+
+    Parameters
+    ----------
+    params : dict
+        A trial's parameters (:attr:`SearchResult.best_params` has this form).
+    n_features, n_outputs : int
+        The input width and the output layer's units.
+    loss : str
+        As :meth:`fastmlp.Sequential.compile`.
+    seed : int
+    dtype, backend, n_threads : as :class:`fastmlp.Sequential`
+
+    Returns
+    -------
+    fastmlp.Sequential
+    """
     layers = []
     for w in params["widths"]:
         if params["batch_norm"]:
