@@ -18,8 +18,10 @@ Per-batch buffers are allocated once per fit and batch size; a training step
 only calls backend kernels on them.
 """
 import contextlib
+import functools
 import math
 import os
+import threading
 import time
 import weakref
 from collections.abc import Iterable, Sequence
@@ -106,6 +108,19 @@ class _Unit:
 
 
 _CONTROLLER = None
+
+
+def _serialized(method):
+    """Run ``method`` under the model's lock: predict and evaluate reuse the model's cached
+    inference buffers (its predictor and plan), which two threads must not fill at once."""
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        lock = self.__dict__.get("_buffers_lock")
+        if lock is None:
+            lock = self.__dict__.setdefault("_buffers_lock", threading.Lock())
+        with lock:
+            return method(self, *args, **kwargs)
+    return locked
 
 
 def _check_schedule(opt, n_steps, block=1 << 20):
@@ -802,6 +817,7 @@ class Sequential:
         if not self.built:
             raise RuntimeError("The model has no weights yet: pass input_dim=... or call fit first.")
 
+    @_serialized
     def predict(self, X: ArrayLike, batch_size: int = 4096, n_threads: int | None = None) -> np.ndarray:
         """Model outputs: probabilities for cross_entropy / binary_cross_entropy, rates exp(z) for
         poisson, else the raw output.
@@ -877,6 +893,7 @@ class Sequential:
             self._infer_cache = self._make_plan(self._infer_acts, n)
         return self._infer_cache
 
+    @_serialized
     def evaluate(self, X: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None, batch_size: int = 4096,
                  n_threads: int | None = None) -> dict[str, float]:
         """Loss (and accuracy for classification) on a data set.
@@ -1033,6 +1050,7 @@ class Sequential:
         state["backend"] = None
         state["_infer_cache"] = state["_predictor"] = None
         state.pop("_paces", None)  # timings of this machine
+        state.pop("_buffers_lock", None)
         return state
 
     def __setstate__(self, state):

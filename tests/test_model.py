@@ -651,3 +651,25 @@ def test_cython_loop_same_weights_with_either_blas():
             _kernels._use_blas64(*found)
     for a, b in zip(*weights):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("rows", [7, 300], ids=["per-request path", "general path"])
+def test_predict_and_evaluate_from_several_threads_give_the_serial_results(backend_name, rows):
+    # both paths fill the model's cached inference buffers: threads must take turns
+    from concurrent.futures import ThreadPoolExecutor
+    model = fastmlp.Sequential([fastmlp.Dense(16, activation="relu"), fastmlp.Dense(3)], input_dim=5, seed=0,
+                               backend=backend_name)
+    model.compile(loss="cross_entropy", optimizer="sgd")
+    rng = np.random.default_rng(0)
+    inputs = [rng.standard_normal((rows, 5)).astype(np.float32) for _ in range(16)]
+    labels = [rng.integers(0, 3, rows) for _ in range(16)]
+    want = [model.predict(x) for x in inputs]
+    want_eval = [model.evaluate(x, y)["loss"] for x, y in zip(inputs, labels)]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(20):
+            got = list(pool.map(model.predict, inputs))
+            got_eval = list(pool.map(lambda xy: model.evaluate(*xy)["loss"], zip(inputs, labels)))
+            for g, w in zip(got, want):
+                np.testing.assert_array_equal(g, w)
+            assert got_eval == want_eval
+    assert pickle.loads(pickle.dumps(model)).predict(inputs[0]).tolist() == want[0].tolist()
