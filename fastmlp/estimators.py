@@ -52,9 +52,10 @@ How the numbers line up with scikit-learn's
 import numbers
 import os
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
-from numpy.typing import ArrayLike
+from numpy.typing import ArrayLike, DTypeLike
 import scipy
 import scipy.optimize
 import scipy.special
@@ -646,13 +647,16 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                "    output per label) as in scikit-learn.\n" + _PARAMS_DOC
                + "    classes_ : ndarray of shape (n_classes,)\n")
 
-    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=0.0001,
-                 batch_size="auto", learning_rate="constant", learning_rate_init=0.001, power_t=0.5,
-                 max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False,
-                 momentum=0.9, nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
-                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 dtype="float32", backend=None, n_threads=None, dropout=0.0, batch_norm=False, init=None,
-                 clip_norm=None):
+    def __init__(self, hidden_layer_sizes: Sequence[int] = (100,), activation: str = "relu", *, solver: str = "adam", alpha: float = 0.0001,
+                 batch_size: int | str = "auto", learning_rate: str = "constant", learning_rate_init: float = 0.001,
+                 power_t: float = 0.5, max_iter: int = 200, shuffle: bool = True,
+                 random_state: int | np.random.RandomState | None = None, tol: float = 1e-4,
+                 verbose: bool | int = False, warm_start: bool = False, momentum: float = 0.9,
+                 nesterovs_momentum: bool = True, early_stopping: bool = False, validation_fraction: float = 0.1,
+                 beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-8, n_iter_no_change: int = 10,
+                 max_fun: int = 15000, dtype: DTypeLike = "float32", backend: str | None = None,
+                 n_threads: int | None = None, dropout: float = 0.0, batch_norm: bool = False,
+                 init: str | None = None, clip_norm: float | None = None) -> None:
         _store(self, locals())
 
     _score_function = staticmethod(accuracy_score)
@@ -793,13 +797,17 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     _parameter_constraints: dict = {**_BaseMLP._parameter_constraints,
                                     "loss": [StrOptions({"squared_error", "poisson"})]}
 
-    def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
-                 alpha=0.0001, batch_size="auto", learning_rate="constant", learning_rate_init=0.001,
-                 power_t=0.5, max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False,
-                 warm_start=False, momentum=0.9, nesterovs_momentum=True, early_stopping=False,
-                 validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10,
-                 max_fun=15000, dtype="float32", backend=None, n_threads=None, dropout=0.0, batch_norm=False,
-                 init=None, clip_norm=None):
+    def __init__(self, loss: str = "squared_error", hidden_layer_sizes: Sequence[int] = (100,),
+                 activation: str = "relu", *, solver: str = "adam", alpha: float = 0.0001,
+                 batch_size: int | str = "auto", learning_rate: str = "constant", learning_rate_init: float = 0.001,
+                 power_t: float = 0.5, max_iter: int = 200, shuffle: bool = True,
+                 random_state: int | np.random.RandomState | None = None, tol: float = 1e-4,
+                 verbose: bool | int = False, warm_start: bool = False, momentum: float = 0.9,
+                 nesterovs_momentum: bool = True, early_stopping: bool = False, validation_fraction: float = 0.1,
+                 beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-8, n_iter_no_change: int = 10,
+                 max_fun: int = 15000, dtype: DTypeLike = "float32", backend: str | None = None,
+                 n_threads: int | None = None, dropout: float = 0.0, batch_norm: bool = False,
+                 init: str | None = None, clip_norm: float | None = None) -> None:
         _store(self, locals())
 
     _score_function = staticmethod(r2_score)
