@@ -67,7 +67,22 @@ class LearningRateSchedule:
     __hash__ = object.__hash__
 
 
-class ExponentialDecay(LearningRateSchedule):
+class _QuotientDecay(LearningRateSchedule):
+    # the two decays of the step quotient p = step / decay_steps (floored when staircase)
+    _decay_rate_positive = True
+
+    def __init__(self, initial, decay_steps, decay_rate, staircase=False):
+        self.initial = _rate(initial, "initial")
+        self.decay_steps = _validation.check_positive(decay_steps, "decay_steps")
+        self.decay_rate = _rate(decay_rate, "decay_rate", positive=self._decay_rate_positive)
+        self.staircase = bool(staircase)
+
+    def _quotient(self, step):
+        p = step / self.decay_steps
+        return np.floor(p) if self.staircase else p
+
+
+class ExponentialDecay(_QuotientDecay):
     """``initial * decay_rate ** (step / decay_steps)``; the exponent floored when ``staircase``.
 
     As ``keras.optimizers.schedules.ExponentialDecay``.
@@ -84,20 +99,11 @@ class ExponentialDecay(LearningRateSchedule):
         Floor the step quotient (a rate constant over each ``decay_steps`` steps).
     """
 
-    def __init__(self, initial, decay_steps, decay_rate, staircase=False):
-        self.initial = _rate(initial, "initial")
-        self.decay_steps = _validation.check_positive(decay_steps, "decay_steps")
-        self.decay_rate = _rate(decay_rate, "decay_rate")
-        self.staircase = bool(staircase)
-
     def _rates(self, step):
-        p = step / self.decay_steps
-        if self.staircase:
-            p = np.floor(p)
-        return self.initial * np.power(self.decay_rate, p)
+        return self.initial * np.power(self.decay_rate, self._quotient(step))
 
 
-class InverseTimeDecay(LearningRateSchedule):
+class InverseTimeDecay(_QuotientDecay):
     """``initial / (1 + decay_rate * step / decay_steps)``; the quotient floored when ``staircase``.
 
     As ``keras.optimizers.schedules.InverseTimeDecay``.
@@ -107,24 +113,17 @@ class InverseTimeDecay(LearningRateSchedule):
     initial : float > 0
         The rate at step 0.
     decay_steps : float > 0
-        The steps over which the rate decays by ``decay_rate``.
-    decay_rate : float > 0
+        The steps over which the rate falls to ``initial / (1 + decay_rate)``.
+    decay_rate : float >= 0
         The decay factor.
     staircase : bool, default=False
         Floor the step quotient (a rate constant over each ``decay_steps`` steps).
     """
 
-    def __init__(self, initial, decay_steps, decay_rate, staircase=False):
-        self.initial = _rate(initial, "initial")
-        self.decay_steps = _validation.check_positive(decay_steps, "decay_steps")
-        self.decay_rate = _rate(decay_rate, "decay_rate", positive=False)
-        self.staircase = bool(staircase)
+    _decay_rate_positive = False
 
     def _rates(self, step):
-        p = step / self.decay_steps
-        if self.staircase:
-            p = np.floor(p)
-        return self.initial / (1.0 + self.decay_rate * p)
+        return self.initial / (1.0 + self.decay_rate * self._quotient(step))
 
 
 class PiecewiseConstant(LearningRateSchedule):
