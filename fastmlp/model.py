@@ -117,7 +117,7 @@ def _serialized(method):
     def locked(self, *args, **kwargs):
         lock = self.__dict__.get("_buffers_lock")
         if lock is None:
-            lock = self.__dict__.setdefault("_buffers_lock", threading.Lock())
+            lock = self.__dict__.setdefault("_buffers_lock", threading.RLock())  # evaluate calls predict
         with lock:
             return method(self, *args, **kwargs)
     return locked
