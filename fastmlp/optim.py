@@ -188,10 +188,8 @@ class Optimizer:
         # step()'s weight decay, on the whole vector (step() knows no layers: the native loop
         # spares batch norm's running statistics, this does not)
         if self.weight_decay:
-            if self.decoupled:
-                params *= params.dtype.type(1.0 - lr * self.weight_decay)
-            else:
-                grads += params.dtype.type(self.weight_decay) * params
+            from .backends import reference
+            reference.weight_decay(params, grads, [(0, params.shape[0])], self.weight_decay, self.decoupled, lr)
 
     def _hypers(self):
         return [name for name in dir(type(self)) if isinstance(getattr(type(self), name), _Hyper)]

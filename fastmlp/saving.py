@@ -152,14 +152,14 @@ def _schedule_from(doc, where):
     if not (isinstance(doc, dict) and set(doc) == {"schedule", "config"}):
         _fail(f"{where}lr must be a number or an object with the keys 'schedule' and 'config'.")
     name, config = doc["schedule"], doc["config"]
-    if name not in _schedules.__all__[1:]:
-        _fail(f"{where}lr.schedule must be one of {sorted(_schedules.__all__[1:])}, got {name!r}.")
+    if name not in _schedules.SCHEDULES:
+        _fail(f"{where}lr.schedule must be one of {sorted(_schedules.SCHEDULES)}, got {name!r}.")
     if not (isinstance(config, dict) and all(
             isinstance(k, str) and (v is None or isinstance(v, bool) or _is_real(v) or _real_list(v))
             for k, v in config.items())):
         _fail(f"{where}lr.config must map names to numbers, lists of numbers, booleans or null.")
     try:
-        return getattr(_schedules, name)(**config)
+        return _schedules.SCHEDULES[name](**config)
     except (ValueError, TypeError) as exc:
         _fail(f"{where}lr: {exc}")
 

@@ -250,6 +250,11 @@ class OneCycle(LearningRateSchedule):
         return np.where(step <= mid, up, down)
 
 
+#: the schedules by class name (what a saved model names; loading builds only these)
+SCHEDULES = {cls.__name__: cls for cls in (ExponentialDecay, PiecewiseConstant, CosineDecay, InverseTimeDecay,
+                                           OneCycle)}
+
+
 def is_schedule(value):
     """Whether ``value`` is a :class:`LearningRateSchedule`.
 
