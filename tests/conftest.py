@@ -7,6 +7,8 @@ Kernel tests take ``native_path`` or ``backend_path`` instead: the backend's
 module on each of its thread paths (see ``KERNEL_THREADS``).
 """
 import contextlib
+import os
+import subprocess
 import zlib
 
 import numpy as np
@@ -220,3 +222,38 @@ def loop_state(opt, n_params, dt, t=0, clip_norm=0.0, seed=0, **hyper):
 def targets_of(loss, y, Y):
     """The targets argument of train_steps: the labels, or the real targets."""
     return y if loss in LABEL_LOSSES else Y
+
+
+def run_on_terminal(args, *, stdout_too=True, timeout=120, **popen):
+    """Run ``args`` with its stderr (and its stdout and stdin when ``stdout_too``) on a
+    100-column pseudo-terminal, reading what the terminal shows until the child closes it
+    (killed after ``timeout`` seconds of silence). Returns (returncode, what the terminal
+    showed, the piped stdout or "")."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    streams = dict(stdout=slave, stdin=slave) if stdout_too else dict(stdout=subprocess.PIPE)
+    proc = subprocess.Popen(args, stderr=slave, close_fds=True, **streams, **popen)
+    os.close(slave)
+    shown = b""
+    while True:
+        ready, _, _ = select.select([master], [], [], timeout)
+        if not ready:
+            proc.kill()
+            break
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    proc.wait(timeout=timeout)
+    os.close(master)
+    piped = "" if stdout_too else proc.stdout.read().decode()
+    return proc.returncode, shown.decode(errors="replace"), piped

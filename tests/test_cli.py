@@ -10,6 +10,8 @@ import pytest
 
 import fastmlp as fm
 
+from conftest import run_on_terminal
+
 
 def _cli(*args, cwd):
     r = subprocess.run([sys.executable, "-m", "fastmlp", *map(str, args)], cwd=cwd, capture_output=True, text=True,
@@ -165,38 +167,12 @@ def test_console_script_and_bench(tmp_path):
 
 
 def _train_on_a_terminal(tmp_path, *extra):
-    """Run `fastmlp train` with its stderr on a pseudo-terminal; (returncode, what the terminal showed)."""
-    import pty
-    import select
-
+    """Run `fastmlp train` with its stderr on a pseudo-terminal; (returncode, what the terminal showed, stdout)."""
     data = tmp_path / "d.csv"
     _csv_data(data)
-    import fcntl
-    import termios
-
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
-    proc = subprocess.Popen([sys.executable, "-m", "fastmlp", "train", str(data), "--target", "label",
-                             "--layers", "8", "--epochs", "6", "-o", str(tmp_path / "m.safetensors"), *extra],
-                            stdout=subprocess.PIPE, stderr=slave, cwd=tmp_path,
-                            env={**os.environ, "FASTMLP_NUM_THREADS": "1"})
-    os.close(slave)
-    shown = b""
-    while True:
-        ready, _, _ = select.select([master], [], [], 120)
-        if not ready:
-            proc.kill()
-            break
-        try:
-            chunk = os.read(master, 4096)
-        except OSError:  # the child closed the terminal
-            break
-        if not chunk:
-            break
-        shown += chunk
-    proc.wait(timeout=120)
-    os.close(master)
-    return proc.returncode, shown.decode(errors="replace"), proc.stdout.read().decode()
+    return run_on_terminal([sys.executable, "-m", "fastmlp", "train", str(data), "--target", "label", "--layers", "8",
+                            "--epochs", "6", "-o", str(tmp_path / "m.safetensors"), *extra],
+                           stdout_too=False, cwd=tmp_path, env={**os.environ, "FASTMLP_NUM_THREADS": "1"})
 
 
 def test_train_shows_a_progress_bar_on_a_terminal_and_lines_elsewhere(tmp_path):

@@ -13,6 +13,8 @@ import pytest
 import fastmlp as fm
 from fastmlp import _chunks
 
+from conftest import run_on_terminal
+
 
 def _data(n=300, d=6, k=3, seed=0):
     rng = np.random.default_rng(seed)
@@ -117,27 +119,9 @@ def _run_in(verbose, tty):
                              env=env, timeout=300)
         assert out.returncode == 0, out.stderr
         return out.stdout
-    import fcntl
-    import pty
-    import struct
-    import termios
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
-    proc = subprocess.Popen([sys.executable, "-c", _SCRIPT, str(verbose)], stdout=slave, stderr=slave,
-                            stdin=slave, env=env, close_fds=True)
-    os.close(slave)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 65536)
-        except OSError:  # the child closed the terminal
-            break
-        if not data:
-            break
-        chunks.append(data)
-    os.close(master)
-    assert proc.wait(timeout=300) == 0, b"".join(chunks).decode(errors="replace")
-    return b"".join(chunks).decode(errors="replace")
+    code, shown, _ = run_on_terminal([sys.executable, "-c", _SCRIPT, str(verbose)], env=env, timeout=300)
+    assert code == 0, shown
+    return shown
 
 
 @pytest.mark.skipif(not hasattr(os, "openpty"), reason="no pseudo-terminals here")
