@@ -235,3 +235,82 @@ def test_learns_and_every_backend_agrees():
     for name in got:
         for g, w in zip(got[name], got["reference"]):
             np.testing.assert_allclose(g, w, rtol=1e-8, atol=1e-10)
+
+
+# ------------------------------------------------------------------ saving, ONNX, summary
+def _mixed(dtype="float64"):
+    layers = [Residual([Dense(7, "tanh"), Dense(4), PReLU()], activation="relu"), Dense(6),
+              Residual([BatchNorm(), Maxout(6), Dropout(0.2), Dense(6)], activation="elu"), Dense(3)]
+    return jitter(fastmlp.Sequential(layers, input_dim=5, dtype=dtype, seed=0, backend="reference"), 1)
+
+
+def test_saving_round_trip(tmp_path):
+    model = _mixed()
+    model.compile("cross_entropy", fastmlp.optim.AdamW(lr=0.01), clip_value=0.5)
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((20, 5)), rng.integers(0, 3, 20)
+    model.fit(X, y, epochs=1, batch_size=8, verbose=0)
+    model.save(tmp_path / "m.safetensors")
+    back = fastmlp.load_model(tmp_path / "m.safetensors")
+    assert [type(a) for a in back.layers] == [type(a) for a in model.layers]
+    assert [type(a) for a in back.layers[2].layers] == [BatchNorm, Maxout, Dropout, Dense]
+    assert back.layers[2].activation == "elu" and back.layers[0].layers[1].units == 4
+    for got, want in zip(back.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(back.predict(X), model.predict(X))
+    model.fit(X, y, epochs=1, batch_size=8, verbose=0)  # both train on alike (the projection's state too)
+    back.fit(X, y, epochs=1, batch_size=8, verbose=0)
+    for got, want in zip(back.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_saving_names_and_checks_the_blocks():
+    import copy
+
+    from fastmlp import saving
+    model = _mixed()
+    doc0, tensors0 = saving.sequential_state(model)
+    assert "layers.0.Wp" in tensors0 and tensors0["layers.0.Wp"].shape == (5, 4)
+    assert "layers.0.layers.2.alpha" in tensors0 and "layers.2.Wp" not in tensors0  # 6 -> 6: the identity
+    doc = copy.deepcopy(doc0)
+    doc["layers"][2]["config"]["layers"][1]["config"]["pieces"] = 0
+    with pytest.raises(fastmlp.ModelFileError, match=r"model.layers\[2\].layers\[1\] \(Maxout\)"):
+        saving.build_sequential(doc, dict(tensors0))
+    doc = copy.deepcopy(doc0)
+    doc["layers"][2]["config"]["layers"].append(copy.deepcopy(doc0["layers"][0]))
+    with pytest.raises(fastmlp.ModelFileError, match="do not nest"):
+        saving.build_sequential(doc, dict(tensors0))
+    tensors = dict(tensors0)
+    tensors["layers.0.Wp"] = np.zeros((4, 5))
+    with pytest.raises(fastmlp.ModelFileError, match="layers.0.Wp"):
+        saving.build_sequential(copy.deepcopy(doc0), tensors)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_onnx_export_matches_predict(dtype):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    model = _mixed(dtype=dtype)
+    model.compile("cross_entropy", "adam")
+    X = np.random.default_rng(2).standard_normal((30, 5)).astype(dtype)
+    proto = fastmlp.onnx.to_onnx(model)
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("Add") >= 2 + 4  # the two shortcuts, beside the biases
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"X": X})[0]
+    np.testing.assert_allclose(got, model.predict(X), rtol=1e-5 if dtype == "float32" else 1e-12,
+                               atol=1e-6 if dtype == "float32" else 1e-14)
+
+
+def test_summary_shows_the_blocks():
+    from fastmlp import _summary
+    model = _mixed()
+    text = _summary.summary_text(model)
+    rows = {line.split()[0]: line.split() for line in text.splitlines() if "(None," in line}
+    # the block: its layers' parameters (7*5+7, 4*7+4, 4) and the 5->4 projection's 20
+    assert rows["residual"][1:3] == ["(Residual)", "(None,"] and rows["residual"][-2] == "98"
+    assert rows["residual_1"][-2] == f"{4 * 6 + 6 * 12 + 12 + 6 * 6 + 6}"  # no projection: 6 -> 6
+    assert "  dense (Dense)" in text and "  p_re_lu (PReLU)" in text  # indented under their block
+    assert "residual add of unit 0's input through a 5->4 projection + relu" in text
+    assert "residual add of unit 6's input + elu" in text
+    assert f"Total params: {model.count_params():,}" in text
