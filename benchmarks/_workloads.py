@@ -60,6 +60,7 @@ class Workload:
     n_rows: int = 0     # rows of training data (0: all)
     hidden: str = "relu"  # the hidden layers: "relu" (Dense + ReLU), "prelu" (Dense + PReLU), "maxout" (2 pieces)
     label: str = ""     # the row's letter when it is not the data's key
+    blocks: int = 0     # residual blocks Residual([Dense(k, relu), Dense(k)], relu) after the hidden layers (k: the last)
 
     @property
     def name(self):
@@ -67,7 +68,8 @@ class Workload:
 
     @property
     def n_params(self):
-        return sum(i * o + o for i, o in zip(self.sizes[:-1], self.sizes[1:]))
+        k = self.sizes[-2]
+        return sum(i * o + o for i, o in zip(self.sizes[:-1], self.sizes[1:])) + self.blocks * 2 * (k * k + k)
 
     def group(self, n_threads, kind="epoch"):
         """pytest-benchmark group name: operation, network, batch, dtype, threads."""
@@ -81,7 +83,10 @@ A512 = replace(A128, batch=512)
 B32 = Workload("B", (20, 64, 64, 2), 32, "sgd", 0.05, momentum=0.9, n_rows=B_ROWS)
 P128 = replace(A128, hidden="prelu", label="P")   # A's widths with PReLU (an alpha per unit)
 M128 = replace(A128, hidden="maxout", label="M")  # A's widths with Maxout(k, pieces=2)
-WORKLOADS = {"A b128": A128, "A b32": A32, "A b512": A512, "B b32": B32, "P b128": P128, "M b128": M128}
+# 784 -> Dense(256, relu) -> 4 residual blocks of two Dense(256) -> 10 (identity shortcuts)
+R128 = replace(A128, sizes=(784, 256, 10), blocks=4, label="R")
+WORKLOADS = {"A b128": A128, "A b32": A32, "A b512": A512, "B b32": B32, "P b128": P128, "M b128": M128,
+             "R b128": R128}
 
 
 # ----------------------------------------------------------------------- data
@@ -163,6 +168,9 @@ def fastmlp_model(workload, backend="reference", n_threads=2, seed=SEED):
             layers.append(fm.Maxout(k, pieces=2))
         else:
             layers.append(fm.Dense(k, activation="relu"))
+    k = workload.sizes[-2]
+    layers += [fm.Residual([fm.Dense(k, activation="relu"), fm.Dense(k)], activation="relu")
+               for _ in range(workload.blocks)]
     layers.append(fm.Dense(workload.sizes[-1]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", fm.backends.BackendUnavailableWarning)
@@ -231,6 +239,20 @@ def _torch():
     return torch
 
 
+def _TorchResidual(k):
+    torch = _torch()
+
+    class Residual(torch.nn.Module):  # relu(Linear(relu(Linear(x))) + x), as fm.Residual
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Sequential(torch.nn.Linear(k, k), torch.nn.ReLU(), torch.nn.Linear(k, k))
+
+        def forward(self, x):
+            return torch.relu(self.body(x) + x)
+
+    return Residual()
+
+
 def _TorchMaxout(units, pieces):
     torch = _torch()
 
@@ -243,7 +265,8 @@ def _TorchMaxout(units, pieces):
 
 class TorchRunner:
     """nn.Sequential of Linear/ReLU (PReLU, or Linear of 2k outputs then the max of each pair, for
-    the P and M rows); a plain loop over ``torch.randperm`` batches."""
+    the P and M rows; residual blocks before the output layer for the R row); a plain loop over
+    ``torch.randperm`` batches."""
 
     label = "torch"
 
@@ -263,10 +286,12 @@ class TorchRunner:
                 mods.append(_TorchMaxout(fan_out, pieces))
             elif hidden:
                 mods.append(torch.nn.ReLU())
+            if i == len(workload.sizes) - 3:
+                mods += [_TorchResidual(fan_out) for _ in range(workload.blocks)]
         self.net = torch.nn.Sequential(*mods)
         weights = iter(initial_weights(workload) if weights is None else weights)  # get_weights' order
         with torch.no_grad():
-            for m in self.net:
+            for m in self.net.modules():  # in the order of get_weights (a block's Linear layers in it)
                 if isinstance(m, torch.nn.Linear):
                     m.weight.copy_(torch.from_numpy(np.ascontiguousarray(next(weights).T)))
                     m.bias.copy_(torch.from_numpy(next(weights)))

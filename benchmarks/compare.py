@@ -60,6 +60,7 @@ ROWS = [
     ("C predict", ["fastmlp-reference", "torch"]),
     ("P b128", ["torch"]),
     ("M b128", ["torch"]),
+    ("R b128", ["torch"]),
 ]
 MEMORY_SLACK_MIB = 64.0   # target: peak during fit <= dataset + 64 MiB
 FLAT_MIB = 4.0            # "flat across epochs": peak grows by at most this after epoch 1
@@ -223,7 +224,8 @@ def target_text(row, best, torch_t, gemm_t):
         parts.append(">=3x PyTorch: " + ("n/a" if r_torch is None else f"{verdict(r_torch >= 3)} ({r_torch:.2f}x)"))
         parts.append("<=1.25x GEMM: " + ("n/a" if r_gemm is None else f"{verdict(r_gemm <= 1.25)} ({r_gemm:.2f}x)"))
         return "; ".join(parts)
-    need = {"A b32": 1.0, "A b512": 1.0, "B b32": 20.0, "C predict": 10.0, "P b128": 2.0, "M b128": 2.0}[row]
+    need = {"A b32": 1.0, "A b512": 1.0, "B b32": 20.0, "C predict": 10.0, "P b128": 2.0, "M b128": 2.0,
+            "R b128": 2.5}[row]
     label = "faster than PyTorch" if need == 1.0 else f">={need:g}x PyTorch"
     if r_torch is None:
         return f"{label}: n/a"
@@ -533,7 +535,8 @@ def main(argv=None):
           f"A = 784-256-128-10 ReLU, Adam(1e-3), {Xa.shape[0]} rows of {source_a}; "
           f"B = 20-64-64-2 ReLU, SGD(0.05, momentum 0.9), {Xb.shape[0]} rows ({source_b}); "
           f"C = single-row predict on B (up to {args.calls} calls per timing); "
-          f"P, M = A's widths and data with Dense + PReLU, Maxout(pieces=2) hidden layers")
+          f"P, M = A's widths and data with Dense + PReLU, Maxout(pieces=2) hidden layers; "
+          f"R = 784-256-[4 x Residual(Dense(256, relu), Dense(256)), relu]-10 on A's data")
     print(f"command: python benchmarks/compare.py {' '.join(sys.argv[1:] if argv is None else argv)}".rstrip())
     print(flush=True)
 

@@ -1,7 +1,7 @@
 """fastmlp: train multilayer perceptrons on the CPU at native speed."""
 from . import activations, callbacks, datasets, initializers, losses, optim, schedules
 from .backends import available_backends, get_backend, use_backend
-from .layers import Activation, BatchNorm, Dense, Dropout, Maxout, PReLU
+from .layers import Activation, BatchNorm, Dense, Dropout, Maxout, PReLU, Residual
 from ._container import ModelFileError
 from .model import History, Sequential
 from .saving import load_model
@@ -17,6 +17,7 @@ __all__ = [
     "Maxout",
     "ModelFileError",
     "PReLU",
+    "Residual",
     "Sequential",
     "activations",
     "available_backends",

@@ -11,13 +11,13 @@ from dataclasses import dataclass
 
 from . import _validation
 from . import activations as _act
-from .layers import Activation, BatchNorm, Dense, Dropout, Maxout, PReLU
+from .layers import Activation, BatchNorm, Dense, Dropout, Maxout, PReLU, Residual
 
 DEFAULT_BATCH_SIZE = 32  # fit's default, used before any fit
 DEFAULT_LINE_LENGTH = 78
 _POSITIONS = (0.40, 0.68, 0.86, 1.0)  # right edges of the four columns, as fractions of the line
 _TYPE_NAMES = {Dense: "dense", Activation: "activation", BatchNorm: "batch_norm", Dropout: "dropout", PReLU: "p_re_lu",
-               Maxout: "maxout"}
+               Maxout: "maxout", Residual: "residual"}
 
 
 def _not_built(what):
@@ -117,15 +117,26 @@ def loop_path(model, batch_size=None, n_threads=None):
 
 # ------------------------------------------------------------------ the table
 def _layer_rows(model):
-    """Per layer: (name, type, width, params, non-trainable params, unit index or None), and the units."""
+    """Per layer: (name, type, width, params, non-trainable params, unit index or None), and the units;
+    a residual block's row (its parameters: its layers' and its projection's) is followed by its
+    layers' rows, their names indented."""
     units = model._compile_units(model.input_dim)  # fresh: the units' layer indices, whatever the model's age
-    unit_of = {j: i for i, u in enumerate(units) for j in u.layers}
+    unit_of = {}
+    for i, u in enumerate(units):
+        for j in u.layers:
+            unit_of.setdefault(j, i)  # a block's row: its start unit
     counts, rows, width = {}, [], model.input_dim
-    for j, layer in enumerate(model.layers):
+    block = None  # (its row, its input width)
+    for j, (layer, depth) in enumerate(model._flat_layers()):
+        if block is not None and depth == 0:
+            _close_block(rows, block, width)
+            block = None
         base = _TYPE_NAMES[type(layer)]
         k = counts[base] = counts.get(base, -1) + 1
         params = frozen = 0
-        if isinstance(layer, Dense):
+        if isinstance(layer, Residual):
+            block = (len(rows), width)
+        elif isinstance(layer, Dense):
             params = width * layer.units + (layer.units if layer.use_bias else 0)
             width = layer.units
         elif isinstance(layer, Maxout):
@@ -135,13 +146,30 @@ def _layer_rows(model):
             params, frozen = 4 * width, 2 * width  # gamma, beta trained; running mean, var not (Keras)
         elif isinstance(layer, PReLU):
             params = 1 if layer.shared else width
-        rows.append((base if k == 0 else f"{base}_{k}", type(layer).__name__, width, params, frozen,
+        rows.append(("  " * depth + (base if k == 0 else f"{base}_{k}"), type(layer).__name__, width, params, frozen,
                      unit_of.get(j)))
+    if block is not None:
+        _close_block(rows, block, width)
     return rows, units
+
+
+def _close_block(rows, block, width):
+    """Fill in a residual block's row: its output width, its layers' parameters and its projection's."""
+    at, d = block
+    inner = rows[at + 1:]
+    name, kind, _, _, _, unit = rows[at]
+    params = sum(r[3] for r in inner) + (d * width if width != d else 0)
+    rows[at] = (name, kind, width, params, 0, unit)
 
 
 def _unit_text(u):
     act = _act.CODE_TO_NAME[u.act]
+    if u.res == 1:
+        return f"residual block start on {u.fan_out} (shortcut to unit {u.link})"
+    if u.res == 2:
+        return (f"residual add of unit {u.link}'s input" + (f" through a {u.fan_in}->{u.fan_out} projection"
+                                                            if u.dense else "")
+                + ("" if u.act == _act.IDENTITY else f" + {act}"))
     if u.bn:
         return f"batch norm {u.fan_out}"
     if u.dropout:
@@ -181,7 +209,7 @@ def summary_lines(model, line_length=None, batch_size=None, n_threads=None):
         line_length, "line_length")
     path = loop_path(model, batch_size, n_threads)  # checks batch_size and n_threads
     rows, units = _layer_rows(model)
-    names = [r[0] for r in rows]
+    names = [r[0].strip() for r in rows]
     rule, double = "_" * line_length, "=" * line_length
     lines = ['Model: "sequential"', rule,
              _row(("Layer (type)", "Output Shape", "Param #", "Unit"), line_length), double]

@@ -160,3 +160,44 @@ class Maxout(Layer):
         self.use_bias = bool(use_bias)
         _init.resolve(kernel_initializer, _act.RELU)  # validate the name now
         self.kernel_initializer = kernel_initializer
+
+
+class Residual(Layer):
+    """A residual block (He et al. 2016): ``activation(F(x) + shortcut(x))``, where F runs
+    ``layers`` in order and the shortcut is the identity when F keeps the width of its
+    input. When F changes the width, the shortcut is a learned linear projection without
+    bias, ``x @ Wp`` (He et al.'s option B), with Wp of shape ``(fan_in, fan_out)``;
+    ``get_weights`` gives Wp right after F's weights. Blocks may follow each other and
+    mix with plain layers, but not nest; a block cannot be the last layer (the loss is
+    computed on the output of a Dense or Activation).
+
+    Parameters
+    ----------
+    layers : list of Dense / Activation / PReLU / Maxout / BatchNorm / Dropout
+        F, at least one layer of which is a Dense or a Maxout (F must be trainable).
+    activation : str or None
+        Applied to ``F(x) + shortcut(x)``; None is the identity.
+    """
+
+    def __init__(self, layers: list[Layer], activation: str | None = None) -> None:
+        if isinstance(layers, Layer) or not isinstance(layers, (list, tuple)):
+            raise TypeError(f"Residual takes a list of layers (F of F(x) + x), got {layers!r}.")
+        layers = list(layers)
+        if not layers:
+            raise ValueError("Residual needs at least one layer (F of F(x) + x), got an empty list.")
+        for layer in layers:
+            if isinstance(layer, Residual):
+                raise ValueError("Residual blocks do not nest: put the inner block's layers in the outer "
+                                 "block, or the blocks one after the other.")
+            if not isinstance(layer, (Dense, Activation, PReLU, Maxout, BatchNorm, Dropout)):
+                raise TypeError(f"The layers of a Residual block must be fastmlp.Dense, fastmlp.Activation, "
+                                f"fastmlp.PReLU, fastmlp.Maxout, fastmlp.BatchNorm or fastmlp.Dropout, "
+                                f"got {layer!r}.")
+        if not any(isinstance(layer, (Dense, Maxout)) for layer in layers):
+            raise ValueError("A Residual block needs a Dense or Maxout layer among its layers (F would have "
+                             "no parameters: F(x) + x is then a fixed function of x).")
+        self.layers = layers
+        self.activation = _act.resolve(activation)[0]
+
+    def get_config(self) -> dict[str, Any]:
+        return {"layers": list(self.layers), "activation": self.activation}

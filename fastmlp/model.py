@@ -13,7 +13,10 @@ running_var]: the running statistics are updated by the training loop and get
 a zero gradient, so that the update leaves them as they are, and weight decay
 spares them (they are buffers in PyTorch, not parameters). A PReLU unit's
 block is its alpha (one per feature, or one); a Maxout layer compiles into a
-dense unit of units * pieces outputs and a maxout unit without parameters.
+dense unit of units * pieces outputs and a maxout unit without parameters. A
+Residual block compiles into a block-start unit, its layers' units and a
+block-end unit, which holds the projection Wp (a dense unit's W without b)
+when the block changes the width.
 Per-batch buffers are allocated once per fit and batch size; a training step
 only calls backend kernels on them.
 """
@@ -40,7 +43,7 @@ from ._native import plan as _plan
 from ._native.codes import FUSED_LOSSES, REGRESSION_LOSSES, Loss, Unit
 from .backends import get_backend
 from .backends import reference as _ref
-from .layers import Activation, BatchNorm, Dense, Dropout, Layer, Maxout, PReLU
+from .layers import Activation, BatchNorm, Dense, Dropout, Layer, Maxout, PReLU, Residual
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -87,6 +90,8 @@ class _Unit:
     dalphas: Any = None
     pieces = 0  # a maxout unit (no parameters): fan_in == fan_out * pieces
     init_act = None  # the activation the "auto" initializer goes by (None: act)
+    res = 0  # a residual block's start (1) or end (2; dense when it holds a projection W)
+    link = 0  # a block start's end unit, a block end's start unit (indices)
 
     def __init__(self, dense, fan_in, fan_out, act, alpha, use_bias=False, init="auto", l2=0.0):
         self.dense, self.fan_in, self.fan_out = dense, fan_in, fan_out
@@ -158,8 +163,8 @@ class Sequential:
 
     Parameters
     ----------
-    layers : list of Dense / Activation / Dropout / BatchNorm / PReLU / Maxout
-        A Dropout, BatchNorm, PReLU or Maxout layer cannot be the last one; a PReLU
+    layers : list of Dense / Activation / Dropout / BatchNorm / PReLU / Maxout / Residual
+        A Dropout, BatchNorm, PReLU, Maxout or Residual layer cannot be the last one; a PReLU
         layer cannot be the first.
     input_dim : int, optional
         Number of input features; inferred at the first ``fit`` when omitted.
@@ -179,9 +184,15 @@ class Sequential:
         if not layers:
             raise ValueError("Sequential needs at least one layer.")
         for layer in layers:
-            if not isinstance(layer, (Dense, Activation, Dropout, BatchNorm, PReLU, Maxout)):
+            if not isinstance(layer, (Dense, Activation, Dropout, BatchNorm, PReLU, Maxout, Residual)):
                 raise TypeError(f"Layers must be fastmlp.Dense, fastmlp.Activation, fastmlp.Dropout, "
-                                f"fastmlp.BatchNorm, fastmlp.PReLU or fastmlp.Maxout, got {layer!r}.")
+                                f"fastmlp.BatchNorm, fastmlp.PReLU, fastmlp.Maxout or fastmlp.Residual, "
+                                f"got {layer!r}.")
+            if isinstance(layer, Residual):  # its list may have changed since the block was made
+                Residual(layer.layers, layer.activation)
+        if isinstance(layers[-1], Residual):
+            raise ValueError("Residual cannot be the last layer (the loss is computed on the output of the last "
+                             "Dense or Activation); put a Dense layer after it.")
         if not any(isinstance(layer, Dense) for layer in layers):
             raise ValueError("Sequential needs at least one Dense layer.")
         if isinstance(layers[-1], Dropout):
@@ -213,9 +224,30 @@ class Sequential:
             self.build(_validation.check_positive_int(input_dim, "input_dim"))
 
     # ------------------------------------------------------------------ build
+    def _flat_layers(self):
+        """The layers with each Residual block followed by its own layers: ``(layer, depth)``
+        pairs (depth 1 inside a block). The units' ``layers`` index this list."""
+        out = []
+        for layer in self.layers:
+            out.append((layer, 0))
+            if isinstance(layer, Residual):
+                out.extend((inner, 1) for inner in layer.layers)
+        return out
+
     def _compile_units(self, input_dim):
         units, fan_in = [], input_dim
-        for j, layer in enumerate(self.layers):
+        block = None  # (the block's start unit, its flat index, its input width, the Residual)
+        flat = self._flat_layers()
+        for j, (layer, depth) in enumerate(flat):
+            if block is not None and depth == 0:  # the open block ends before this layer
+                units.append(self._block_end(block, fan_in))
+                units[block[0]].link = len(units) - 1
+                fan_in, block = units[-1].fan_out, None
+            if isinstance(layer, Residual):
+                units.append(_Unit(False, fan_in, fan_in, _act.IDENTITY, 0.0))
+                units[-1].res, units[-1].layers = 1, (j,)
+                block = (len(units) - 1, j, fan_in, layer)
+                continue
             if isinstance(layer, Dropout):
                 if layer.rate > 0.0:  # Dropout(0) is the identity: no unit
                     units.append(_Unit(False, fan_in, fan_in, _act.IDENTITY, 0.0))
@@ -227,7 +259,7 @@ class Sequential:
                 units[-1].layers = (j,)
                 continue
             if isinstance(layer, PReLU):
-                if units and units[-1].dense and units[-1].act == _act.IDENTITY:
+                if units and units[-1].dense and units[-1].act == _act.IDENTITY and not units[-1].res:
                     units[-1].init_act = _act.LEAKY_RELU  # "auto" is He before a PReLU
                 units.append(_Unit(False, fan_in, fan_in, _act.IDENTITY, 0.0))
                 units[-1].prelu, units[-1].shared, units[-1].alpha_init = True, layer.shared, layer.init
@@ -247,14 +279,27 @@ class Sequential:
                 units.append(_Unit(True, fan_in, layer.units, code, alpha, layer.use_bias,
                                    layer.kernel_initializer, layer.l2))
                 fan_in = layer.units
-            elif units and units[-1].act == _act.IDENTITY and units[-1].dense:
+            elif units and units[-1].act == _act.IDENTITY and units[-1].dense and not units[-1].res:
                 units[-1].act, units[-1].alpha = code, alpha  # fuse Dense + Activation
                 units[-1].layers += (j,)
                 continue
             else:
                 units.append(_Unit(False, fan_in, fan_in, code, alpha))
             units[-1].layers = (j,)
+        if block is not None:  # not reached from Sequential (a block is never last), but a block ends
+            units.append(self._block_end(block, fan_in))
+            units[block[0]].link = len(units) - 1
         return units
+
+    @staticmethod
+    def _block_end(block, width):
+        """The end unit of a residual block whose layers give ``width`` features: a dense
+        unit (the projection Wp, no bias) when that differs from the block's input width."""
+        begin, j, d, layer = block
+        _, code, alpha = _act.resolve(layer.activation)
+        u = _Unit(d != width, d, width, code, alpha, use_bias=False, init="glorot_uniform")
+        u.res, u.link, u.layers = 2, begin, (j,)
+        return u
 
     def build(self, input_dim: int) -> "Sequential":
         """Create the weights for ``input_dim`` features (done by ``fit`` when omitted).
@@ -384,6 +429,9 @@ class Sequential:
         for layer in self.layers:
             if isinstance(layer, (Dropout, BatchNorm)):
                 continue
+            if isinstance(layer, Residual):  # its activation(F(x) + x)
+                code = _act.resolve(layer.activation)[1]
+                continue
             if isinstance(layer, (PReLU, Maxout)):
                 code = _act.IDENTITY
                 continue
@@ -420,7 +468,7 @@ class Sequential:
                 "Loss 'cross_entropy' needs an output layer of at least 2 units (one per class); "
                 "for two classes with 1 unit use loss='binary_cross_entropy'."
             )
-        for layer in self.layers:
+        for layer, _ in self._flat_layers():
             if getattr(layer, "activation", None) == "step":
                 raise ValueError(
                     "The 'step' activation has a derivative of zero everywhere (and none at 0), so no "
@@ -511,6 +559,11 @@ class Sequential:
                 r["kind"], r["act"], r["w_off"], r["shared"] = Unit.PRELU, _act.IDENTITY, u.w_off, u.shared
             elif u.pieces:
                 r["kind"], r["act"], r["pieces"] = Unit.MAXOUT, _act.IDENTITY, u.pieces
+            elif u.res == 1:
+                r["kind"], r["act"], r["link"] = Unit.RES_BEGIN, _act.IDENTITY, u.link
+            elif u.res == 2:
+                r["kind"], r["act"], r["alpha"], r["link"] = Unit.RES_ADD, acts[i], u.alpha, u.link
+                r["w_off"] = u.w_off
             else:
                 r["kind"] = Unit.DENSE if u.dense else Unit.ACTIVATION
                 r["act"], r["alpha"], r["use_bias"] = acts[i], u.alpha, u.use_bias
@@ -1004,8 +1057,8 @@ class Sequential:
 
     def _set_weights(self, weights):
         if not self.built:
-            first_bn = isinstance(next(layer for layer in self.layers if not isinstance(layer, Dropout)),
-                                  BatchNorm)
+            first_bn = isinstance(next(layer for layer, _ in self._flat_layers()
+                                       if not isinstance(layer, (Dropout, Residual))), BatchNorm)
             if not weights or np.ndim(weights[0]) != (1 if first_bn else 2):
                 raise ValueError("set_weights on an unbuilt model needs W0 of shape (input_dim, units) first "
                                  "(gamma of shape (input_dim,) when the first layer is a BatchNorm).")

@@ -3,7 +3,8 @@
 Needs the ``onnx`` package (``pip install fastmlp[onnx]``). The graph computes what
 ``predict`` computes, in the model's dtype (float32 or float64), for any batch size:
 every Dense unit as MatMul + Add, BatchNorm with its running statistics, Dropout as the
-identity, PReLU as PRelu, Maxout as MatMul + Add + Reshape + ReduceMax, every activation
+identity, PReLU as PRelu, Maxout as MatMul + Add + Reshape + ReduceMax, a Residual block
+as its layers' nodes and an Add of its input (through a MatMul: the projection), every activation
 from primitive operators (with the model's own constants, in
 the model's dtype), and the output activation that ``predict`` applies (softmax for
 cross_entropy, sigmoid for binary_cross_entropy, exp for poisson).
@@ -111,7 +112,17 @@ _ERF_TERMS = 160  # 2 z^2 <= 72: the terms fall below 1e-17 of the sum well befo
 
 def _sequential_graph(g, model, x):
     """The output name of ``model``'s predict graph on input ``x``."""
+    block_inputs = {}  # a residual block's start unit -> the name of its input
     for i, u in enumerate(model._units):
+        if u.res == 1:
+            block_inputs[i] = x
+            continue
+        if u.res == 2:  # F(x) + x, or F(x) + x @ Wp
+            short = block_inputs.pop(u.link)
+            if u.dense:
+                short = g.op("MatMul", [short, g.const(u.W, f"Wp{i}")])
+            x = g.activation(g.op("Add", [x, short]), model._infer_acts[i], u.alpha)
+            continue
         if u.prelu:  # the slope (k,) or (1,) broadcasts over the rows
             x = g.op("PRelu", [x, g.const(u.alphas, f"alpha{i}")])
             continue

@@ -1,7 +1,8 @@
 """Save and load models: ``model.save(path)`` and ``fastmlp.load_model(path)``.
 
 One safetensors file (see :mod:`fastmlp._container`) per model: the tensors by stable names
-(``layers.0.W``, ``layers.0.b``, ``layers.1.gamma``, ..., ``optimizer.m``), and in the
+(``layers.0.W``, ``layers.0.b``, ``layers.1.gamma``, ..., a residual block's
+``layers.2.layers.0.W`` and projection ``layers.2.Wp``, ``optimizer.m``), and in the
 header's metadata, under ``"fastmlp"``, a JSON document: the format version, the fastmlp
 version, the model's configuration (layers, input_dim, dtype, loss, optimizer with its
 step counter), the random generator's state, the epochs done and the history; for the
@@ -22,7 +23,7 @@ from . import _container, _validation
 from . import optim as _optim
 from . import schedules as _schedules
 from ._container import ModelFileError
-from .layers import Activation, BatchNorm, Dense, Dropout, Maxout, PReLU
+from .layers import Activation, BatchNorm, Dense, Dropout, Maxout, PReLU, Residual
 
 FORMAT = "fastmlp.model"
 #: The format version this fastmlp writes, and the newest it reads.
@@ -33,7 +34,8 @@ _LAYERS = {"Dense": (Dense, {"units", "activation", "use_bias", "kernel_initiali
            "Dropout": (Dropout, {"rate"}),
            "BatchNorm": (BatchNorm, {"momentum", "eps"}),
            "PReLU": (PReLU, {"init", "shared"}),
-           "Maxout": (Maxout, {"units", "pieces", "use_bias", "kernel_initializer"})}
+           "Maxout": (Maxout, {"units", "pieces", "use_bias", "kernel_initializer"}),
+           "Residual": (Residual, {"layers", "activation"})}  # its layers: a list of these documents
 _BN_NAMES = ("gamma", "beta", "running_mean", "running_var")
 _BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937")
 _BACKENDS = (None, "auto", "cython", "numba", "reference")
@@ -111,11 +113,7 @@ def sequential_state(model, include_optimizer=True, prefix=""):
         The JSON-able configuration.
     tensors : dict of str to ndarray
     """
-    layers = []
-    for layer in model.layers:
-        cls = next(name for name, (c, _) in _LAYERS.items() if isinstance(layer, c))
-        keys = _LAYERS[cls][1]
-        layers.append({"class": cls, "config": {k: v for k, v in layer.get_config().items() if k in keys}})
+    layers = _layer_docs(model.layers)
     seed = model.seed if (model.seed is None or _is_int(model.seed)) else None
     doc = {"layers": layers, "input_dim": model.input_dim, "dtype": model.dtype.name,
            "seed": None if seed is None else int(seed), "backend": model.backend_name,
@@ -124,7 +122,7 @@ def sequential_state(model, include_optimizer=True, prefix=""):
            "alpha_per_batch": float(model._alpha_per_batch), "compile": None}
     tensors = {}
     if model.built:
-        for name, view in zip(_weight_names(model.layers), model._weight_views()):
+        for name, view in zip(_weight_names(model.layers, model.input_dim), model._weight_views()):
             tensors[prefix + name] = view
     if model._loss is not None:
         opt = model.optimizer
@@ -138,6 +136,18 @@ def sequential_state(model, include_optimizer=True, prefix=""):
             for name in opt.state_names:
                 tensors[f"{prefix}optimizer.{name}"] = opt.state[name]
     return doc, tensors
+
+
+def _layer_docs(layers):
+    docs = []
+    for layer in layers:
+        cls = next(name for name, (c, _) in _LAYERS.items() if isinstance(layer, c))
+        keys = _LAYERS[cls][1]
+        config = {k: v for k, v in layer.get_config().items() if k in keys}
+        if cls == "Residual":
+            config["layers"] = _layer_docs(layer.layers)
+        docs.append({"class": cls, "config": config})
+    return docs
 
 
 def _optimizer_config(opt):
@@ -174,60 +184,69 @@ def _rng_doc(rng):
     return json.loads(json.dumps(state, default=int))
 
 
-def _weight_names(layers):
-    """The tensor names of ``Sequential._weight_views()``, in its order."""
-    names = []
-    for i, layer in enumerate(layers):
-        if isinstance(layer, (Dense, Maxout)):
-            names.append(f"layers.{i}.W")
-            if layer.use_bias:
-                names.append(f"layers.{i}.b")
-        elif isinstance(layer, BatchNorm):
-            names += [f"layers.{i}.{n}" for n in _BN_NAMES]
-        elif isinstance(layer, PReLU):
-            names.append(f"layers.{i}.alpha")
-    return names
+def _weight_names(layers, input_dim):
+    """The tensor names of ``Sequential._weight_views()``, in its order (a residual block's
+    layers are ``layers.i.layers.j``, its projection ``layers.i.Wp``, when it has one)."""
+    return list(_expected_shapes(layers, input_dim))
 
 
-def _expected_shapes(layers, input_dim):
-    """name -> shape of every weight of ``layers`` on ``input_dim`` features."""
+def _expected_shapes(layers, input_dim, where="layers"):
+    """name -> shape of every weight of ``layers`` on ``input_dim`` features, in get_weights' order
+    (the widths, and with them whether a block has a projection, need ``input_dim``)."""
     shapes, fan_in = {}, input_dim
     for i, layer in enumerate(layers):
+        if isinstance(layer, Residual):
+            inner = _expected_shapes(layer.layers, fan_in, f"{where}.{i}.layers")
+            width = inner.pop("", fan_in)
+            shapes.update(inner)
+            if width != fan_in:
+                shapes[f"{where}.{i}.Wp"] = (fan_in, width)
+            fan_in = width
+            continue
         if isinstance(layer, Dense):
-            shapes[f"layers.{i}.W"] = (fan_in, layer.units)
+            shapes[f"{where}.{i}.W"] = (fan_in, layer.units)
             if layer.use_bias:
-                shapes[f"layers.{i}.b"] = (layer.units,)
+                shapes[f"{where}.{i}.b"] = (layer.units,)
             fan_in = layer.units
         elif isinstance(layer, Maxout):
-            shapes[f"layers.{i}.W"] = (fan_in, layer.units * layer.pieces)
+            shapes[f"{where}.{i}.W"] = (fan_in, layer.units * layer.pieces)
             if layer.use_bias:
-                shapes[f"layers.{i}.b"] = (layer.units * layer.pieces,)
+                shapes[f"{where}.{i}.b"] = (layer.units * layer.pieces,)
             fan_in = layer.units
         elif isinstance(layer, BatchNorm):
             for n in _BN_NAMES:
-                shapes[f"layers.{i}.{n}"] = (fan_in,)
+                shapes[f"{where}.{i}.{n}"] = (fan_in,)
         elif isinstance(layer, PReLU):
-            shapes[f"layers.{i}.alpha"] = (1 if layer.shared else fan_in,)
+            shapes[f"{where}.{i}.alpha"] = (1 if layer.shared else fan_in,)
+    if where != "layers":
+        shapes[""] = fan_in  # a block's output width, for the caller
     return shapes
 
 
-def _make_layers(docs):
+def _make_layers(docs, prefix="model.layers"):
     if not isinstance(docs, list) or not docs:
-        _fail(f"model.layers must be a non-empty list of layers, got {docs!r:.120}.")
+        _fail(f"{prefix} must be a non-empty list of layers, got {docs!r:.120}.")
     layers = []
     for i, d in enumerate(docs):
-        where = f"model.layers[{i}]"
+        where = f"{prefix}[{i}]"
         cls = _get(d, "class", lambda v: v in _LAYERS, f"one of {', '.join(sorted(_LAYERS))}", where + ".")
         config = _get(d, "config", lambda v: isinstance(v, dict), "a JSON object", where + ".")
         _check_keys(d, {"class", "config"}, where)
         factory, keys = _LAYERS[cls]
         if set(config) != keys:
             _fail(f"{where} ({cls}) must have the settings {sorted(keys)}, got {sorted(config)}.")
+        if cls == "Residual":
+            if prefix != "model.layers":
+                _fail(f"{where}: Residual blocks do not nest.")
+            inner = _make_layers(config["layers"], where + ".layers")
+            config = {**config, "layers": []}
         for flag in ("use_bias", "shared"):
             if flag in config and not isinstance(config[flag], bool):
                 _fail(f"{where}.{flag} must be true or false, got {config[flag]!r:.40}.")
-        if not all(isinstance(v, (str, int, float, bool)) for v in config.values()):
+        if not all(isinstance(v, (str, int, float, bool)) for k, v in config.items() if k != "layers"):
             _fail(f"{where} ({cls}) settings must be numbers, strings or booleans, got {config!r:.160}.")
+        if cls == "Residual":
+            config["layers"] = inner
         try:
             layers.append(factory(**config))
         except (ValueError, TypeError) as exc:
@@ -373,7 +392,7 @@ def build_sequential(doc, tensors, prefix=""):
     # everything checked: build
     if input_dim is not None:
         model.build(input_dim)
-        for name, view in zip(_weight_names(layers), model._weight_views()):
+        for name, view in zip(_weight_names(layers, input_dim), model._weight_views()):
             view[...] = arrays[name]
         if with_state:
             opt.init_state(model._params.size, model.dtype)

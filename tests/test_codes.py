@@ -27,7 +27,7 @@ def test_codes_are_distinct_and_stable():
     # saved models and compiled builds refer to them by number: these must never change
     assert [int(a) for a in Act] == list(range(14))
     assert [(u.name, int(u)) for u in Unit] == [("ACTIVATION", 0), ("DENSE", 1), ("DROPOUT", 2), ("BATCHNORM", 3),
-                                                ("PRELU", 4), ("MAXOUT", 5)]
+                                                ("PRELU", 4), ("MAXOUT", 5), ("RES_BEGIN", 6), ("RES_ADD", 7)]
     assert [(o.name, int(o)) for o in Opt] == [("NONE", -1), ("SGD", 0), ("RMSPROP", 1), ("ADAM", 2)]
     assert int(Loss.POISSON) == 5
 

@@ -319,7 +319,7 @@ def test_bad_layer_lists():
     with pytest.raises(ValueError, match="at least one Dense layer"):
         fastmlp.Sequential([Activation("relu")])
     with pytest.raises(TypeError, match="Layers must be fastmlp.Dense, fastmlp.Activation, fastmlp.Dropout, "
-                                        "fastmlp.BatchNorm, fastmlp.PReLU or fastmlp.Maxout"):
+                                        "fastmlp.BatchNorm, fastmlp.PReLU, fastmlp.Maxout or fastmlp.Residual"):
         fastmlp.Sequential([Dense(2), "relu"])
 
 

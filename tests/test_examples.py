@@ -1,4 +1,5 @@
 """The examples as a user runs them: accuracy floors from the acceptance criteria."""
+import os
 import re
 import subprocess
 import sys
@@ -13,8 +14,10 @@ FASHION_FILES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
 
 
 def run_example(*args, timeout):
+    # this checkout's fastmlp (a script's sys.path starts at examples/, where an installed copy could win)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
@@ -64,3 +67,17 @@ def test_search_fashion_mnist_example_quick():
     assert 0.5 < accuracy(out, "fastmlp search") <= 1.0, out
     assert 0.5 < accuracy(out, "scikit-learn search") <= 1.0, out
     assert "best params {'depth':" in out
+
+
+@pytest.mark.skipif(not all((FASHION_DIR / f).is_file() for f in FASHION_FILES),
+                    reason=f"Fashion-MNIST files not found in {FASHION_DIR}")
+def test_plain_vs_residual_quick():
+    # 20 sigmoid layers: the shortcuts carry the first layer's gradient (the plain stack's vanishes)
+    # and the residual net learns at least as well
+    out = run_example("examples/plain_vs_residual.py", "--quick", timeout=600)
+    grads = {name: float(v) for name, v in re.findall(r"(plain|residual): first-layer gradient norm at "
+                                                       r"initialization: ([0-9.e+-]+)", out)}
+    assert set(grads) == {"plain", "residual"}, out
+    assert grads["residual"] > 100 * grads["plain"], out
+    assert accuracy(out, "residual") >= accuracy(out, "plain"), out
+    assert accuracy(out, "residual") > 0.3, out

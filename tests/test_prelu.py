@@ -1,12 +1,12 @@
 """fm.PReLU: its layer checks, weights layout, agreement with torch.nn.PReLU (predict, three
 full-batch steps of SGD, Adam and AdamW), central differences of every parameter through each
 backend's own loop, and the native loops against the reference. The helpers at the top build the
-same network in PyTorch and are shared with test_maxout.py."""
+same network in PyTorch and are shared with test_maxout.py and test_residual.py."""
 import numpy as np
 import pytest
 
 import fastmlp
-from fastmlp import Activation, BatchNorm, Dense, Dropout, Maxout, PReLU
+from fastmlp import Activation, BatchNorm, Dense, Dropout, Maxout, PReLU, Residual
 from fastmlp.backends import reference as ref
 
 from conftest import BACKENDS, NATIVE_BACKENDS, Loss, Opt, central_diff, loop_state, make_plan
@@ -27,43 +27,69 @@ class TorchMaxout(torch.nn.Module):
         return x.view(x.shape[0], self.units, self.pieces).max(-1).values
 
 
-def torch_net(model):
-    """(torch.nn.Sequential, its tensors in get_weights' order) of a built float64 model, on its weights."""
-    weights, mods, order, fan_in = iter(model.get_weights()), [], [], model.input_dim
+class TorchResidual(torch.nn.Module):
+    """A residual block as fm.Residual defines it: ``act(F(x) + x)``, or ``act(F(x) + proj(x))``."""
 
-    def linear(fan_out, use_bias):
+    def __init__(self, body, proj, act):
+        super().__init__()
+        self.body, self.proj, self.act = body, proj, act
+
+    def forward(self, x):
+        return self.act(self.body(x) + (x if self.proj is None else self.proj(x)))
+
+
+def torch_net(model):
+    """(torch.nn.Sequential, its tensors in get_weights' order) of a built float64 model, on its weights
+    (residual blocks as TorchResidual modules, their projections after their layers' tensors)."""
+    weights, order = iter(model.get_weights()), []
+
+    def linear(fan_in, fan_out, use_bias):
         lin = torch.nn.Linear(fan_in, fan_out, bias=use_bias, dtype=torch.float64)
         lin.weight.data.copy_(torch.from_numpy(next(weights).T.copy()))
         order.append((lin.weight, True))
         if use_bias:
             lin.bias.data.copy_(torch.from_numpy(next(weights)))
             order.append((lin.bias, False))
-        mods.append(lin)
+        return lin
 
-    for layer in model.layers:
-        act = getattr(layer, "activation", None)
-        if isinstance(layer, Dense):
-            linear(layer.units, layer.use_bias)
-            fan_in = layer.units
-        elif isinstance(layer, Maxout):
-            linear(layer.units * layer.pieces, layer.use_bias)
-            mods.append(TorchMaxout(layer.units, layer.pieces))
-            fan_in = layer.units
-        elif isinstance(layer, PReLU):
-            p = torch.nn.PReLU(1 if layer.shared else fan_in, init=layer.init, dtype=torch.float64)
-            p.weight.data.copy_(torch.from_numpy(next(weights)))
-            mods.append(p)
-            order.append((p.weight, False))
-        elif isinstance(layer, BatchNorm):
-            bn = torch.nn.BatchNorm1d(fan_in, eps=layer.eps, momentum=layer.momentum, dtype=torch.float64)
-            for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var):
-                t.data.copy_(torch.from_numpy(next(weights)))
-                order.append((t, False))
-            mods.append(bn)
-        elif isinstance(layer, Dropout):
-            mods.append(torch.nn.Dropout(layer.rate))
-        if act not in (None, "identity"):
-            mods.append(getattr(torch.nn, _TORCH_ACTS[act])())
+    def activation(act):
+        return getattr(torch.nn, _TORCH_ACTS[act])() if act not in (None, "identity") else torch.nn.Identity()
+
+    def build(layers, fan_in):
+        mods = []
+        for layer in layers:
+            act = getattr(layer, "activation", None)
+            if isinstance(layer, Residual):
+                body, width = build(layer.layers, fan_in)
+                proj = None if width == fan_in else linear(fan_in, width, False)
+                mods.append(TorchResidual(torch.nn.Sequential(*body), proj, activation(act)))
+                fan_in = width
+                continue
+            if isinstance(layer, Dense):
+                mods.append(linear(fan_in, layer.units, layer.use_bias))
+                fan_in = layer.units
+            elif isinstance(layer, Maxout):
+                mods.append(linear(fan_in, layer.units * layer.pieces, layer.use_bias))
+                mods.append(TorchMaxout(layer.units, layer.pieces))
+                fan_in = layer.units
+            elif isinstance(layer, PReLU):
+                p = torch.nn.PReLU(1 if layer.shared else fan_in, init=layer.init, dtype=torch.float64)
+                p.weight.data.copy_(torch.from_numpy(next(weights)))
+                mods.append(p)
+                order.append((p.weight, False))
+            elif isinstance(layer, BatchNorm):
+                bn = torch.nn.BatchNorm1d(fan_in, eps=layer.eps, momentum=layer.momentum, dtype=torch.float64)
+                for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var):
+                    t.data.copy_(torch.from_numpy(next(weights)))
+                    order.append((t, False))
+                mods.append(bn)
+            elif isinstance(layer, Dropout):
+                mods.append(torch.nn.Dropout(layer.rate))
+            if act not in (None, "identity"):
+                mods.append(activation(act))
+        return mods, fan_in
+
+    mods, _ = build(model.layers, model.input_dim)
     return torch.nn.Sequential(*mods), order
 
 

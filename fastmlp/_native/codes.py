@@ -22,6 +22,8 @@ class Unit(enum.IntEnum):
     BATCHNORM = 3   # batch normalization over the features
     PRELU = 4       # max(0, x) + alpha * min(0, x), alpha learned per feature or shared
     MAXOUT = 5      # the maximum over each output's ``pieces`` consecutive inputs
+    RES_BEGIN = 6   # a residual block's start: the identity, its input is the shortcut's
+    RES_ADD = 7     # a residual block's end: act(F(x) + x), or act(F(x) + x @ Wp) with a projection
 
 
 class Act(enum.IntEnum):
@@ -105,6 +107,7 @@ UNIT_FIELDS = (
     ("momentum", "float64"),  # batch norm: of the running statistics
     ("pieces", "int64"),    # maxout: inputs per output (fan_in == fan_out * pieces)
     ("shared", "int64"),    # prelu: one alpha for every feature (1), or one per feature (0); at w_off
+    ("link", "int64"),      # residual: a RES_BEGIN's RES_ADD unit, a RES_ADD's RES_BEGIN unit (indices)
 )
 
 # The hyperparameters of the optimizer, by name (plan.HYPER_DTYPE, struct Hyper).

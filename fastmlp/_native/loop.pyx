@@ -17,6 +17,13 @@ after a barrier, its share of every dW, db, dalpha (the threads' sums added)
 and of the update (split.pxd); a second barrier ends the step. Its products then run on one BLAS thread each
 (the BLAS is pinned to one thread meanwhile), or on packgemm.h's kernel for
 the units kept on packed operands (float32, ``policy.pk_unit``).
+
+A residual block's end unit (RES_ADD) adds the block's input (A of its RES_BEGIN
+unit) or its projection to F's output, row by row like a dense unit's forward
+product; in the backward pass it copies dZ into F's dA and, with a projection,
+stashes dZ @ Wp^T (its M), which the block's start unit adds to its own dA. A
+projection's Wp is a W like a dense unit's (``has_w``): the same shares of dWp
+and of its update, on BLAS (it is never packed).
 """
 from cython cimport floating
 from cython.parallel cimport parallel, threadid
@@ -40,8 +47,8 @@ from fastmlp._native.split cimport (
     Share, _part, _pk_copy_rows, _pk_own_clamp, _pk_own_scale, _pk_own_sumsq, _pk_share, _share, _update_share, _update_share_pk,
 )
 from fastmlp._native.units cimport (
-    UnitPtrs, _dropout_mask_p, _mul_mask_p, bn_backward_p, bn_forward_p, fill_units, maxout_backward_p,
-    maxout_forward_p, prelu_backward_p, prelu_forward_p,
+    UnitPtrs, _dropout_mask_p, _mul_mask_p, add_rows_p, bn_backward_p, bn_forward_p, fill_units, has_w,
+    maxout_backward_p, maxout_forward_p, prelu_backward_p, prelu_forward_p, sum_rows_p,
 )
 
 import numpy as np
@@ -199,6 +206,43 @@ cdef inline void _dW_product(Ctx* c, const UnitPtrs* u, const floating* inp, flo
         RT.product_s[PH_PARAM_GRADS] += now() - t
 
 
+# ------------------------------------------------------------ residual blocks
+cdef inline void _residual_forward(Ctx* c, const UnitPtrs* u, const floating* F, floating* params) noexcept nogil:
+    # Z rows r0..r1 = F rows + the block's input rows (@ Wp), then the activation
+    cdef double t
+    cdef Py_ssize_t nr = c.r1 - c.r0, fi = u.r.fan_in, fo = u.r.fan_out
+    cdef const floating* X = <const floating*>c.units[u.r.link].A + c.r0 * fi
+    cdef floating* Z = <floating*>u.Z + c.r0 * fo
+    if fi == fo:
+        sum_rows_p(F, X, Z, nr * fo)
+    else:
+        t = now() if c.timing else 0.0
+        memcpy(Z, F, nr * fo * sizeof(floating))
+        gemm_p(BLAS, X, params + u.r.w_off, Z, <int>nr, <int>fo, <int>fi, False, False, 1.0)
+        if c.timing:
+            RT.product_s[PH_FORWARD] += now() - t
+    if u.r.act != ACT_IDENTITY:
+        rows_bias_act(RT, Z, params, <floating*>u.A + c.r0 * fo, nr, fo, False, <int>u.r.act, <floating>u.r.alpha)
+
+
+cdef inline void _residual_backward(Ctx* c, const UnitPtrs* u, Py_ssize_t i, floating* params) noexcept nogil:
+    # rows r0..r1: F's output gradient is dZ (dA, after the activation's derivative); the
+    # projection's stash dZ @ Wp^T
+    cdef Py_ssize_t nr = c.r1 - c.r0, fo = u.r.fan_out
+    memcpy(<floating*>c.units[i - 1].dA + c.r0 * fo, <floating*>u.dA + c.r0 * fo, nr * fo * sizeof(floating))
+    if u.r.fan_in != fo:
+        _dA_product(c, u, <floating*>u.M, params)
+
+
+cdef inline void _residual_shortcut(Ctx* c, const UnitPtrs* u, const floating* params) noexcept nogil:
+    # a block start's rows r0..r1 of dA += the shortcut's gradient (its end's stash, or dZ);
+    # params only types the call
+    cdef const UnitPtrs* e = &c.units[u.r.link]
+    cdef Py_ssize_t fo = u.r.fan_out
+    add_rows_p(<const floating*>(e.M if e.r.fan_in != e.r.fan_out else e.dA) + c.r0 * fo,
+               <floating*>u.dA + c.r0 * fo, (c.r1 - c.r0) * fo)
+
+
 # ------------------------------------------------------------ PReLU's shares
 cdef inline Py_ssize_t _acc_off(const Ctx* c, Py_ssize_t i) noexcept nogil:
     # where PReLU unit i's sums start in each thread's scratch: the widths of the PReLU units before it
@@ -303,6 +347,10 @@ cdef int _forward(Ctx* c, Py_ssize_t s, floating* params) noexcept nogil:
                             <floating*>u.A + r0 * fo, nr, fo)
         elif u.r.kind == UNIT_MAXOUT:
             maxout_forward_p(<const floating*>u.Z + r0 * u.r.fan_in, u.r.pieces, <floating*>u.A + r0 * fo, nr, fo)
+        elif u.r.kind == UNIT_RES_ADD:
+            _residual_forward(c, u, inp, params)
+        elif u.r.kind == UNIT_RES_BEGIN:
+            pass  # the identity: its A is the buffer before it
         elif u.r.act != ACT_IDENTITY:
             rows_bias_act(RT, <floating*>u.Z + r0 * fo, params, <floating*>u.A + r0 * fo, nr, fo, False,
                           <int>u.r.act, <floating>u.r.alpha)
@@ -347,6 +395,10 @@ cdef int _backward(Ctx* c, floating* params) noexcept nogil:
         if u.r.kind == UNIT_MAXOUT and i > 0:
             maxout_backward_p(<const floating*>u.Z + r0 * u.r.fan_in, u.r.pieces, <const floating*>u.dA + r0 * fo,
                               <floating*>c.units[i - 1].dA + r0 * u.r.fan_in, nr, fo)
+        if u.r.kind == UNIT_RES_ADD:
+            _residual_backward(c, u, i, params)
+        if u.r.kind == UNIT_RES_BEGIN and i > 0:
+            _residual_shortcut(c, u, params)
         if u.r.kind == UNIT_BATCHNORM:
             if bn_backward_p(<const floating*>u.dA, <const floating*>u.Z, params + u.r.w_off, u.r.eps,
                              <const floating*>u.M, grads + u.r.w_off,
@@ -379,10 +431,13 @@ cdef void _param_grads(Ctx* c, floating* params) noexcept nogil:
         u = &c.units[i]
         if u.r.kind == UNIT_PRELU:
             _dalpha(c, u, i, grads)
-        if u.r.kind != UNIT_DENSE:
+        if not has_w(&u.r):
             continue
         fi, fo = u.r.fan_in, u.r.fan_out
         f0, f1 = _part(fi, c.tid, c.nt), _part(fi, c.tid + 1, c.nt)
+        if u.r.kind == UNIT_RES_ADD:  # dWp = (the block's input)^T dZ
+            _dW_product(c, u, <floating*>c.units[u.r.link].A, grads, f0, f1, 0.0)
+            continue
         inp = <floating*>c.x_buf if i == 0 else <floating*>c.units[i - 1].A
         if u.r.l2 != 0.0 and not c.fold_l2 and u.Wp != NULL:
             _pk_copy_rows(u, c.tid, c.nt)
@@ -409,7 +464,7 @@ cdef void _clip_value(Ctx* c, floating* params) noexcept nogil:
         if u.r.kind == UNIT_PRELU:
             an = _alpha_share(u, c.tid, c.nt, &a0)
             _clamp_p(grads + a0, an, c.clip_value)
-        elif u.r.kind == UNIT_DENSE:
+        elif has_w(&u.r):
             share = _share(u, c.tid, c.nt)
             if u.Wp != NULL:
                 _pk_own_clamp(u.dWp, u, c.tid, c.nt, c.clip_value)
@@ -436,7 +491,7 @@ cdef void _clip(Ctx* c, floating* params) noexcept nogil:
             if u.r.kind == UNIT_PRELU:
                 an = _alpha_share(u, c.tid, c.nt, &a0)
                 norm += _sumsq_span(grads + a0, an)
-            elif u.r.kind == UNIT_DENSE:
+            elif has_w(&u.r):
                 share = _share(u, c.tid, c.nt)
                 if u.Wp != NULL:
                     norm += _pk_own_sumsq(u.dWp, u, c.tid, c.nt)
@@ -461,7 +516,7 @@ cdef void _clip(Ctx* c, floating* params) noexcept nogil:
         if u.r.kind == UNIT_PRELU:
             an = _alpha_share(u, c.tid, c.nt, &a0)
             _scale_p(grads + a0, an, c.clip_norm / (norm + 1e-6))
-        elif u.r.kind == UNIT_DENSE:
+        elif has_w(&u.r):
             share = _share(u, c.tid, c.nt)
             if u.Wp != NULL:
                 _pk_own_scale(u.dWp, u, c.tid, c.nt, c.clip_norm / (norm + 1e-6))
@@ -488,6 +543,8 @@ cdef void _update_trainable(const UnitRec* r, int opt_kind, const Hyper* h, doub
         off, n = r.w_off, 2 * r.fan_out
     elif r.kind == UNIT_PRELU:
         off, n = r.w_off, 1 if r.shared else r.fan_out
+    elif has_w(r):  # a residual projection
+        off, n = r.w_off, r.fan_in * r.fan_out
     else:
         return
     _opt_span(opt_kind, h, step, params + off, grads + off, s1 + off if s1 != NULL else NULL,
@@ -517,7 +574,7 @@ cdef void _update(Ctx* c, Py_ssize_t s, floating* params) noexcept nogil:
     for i in range(c.n_units):
         if c.units[i].Wp != NULL:
             _update_share_pk(&c.units[i], c.tid, c.nt, c.opt_kind, &c.h, step, params, grads, s1, s2, c.fold_l2)
-        elif c.units[i].r.kind == UNIT_DENSE:
+        elif has_w(&c.units[i].r):
             _update_share(&c.units[i], c.tid, c.nt, c.opt_kind, &c.h, step, params, grads, s1, s2, c.fold_l2)
         elif c.units[i].r.kind == UNIT_PRELU:
             an = _alpha_share(&c.units[i], c.tid, c.nt, &a0)

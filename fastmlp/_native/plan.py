@@ -28,6 +28,18 @@ Buffers, per unit i (rows = the batch size):
   batch-norm and maxout units write a ``(rows, fan_in)`` buffer of their own.
 * ``M[i]`` (training): a dropout unit's ``(rows, fan_out)`` mask, a batch-norm
   unit's ``(2, fan_out)`` batch statistics; an empty ``(0, 0)`` array otherwise.
+* Residual blocks (``act(F(x) + x)``): a ``RES_BEGIN`` unit b, then F's units,
+  then a ``RES_ADD`` unit a; ``link`` joins them (b's is a, a's is b). The
+  begin unit is the identity and passes its buffers (``Z[b]`` and ``A[b]`` are
+  the buffer before it, ``dA[b-1]`` is ``dA[b]``); in the backward pass it adds
+  the shortcut's gradient to ``dA[b]``. The add unit's ``fan_out`` is F's width
+  (the unit before it) and its ``fan_in`` the block's input width ``A[b]``'s:
+  when they differ, the shortcut is a projection ``A[b] @ Wp`` (Wp ``(fan_in,
+  fan_out)`` at ``w_off``, no bias, and in training ``M[a]`` is a ``(rows,
+  fan_in)`` buffer for ``dZ @ Wp^T``); when they are equal it is ``A[b]`` itself
+  and ``M[a]`` is empty. Its ``Z[a]`` is a buffer of its own (``A[a-1] +
+  shortcut``), ``A[a]`` is ``act(Z[a])``, and ``dA[a-1]`` is a ``(rows,
+  fan_out)`` buffer of its own (``dZ``, which ``dA[a]`` keeps for the shortcut).
 * ``P``: the probabilities (rates for poisson) of the fused losses, ``(rows, k)``.
 * ``y``, ``Y``, ``sw``: the batch's labels ``(rows,)`` int64 (or ``(0,)``), real
   or one-hot targets ``(rows, k)`` (or ``(0, 0)``), sample weights ``(rows,)``
@@ -111,7 +123,7 @@ class Plan:
         prev = self.x
         for i, u in enumerate(units):
             kind, k = Unit(u["kind"]), int(u["fan_out"])
-            z = np.empty((n, k), dtype=dt) if kind in (Unit.DENSE, Unit.BATCHNORM) else prev
+            z = np.empty((n, k), dtype=dt) if kind in (Unit.DENSE, Unit.BATCHNORM, Unit.RES_ADD) else prev
             own = (u["act"] != Act.IDENTITY or kind in (Unit.BATCHNORM, Unit.PRELU, Unit.MAXOUT)
                    or (self.training and kind == Unit.DROPOUT))
             a = np.empty((n, k), dtype=dt) if own else z
@@ -119,6 +131,8 @@ class Plan:
                 self.M[i] = np.empty((n, k), dtype=dt)
             elif self.training and kind == Unit.BATCHNORM:
                 self.M[i] = np.empty((2, k), dtype=dt)
+            elif self.training and kind == Unit.RES_ADD and int(u["fan_in"]) != k:
+                self.M[i] = np.empty((n, int(u["fan_in"])), dtype=dt)  # dZ @ Wp^T, for the block's start
             self.Z.append(z)
             self.A.append(a)
             prev = a
@@ -131,8 +145,10 @@ class Plan:
         self.dA = [None] * (L + 1)
         self.dA[L] = np.empty((n, k), dtype=dt)
         for i in range(L, 0, -1):
-            own = units[i]["kind"] in (Unit.DENSE, Unit.BATCHNORM, Unit.MAXOUT)
-            self.dA[i - 1] = np.empty((n, int(units[i]["fan_in"])), dtype=dt) if own else self.dA[i]
+            kind = units[i]["kind"]
+            own = kind in (Unit.DENSE, Unit.BATCHNORM, Unit.MAXOUT, Unit.RES_ADD)
+            width = int(units[i]["fan_out" if kind == Unit.RES_ADD else "fan_in"])
+            self.dA[i - 1] = np.empty((n, width), dtype=dt) if own else self.dA[i]
         self.P = np.empty((n, k), dtype=dt)
         labels = self.loss in LABEL_LOSSES
         self.y = np.empty(n if labels else 0, dtype=_INT64)
@@ -188,7 +204,7 @@ def _buf(who, name, b, dt, shape, i=None):
     # name (with [i] when given) is formatted only for the error: the checks run at every call
     if not (isinstance(b, np.ndarray) and b.dtype == dt and b.shape == shape and b.flags.c_contiguous):
         name = name if i is None else f"{name}[{i}]{' (the dropout mask)' if name == 'M' and shape[0] != 2 else ''}"
-        name += " (the batch-norm statistics)" if name.startswith("M[") and shape[0] == 2 else ""
+        name += " (the batch-norm statistics)" if name.startswith("M[") and shape[0] == 2 and "(" not in name else ""
         got = (f"{b.dtype} array of shape {b.shape}{'' if b.flags.c_contiguous else ', not C-contiguous'}"
                if isinstance(b, np.ndarray) else type(b).__name__)
         raise ValueError(f"{who}: {name} must be a C-contiguous {dt} array of shape {shape}, got {got}")
@@ -204,11 +220,13 @@ _OPTS = frozenset(int(o) for o in Opt)
 _DENSE, _ACTIVATION = int(Unit.DENSE), int(Unit.ACTIVATION)
 _DROPOUT, _BATCHNORM = int(Unit.DROPOUT), int(Unit.BATCHNORM)
 _PRELU, _MAXOUT = int(Unit.PRELU), int(Unit.MAXOUT)
-_PASS_DOWN = (_ACTIVATION, _DROPOUT, _PRELU)  # units whose Z is the buffer before them and dA[i-1] is dA[i]
+_RES_BEGIN, _RES_ADD = int(Unit.RES_BEGIN), int(Unit.RES_ADD)
+# units whose Z is the buffer before them and dA[i-1] is dA[i]
+_PASS_DOWN = (_ACTIVATION, _DROPOUT, _PRELU, _RES_BEGIN)
 _IDENTITY = int(Act.IDENTITY)
 assert tuple(name for name, _ in UNIT_FIELDS) == (
     "kind", "fan_in", "fan_out", "act", "use_bias", "w_off", "b_off", "alpha", "l2", "rate", "eps", "momentum",
-    "pieces", "shared")
+    "pieces", "shared", "link")
 
 
 def _rows(units):
@@ -232,11 +250,33 @@ def _check_records(who, plan, training):
     n_params = params.shape[0]
     rows = _rows(units)
     fan_in = rows[0][1]
-    for i, (kind, fi, k, act, use_bias, w_off, b_off, _, l2, rate, eps, momentum, pieces, shared) in enumerate(rows):
+    begin = -1  # the open residual block's RES_BEGIN unit
+    for i, (kind, fi, k, act, use_bias, w_off, b_off, _, l2, rate, eps, momentum, pieces, shared,
+            link) in enumerate(rows):
         if kind not in _KINDS:
             raise ValueError(f"{who}: unit {i} has an unknown kind {kind}")
         if not 0 <= act < _N_ACTS:
             raise ValueError(f"{who}: unit {i} has an unknown activation code {act}")
+        if kind == _RES_BEGIN:
+            if begin >= 0 or not (i + 2 <= link < len(rows) and rows[link][0] == _RES_ADD and rows[link][14] == i):
+                raise ValueError(f"{who}: residual block start {i} must link to a RES_ADD unit at least 2 units "
+                                 f"after it that links back, with no block open (blocks do not nest), got link "
+                                 f"{link}")
+            begin = i
+        elif kind == _RES_ADD:
+            if link != begin or begin < 0:
+                raise ValueError(f"{who}: residual block end {i} must link to the open block's RES_BEGIN unit "
+                                 f"({begin}), got {link}")
+            if k != fan_in or fi != rows[begin][2] or use_bias or l2 != 0.0:
+                raise ValueError(f"{who}: residual block end {i} must have fan_out == the unit before's "
+                                 f"({fan_in}), fan_in == the block's input width ({rows[begin][2]}), no bias "
+                                 f"and no l2, got fan_in {fi}, fan_out {k}")
+            if fi != k and (w_off < 0 or w_off + fi * k > n_params):
+                raise ValueError(f"{who}: residual block end {i}'s projection reaches outside params "
+                                 f"({n_params} values)")
+            begin = -1
+            fan_in = k
+            continue
         if fi != fan_in or k < 1 or fan_in < 1:
             raise ValueError(f"{who}: unit {i} takes {fi} inputs and gives {k} outputs, but the "
                              f"unit before gives {fan_in} (every width must be >= 1)")
@@ -266,7 +306,7 @@ def _check_records(who, plan, training):
                 raise ValueError(f"{who}: batch-norm unit {i} needs eps > 0 and momentum in [0, 1], "
                                  f"got {eps}, {momentum}")
         fan_in = k
-    return rows
+    return rows  # an open block cannot remain: its start's check found its end
 
 
 def _check_unit_buffers(who, plan, training, rows):
@@ -286,8 +326,12 @@ def _check_unit_buffers(who, plan, training, rows):
         _buf(who, "Z", Z[i], dt, (n, r[1]) if kind == _MAXOUT else shape, i)
         _buf(who, "A", A[i], dt, shape, i)
         if (kind in _PASS_DOWN or kind == _MAXOUT) and Z[i] is not prev:
-            raise ValueError(f"{who}: Z[{i}] of an activation, dropout, PReLU or maxout unit must be the "
-                             "buffer before it")
+            raise ValueError(f"{who}: Z[{i}] of an activation, dropout, PReLU, maxout or residual-start unit "
+                             "must be the buffer before it")
+        if kind == _RES_BEGIN and A[i] is not Z[i]:
+            raise ValueError(f"{who}: a residual block start's A[{i}] must be its Z[{i}] (the identity)")
+        if kind == _RES_ADD and (Z[i] is prev or Z[i] is A[r[14]] or A[i] is A[r[14]]):
+            raise ValueError(f"{who}: a residual block end's Z[{i}] must be a buffer of its own")
         if (kind == _BATCHNORM or kind == _PRELU or kind == _MAXOUT) and A[i] is Z[i]:
             raise ValueError(f"{who}: a batch-norm, PReLU or maxout unit's A[{i}] must be a buffer of its own")
         prev = A[i]
@@ -302,6 +346,11 @@ def _check_unit_buffers(who, plan, training, rows):
             _buf(who, "M", M[i], dt, shape, i)
         elif kind == _BATCHNORM:
             _buf(who, "M", M[i], dt, (2, r[2]), i)
+        elif kind == _RES_ADD:
+            if dA[i - 1] is dA[i]:
+                raise ValueError(f"{who}: dA[{i - 1}] below a residual block end must be a buffer of its own")
+            if r[1] != r[2]:
+                _buf(who, f"M[{i}] (the projection's gradient stash)", M[i], dt, (n, r[1]))
 
 
 def check_predict(plan, who="make_predictor"):

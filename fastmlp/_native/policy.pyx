@@ -10,7 +10,7 @@ rows per thread (the dW products' k is the whole batch and the kernel does
 not block k, so huge batches lose; AVX2 tiles win only at small batches
 and large layers).
 """
-from fastmlp._native.common cimport UNIT_BATCHNORM, UNIT_DENSE, UNIT_PRELU
+from fastmlp._native.common cimport UNIT_BATCHNORM, UNIT_DENSE, UNIT_PRELU, UNIT_RES_ADD
 from fastmlp._native.gemm cimport FM_HAVE_PACKGEMM, FM_PK_ZMM, Blas, blas
 from fastmlp._native.runtime cimport Runtime, runtime
 
@@ -53,6 +53,9 @@ cdef int threads_for(const UnitRec* recs, Py_ssize_t n_units, Py_ssize_t n_param
         if recs[i].kind == UNIT_DENSE:
             owned += recs[i].fan_in * recs[i].fan_out + (recs[i].fan_out if recs[i].use_bias else 0)
             work += recs[i].fan_in * recs[i].fan_out
+        if recs[i].kind == UNIT_RES_ADD and recs[i].fan_in != recs[i].fan_out:  # a projection's Wp
+            owned += recs[i].fan_in * recs[i].fan_out
+            work += recs[i].fan_in * recs[i].fan_out
     if owned != n_params or work * rows < _pol.mt_min_work:
         return 1
     return nt
@@ -62,7 +65,7 @@ def _loop_threads(units, Py_ssize_t n_params, Py_ssize_t rows):
     """How many threads of its own the training loop takes for these unit records
     (plan.UNIT_DTYPE) and batch: the thread bound, capped at one thread per
     mt_min_rows rows, when the loop can split the step (no batch norm, the
-    dense and PReLU units own every parameter, the BLAS's thread count can be set to 1
+    dense and PReLU units and the residual projections own every parameter, the BLAS's thread count can be set to 1
     meanwhile) and the step is big enough; else 1."""
     cdef const UnitRec[::1] recs = units
     return threads_for(&recs[0], recs.shape[0], n_params, rows)

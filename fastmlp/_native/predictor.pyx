@@ -10,7 +10,7 @@ cimport numpy as cnp
 from fastmlp._native.common cimport *
 from fastmlp._native.gemm cimport Blas, blas, gemm_p
 from fastmlp._native.rows cimport _bias_act_row
-from fastmlp._native.units cimport UnitPtrs, bn_forward_p, fill_units, maxout_forward_p, prelu_forward_p
+from fastmlp._native.units cimport UnitPtrs, bn_forward_p, fill_units, maxout_forward_p, prelu_forward_p, sum_rows_p
 
 from fastmlp._native.plan import check_predict
 
@@ -51,6 +51,19 @@ cdef bint _predict_rows(const floating* X, Py_ssize_t n, Py_ssize_t d, UnitPtrs*
             prelu_forward_p(<const floating*>u.Z, params + u.r.w_off, u.r.shared != 0, <floating*>u.A, n, k)
         elif u.r.kind == UNIT_MAXOUT:
             maxout_forward_p(<const floating*>u.Z, u.r.pieces, <floating*>u.A, n, k)
+        elif u.r.kind == UNIT_RES_BEGIN:
+            pass  # the identity: its A is the buffer before it
+        elif u.r.kind == UNIT_RES_ADD:  # F (inp) + the block's input, or its projection
+            if u.r.fan_in == k:
+                sum_rows_p(inp, <const floating*>units[u.r.link].A, <floating*>u.Z, n * k)
+            else:
+                memcpy(u.Z, inp, n * k * sizeof(floating))
+                gemm_p(BLAS, <const floating*>units[u.r.link].A, params + u.r.w_off, <floating*>u.Z, <int>n, <int>k,
+                       <int>u.r.fan_in, False, False, 1.0)
+            if u.r.act != ACT_IDENTITY:
+                for r in range(n):
+                    _bias_act_row(<floating*>u.Z + r * k, params, <floating*>u.A + r * k, k, False, <int>u.r.act,
+                                  <floating>u.r.alpha)
         elif u.r.act != ACT_IDENTITY:
             for r in range(n):
                 _bias_act_row(<floating*>u.Z + r * k, params, <floating*>u.A + r * k, k, False, <int>u.r.act,

@@ -3,7 +3,7 @@ units that are not row kernels: dropout masks, batch normalization, PReLU and ma
 from cython cimport floating
 from libc.stdint cimport int64_t, uint64_t
 
-from fastmlp._native.common cimport UnitRec
+from fastmlp._native.common cimport UNIT_DENSE, UNIT_RES_ADD, UnitRec
 
 
 cdef struct UnitPtrs:
@@ -13,7 +13,8 @@ cdef struct UnitPtrs:
     void* Z
     void* A
     void* dA            # training only (else NULL)
-    void* M             # dropout: the (rows, fan_out) mask; batch norm: (2, fan_out) statistics; else NULL
+    void* M             # dropout: the (rows, fan_out) mask; batch norm: (2, fan_out) statistics; a residual
+                        # block end with a projection: the (rows, fan_in) stash dZ @ Wp^T; else NULL
     # dense units of a loop on packed operands (else NULL), in the packed form
     # of packgemm.h: W, dW and W's optimizer state (mp, vp: NULL when the
     # optimizer has none), where the products and the optimizer use them; the
@@ -130,3 +131,23 @@ cdef inline void maxout_backward_p(const floating* Z, Py_ssize_t pieces, const f
             for p in range(pieces):
                 dx[p] = 0
             dx[best] = dA[r * k + j]
+
+
+# ------------------------------------------------------------ residual blocks
+cdef inline bint has_w(const UnitRec* r) noexcept nogil:
+    # a unit with a W at w_off, (fan_in, fan_out): dense, or a residual block end with a projection
+    return r.kind == UNIT_DENSE or (r.kind == UNIT_RES_ADD and r.fan_in != r.fan_out)
+
+
+cdef inline void add_rows_p(const floating* X, floating* Y, Py_ssize_t size) noexcept nogil:
+    # Y += X
+    cdef Py_ssize_t e
+    for e in range(size):
+        Y[e] = Y[e] + X[e]
+
+
+cdef inline void sum_rows_p(const floating* X1, const floating* X2, floating* Y, Py_ssize_t size) noexcept nogil:
+    # Y = X1 + X2
+    cdef Py_ssize_t e
+    for e in range(size):
+        Y[e] = X1[e] + X2[e]

@@ -27,7 +27,9 @@ cdef UnitPtrs* fill_units(object plan, bint training) except NULL:
         units[i].A = cnp.PyArray_DATA(<cnp.ndarray>A[i])
         units[i].dA = cnp.PyArray_DATA(<cnp.ndarray>dA[i]) if training else NULL
         units[i].M = (cnp.PyArray_DATA(<cnp.ndarray>M[i])
-                      if training and (recs[i].kind == UNIT_DROPOUT or recs[i].kind == UNIT_BATCHNORM) else NULL)
+                      if training and (recs[i].kind == UNIT_DROPOUT or recs[i].kind == UNIT_BATCHNORM
+                                       or (recs[i].kind == UNIT_RES_ADD and recs[i].fan_in != recs[i].fan_out))
+                      else NULL)
         units[i].Wp = units[i].dWp = units[i].mp = units[i].vp = units[i].dZp = units[i].Wtp = NULL
     return units
 

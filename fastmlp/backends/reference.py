@@ -576,6 +576,35 @@ def _maxout_backward(Z, pieces, dA, dX):
     np.put_along_axis(d, arg[:, :, None], dA[:, :, None], axis=2)
 
 
+# ------------------------------------------------------------ residual blocks
+# A block is a RES_BEGIN unit (the identity), F's units and a RES_ADD unit
+# (fastmlp._native.plan). Helpers of the step loop, as PReLU's.
+def _projection(vec, u):
+    """A RES_ADD unit's (fan_in, fan_out) projection Wp in ``vec`` (params or grads), or None
+    when the shortcut is the identity (fan_in == fan_out)."""
+    fi, fo, w_off = int(u["fan_in"]), int(u["fan_out"]), int(u["w_off"])
+    return None if fi == fo else vec[w_off:w_off + fi * fo].reshape(fi, fo)
+
+
+def _residual_forward(F, X, Wp, Z):
+    """Z = F + X (identity shortcut, Wp None) or F + X @ Wp. F, Z : (n, k); X : (n, d); Wp : (d, k)."""
+    if Wp is None:
+        np.add(F, X, out=Z)
+    else:
+        np.matmul(X, Wp, out=Z)
+        Z += F
+
+
+def _residual_backward(X, Wp, dZ, dWp, dF, S):
+    """The block end's backward from dZ (n, k), the gradient at F + shortcut: dF = dZ (F's
+    output gradient); with a projection, dWp = X^T dZ and S = dZ @ Wp^T (n, d), the
+    shortcut's gradient at X, which the block's start adds to its dA (else that is dZ)."""
+    dF[...] = dZ
+    if Wp is not None:
+        np.matmul(X.T, dZ, out=dWp)
+        np.matmul(dZ, Wp.T, out=S)
+
+
 # ------------------------------------------------------------ the step loop
 # See fastmlp._native.plan for the plan (the units' records and the buffers
 # of a batch) and the loop state every backend's loop takes.
@@ -609,6 +638,11 @@ def forward_units(kernels, plan, training=False):
             _prelu_forward(Z, params[_prelu_alpha(u)], A)
         elif kind == Unit.MAXOUT:
             _maxout_forward(Z, int(u["pieces"]), A)
+        elif kind == Unit.RES_BEGIN:
+            pass  # the identity: Z and A are the buffer before it
+        elif kind == Unit.RES_ADD:
+            _residual_forward(a, plan.A[int(u["link"])], _projection(params, u), Z)
+            kernels.act_forward(Z, act, u["alpha"], A)
         else:
             kernels.act_forward(Z, act, u["alpha"], A)
         a = A
@@ -649,6 +683,12 @@ def loss_and_grads(kernels, plan, y, Y, sw, training=False):
             _prelu_backward(Z[i], params[at], dA[i], grads[at], dA[i])
         if kind == Unit.MAXOUT and i > 0:
             _maxout_backward(Z[i], int(u["pieces"]), dA[i], dA[i - 1])
+        if kind == Unit.RES_ADD:
+            b = int(u["link"])
+            _residual_backward(A[b], _projection(params, u), dA[i], _projection(grads, u), dA[i - 1], plan.M[i])
+        if kind == Unit.RES_BEGIN and i > 0:
+            e = int(u["link"])
+            dA[i] += plan.M[e] if plan.units[e]["fan_in"] != plan.units[e]["fan_out"] else dA[e]
         if kind == Unit.BATCHNORM:
             w_off = int(u["w_off"])
             G = params[w_off:w_off + 4 * fan_out].reshape(4, fan_out)
@@ -683,7 +723,8 @@ def count_correct(out, y, Y, loss_kind):
 
 def trainable_spans(units):
     """The (start, stop) spans of the flat parameters that an optimizer trains: each dense
-    unit's W and b, each batch norm's gamma and beta (not its running statistics), each PReLU's alpha."""
+    unit's W and b, each batch norm's gamma and beta (not its running statistics), each PReLU's alpha,
+    each residual projection's Wp."""
     spans = []
     for u in units:
         kind, w_off, fo = int(u["kind"]), int(u["w_off"]), int(u["fan_out"])
@@ -695,6 +736,8 @@ def trainable_spans(units):
             spans.append((w_off, w_off + 2 * fo))
         elif kind == Unit.PRELU:
             spans.append((w_off, w_off + (1 if u["shared"] else fo)))
+        elif kind == Unit.RES_ADD and int(u["fan_in"]) != fo:
+            spans.append((w_off, w_off + int(u["fan_in"]) * fo))
     return spans
 
 

@@ -89,6 +89,42 @@ def _maxout_backward(Z, pieces, dA, dX):
             dX[r, best] = dA[r, j]
 
 
+# ------------------------------------------------------------ residual blocks
+# (reference._residual_forward and _residual_backward.) Wp is the block end's
+# (fan_in, fan_out) projection, or an empty (0, 0) array for the identity shortcut.
+@jit
+def _residual_forward(F, X, Wp, Z):
+    n, k = Z.shape
+    if Wp.shape[0] != 0:
+        np.dot(X, Wp, Z)
+        for r in range(n):
+            for j in range(k):
+                Z[r, j] += F[r, j]
+    else:
+        for r in range(n):
+            for j in range(k):
+                Z[r, j] = F[r, j] + X[r, j]
+
+
+@jit
+def _residual_backward(X, Wp, dZ, dWp, dF, S):
+    n, k = dZ.shape
+    for r in range(n):
+        for j in range(k):
+            dF[r, j] = dZ[r, j]
+    if Wp.shape[0] != 0:
+        np.dot(X.T, dZ, dWp)
+        np.dot(dZ, Wp.T, S)
+
+
+@jit
+def _add_into(X, Y):
+    n, k = Y.shape
+    for r in range(n):
+        for j in range(k):
+            Y[r, j] += X[r, j]
+
+
 # ------------------------------------------------------------ the step loop
 @jit_reduce
 def _sum_squares_2d(W):
@@ -144,6 +180,8 @@ def _weight_decay(params, grads, units, wd, decoupled, lr):
             spans = ((u.w_off, u.w_off + 2 * u.fan_out), (0, 0))
         elif u.kind == Unit.PRELU:
             spans = ((u.w_off, u.w_off + (1 if u.shared else u.fan_out)), (0, 0))
+        elif u.kind == Unit.RES_ADD and u.fan_in != u.fan_out:
+            spans = ((u.w_off, u.w_off + u.fan_in * u.fan_out), (0, 0))
         else:
             continue
         for a, b in spans:
@@ -188,7 +226,10 @@ def _train_steps(X, y, Y, sw, order, start, n_steps, units, Ws, bs, dWs, dbs, pa
                 _prelu_forward(Z[i], Ws[i], u.shared != 0, A[i])
             elif u.kind == Unit.MAXOUT:
                 _maxout_forward(Z[i], u.pieces, A[i])
-            else:
+            elif u.kind == Unit.RES_ADD:
+                _residual_forward(A[i - 1], A[u.link], Ws[i], Z[i])
+                _act_forward(Z[i], u.act, u.alpha, A[i])
+            elif u.kind != Unit.RES_BEGIN:
                 _act_forward(Z[i], u.act, u.alpha, A[i])
         # fused loss: the gradient at the output lands in dA[L]
         if loss_kind == Loss.CE:
@@ -214,6 +255,11 @@ def _train_steps(X, y, Y, sw, order, start, n_steps, units, Ws, bs, dWs, dbs, pa
                 _prelu_backward(Z[i], Ws[i], u.shared != 0, dA[i], dWs[i])
             if u.kind == Unit.MAXOUT and i > 0:
                 _maxout_backward(Z[i], u.pieces, dA[i], dA[i - 1])
+            if u.kind == Unit.RES_ADD:
+                _residual_backward(A[u.link], Ws[i], dA[i], dWs[i], dA[i - 1], M[i])
+            if u.kind == Unit.RES_BEGIN and i > 0:
+                e = u.link
+                _add_into(M[e] if units[e].fan_in != units[e].fan_out else dA[e], dA[i])
             if u.kind == Unit.BATCHNORM:
                 _batchnorm_backward(dA[i], Z[i], Ws[i], u.eps, M[i], dWs[i], dA[i - 1] if i > 0 else empty2)
             if u.kind == Unit.DENSE:
@@ -268,6 +314,11 @@ def _unit_views(plan):
             dWs.append(grads[w_off:w_off + 4 * fan_out].reshape(4, fan_out))
             bs.append(e1)
             dbs.append(e1)
+        elif kind == Unit.RES_ADD and fan_in != fan_out:  # the projection Wp
+            Ws.append(params[w_off:w_off + fan_in * fan_out].reshape(fan_in, fan_out))
+            dWs.append(grads[w_off:w_off + fan_in * fan_out].reshape(fan_in, fan_out))
+            bs.append(e1)
+            dbs.append(e1)
         elif kind == Unit.PRELU:  # alpha as a (1, 1) or (1, k) block
             na = 1 if u["shared"] else fan_out
             Ws.append(params[w_off:w_off + na].reshape(1, na))
@@ -305,7 +356,10 @@ def _predict_rows(X, units, Ws, bs, x_buf, Z, A, empty2, out):
             _prelu_forward(Z[i], Ws[i], u.shared != 0, A[i])
         elif u.kind == Unit.MAXOUT:
             _maxout_forward(Z[i], u.pieces, A[i])
-        else:
+        elif u.kind == Unit.RES_ADD:
+            _residual_forward(A[i - 1], A[u.link], Ws[i], Z[i])
+            _act_forward(Z[i], u.act, u.alpha, A[i])
+        elif u.kind != Unit.RES_BEGIN:
             _act_forward(Z[i], u.act, u.alpha, A[i])
     out[...] = A[L]
     for r in range(out.shape[0]):  # an output that overflowed: the caller raises, naming X
