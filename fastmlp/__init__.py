@@ -36,7 +36,7 @@ def __getattr__(name):  # MLPClassifier / MLPRegressor load on first use: scikit
     if name in ("MLPClassifier", "MLPRegressor"):
         from . import estimators
         return getattr(estimators, name)
-    if name in ("onnx", "search"):  # onnx, and search's pandas / joblib / dask, are optional
+    if name in ("onnx", "search", "plot"):  # onnx, search's pandas / joblib / dask, plot's matplotlib are optional
         import importlib
         return importlib.import_module("." + name, __name__)
     raise AttributeError(f"module 'fastmlp' has no attribute {name!r}")
