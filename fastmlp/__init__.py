@@ -1,5 +1,5 @@
 """fastmlp: train multilayer perceptrons on the CPU at native speed."""
-from . import activations, callbacks, datasets, initializers, losses, optim, schedules
+from . import activations, callbacks, datasets, diagnostics, initializers, losses, optim, schedules
 from .backends import available_backends, get_backend, use_backend
 from .layers import Activation, BatchNorm, Dense, Dropout, Maxout, PReLU
 from ._container import ModelFileError
@@ -22,6 +22,7 @@ __all__ = [
     "available_backends",
     "callbacks",
     "datasets",
+    "diagnostics",
     "get_backend",
     "initializers",
     "load_model",
