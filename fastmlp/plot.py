@@ -226,16 +226,17 @@ def _integer_epochs(a):
 def _layer_lines(a, diag, key, style="-", suffix=""):
     """One line per layer of ``diag[key]`` (E, L) that has a value; returns how many were drawn."""
     _integer_epochs(a)
+    from matplotlib import colormaps
+
     values = np.asarray(diag[key], dtype=float)
     epochs = np.asarray(diag["epoch"], dtype=float)
-    drawn = 0
-    for j, name in enumerate(diag["layers"]):
-        column = values[:, j]
-        if np.all(np.isnan(column)):
-            continue  # a layer the statistic does not apply to
-        a.plot(epochs, column, style, marker="o", ms=3, label=name + suffix)
-        drawn += 1
-    return drawn
+    # the layers the statistic applies to (an all-NaN column: a layer without W, or another activation)
+    shown = [j for j in range(len(diag["layers"])) if not np.all(np.isnan(values[:, j]))]
+    colors = colormaps["viridis"]  # by depth: the first layer dark, the last one light
+    for k, j in enumerate(shown):
+        a.plot(epochs, values[:, j], style, marker="o", ms=3, label=diag["layers"][j] + suffix,
+               color=colors(0.9 * k / max(len(shown) - 1, 1)))
+    return len(shown)
 
 
 def gradient_flow(model, ax=None) -> Any:

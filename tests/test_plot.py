@@ -224,3 +224,26 @@ def test_missing_matplotlib_says_how_to_install(monkeypatch):
 
 def test_fm_plot_is_the_module():
     assert fm.plot is plot
+
+
+@pytest.mark.parametrize("backend", ["reference", "numba", "cython"])
+def test_diagnostics_plots_of_a_real_fit(backend):
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    model = fm.Sequential([fm.Dense(32, activation="relu"), fm.Dense(32, activation="tanh"), fm.Dense(10)],
+                          seed=0, backend=backend)
+    model.compile(loss="cross_entropy", optimizer="adam")
+    hist = model.fit(X[:400] / 16, y[:400], epochs=3, batch_size=32, verbose=0, diagnostics=True,
+                     diagnostics_every=2)
+    diag = model.diagnostics_
+    fig = plot.gradient_flow(model)
+    lines = fig.axes[0].get_lines()
+    assert [line.get_label() for line in lines] == diag["layers"]  # every layer here has a W
+    for j, line in enumerate(lines):
+        np.testing.assert_array_equal(line.get_xdata(), [1, 2, 3])
+        np.testing.assert_array_equal(line.get_ydata(), diag["grad_norm"][:, j])
+    fig = plot.dead_units(hist)  # the History carries the same dict
+    (dead,), (sat,) = fig.axes[0].get_lines(), fig.axes[1].get_lines()
+    np.testing.assert_array_equal(dead.get_ydata(), diag["dead_share"][:, 0])
+    np.testing.assert_array_equal(sat.get_ydata(), diag["saturated_share"][:, 1])

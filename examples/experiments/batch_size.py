@@ -15,7 +15,6 @@ mini-batch's products run near the machine's speed and a row costs far less insi
 other load then moves the times less.
 """
 import argparse
-import time
 
 import numpy as np
 
