@@ -156,7 +156,7 @@ def history(history, ax=None, metrics=None) -> Any:
         One Axes: every curve in it. A sequence: one Axes per panel. Default: a new figure with a
         panel per metric (loss, then accuracy when recorded).
     metrics : sequence of str, optional
-        The panels' metrics (each drawn with its "val_" twin when recorded). Default: "loss" and,
+        The panels' metrics (each drawn with its ``val_`` twin when recorded). Default: "loss" and,
         when recorded, "accuracy".
 
     Returns
