@@ -56,7 +56,9 @@ def entries(model):
             continue  # a linear Activation: nothing to diagnose
         shown = _act.CODE_TO_NAME[last.act]
         typ = type(layer).__name__
-        if isinstance(layer, (Dense, Maxout)):
+        if isinstance(layer, Maxout):
+            label = f"{typ} {layer.units}, pieces {layer.pieces}"
+        elif isinstance(layer, Dense):
             label = f"{typ} {layer.units}, {shown}"
         elif isinstance(layer, Activation):
             label = f"{typ}, {shown}"
