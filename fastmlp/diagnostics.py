@@ -42,7 +42,7 @@ class TrainingDynamicsWarning(UserWarning):
 class Finding:
     """One thing that is wrong with a training run.
 
-    Attributes
+    Parameters
     ----------
     kind : str
         One of "vanishing_gradient", "exploding_gradient", "dead_units", "saturation",
