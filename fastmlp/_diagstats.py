@@ -56,7 +56,9 @@ def entries(model):
             continue  # a linear Activation: nothing to diagnose
         shown = _act.CODE_TO_NAME[last.act]
         typ = type(layer).__name__
-        if isinstance(layer, (Dense, Maxout)):
+        if isinstance(layer, Maxout):
+            label = f"{typ} {layer.units}, pieces {layer.pieces}"
+        elif isinstance(layer, Dense):
             label = f"{typ} {layer.units}, {shown}"
         elif isinstance(layer, Activation):
             label = f"{typ}, {shown}"
@@ -75,6 +77,7 @@ class Recorder:
 
     def __init__(self, model, every):
         self.every = int(every)
+        self.layout = self.layout_of(model)
         self.entries = entries(model)
         widths = [u.fan_out for u in model._units]
         self.feat_off = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)
@@ -92,6 +95,11 @@ class Recorder:
         self.non_finite = None  # (entry index, epoch, step, where) of a divergence
         self.warned = set()
         self._start_epoch()
+
+    @staticmethod
+    def layout_of(model):
+        """What the recorder's arrays depend on: the units' kinds and widths."""
+        return tuple((u.dense, u.bn, u.prelu, u.pieces, u.fan_in, u.fan_out) for u in model._units)
 
     def _start_epoch(self):
         L = len(self.entries)

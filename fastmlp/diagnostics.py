@@ -42,7 +42,7 @@ class TrainingDynamicsWarning(UserWarning):
 class Finding:
     """One thing that is wrong with a training run.
 
-    Attributes
+    Parameters
     ----------
     kind : str
         One of "vanishing_gradient", "exploding_gradient", "dead_units", "saturation",
@@ -192,7 +192,7 @@ def _fit_diagnostics(model, diagnostics, every, cbs):
         thresholds = thresholds or monitors[0].thresholds
         warn = any(m.warn for m in monitors)
     rec = model.__dict__.get("_diag")
-    if rec is None:
+    if rec is None or rec.layout != Recorder.layout_of(model):  # new, or the model was built again
         rec = model._diag = Recorder(model, every)
     rec.every = every
     rec.thresholds = thresholds
@@ -303,12 +303,14 @@ def diagnose(model: Any, thresholds: "Thresholds | None" = None) -> "list[Findin
             if held.any():
                 k = int(np.argmax(held))
                 big = g[k, e] > th.exploding_norm
+                what = (f"its gradient norm is {g[k, e]:.3g} in epoch {epochs[k]}" if big else
+                        f"its gradient norm grew {growth[k]:.3g}x from {g[0, e]:.3g} in epoch {epochs[0]} to "
+                        f"{g[k, e]:.3g} in epoch {epochs[k]}")
                 add("exploding_gradient", e, epochs[k], g[k, e] if big else growth[k],
                     th.exploding_norm if big else th.exploding_growth,
-                    f"{_where(ents[e].name, ents[e].layer)}: its gradient norm grew from {g[0, e]:.3g} in epoch "
-                    f"{epochs[0]} to {g[k, e]:.3g} in epoch {epochs[k]} (update/weight ratio {ur[k, e]:.2g}) "
-                    f"with {cfg}; lower the learning rate, clip the gradient (compile(clip_norm=1.0)), "
-                    "or add BatchNorm")
+                    f"{_where(ents[e].name, ents[e].layer)}: {what} (update/weight ratio {ur[k, e]:.2g}) with "
+                    f"{cfg}; lower the learning rate, clip the gradient (compile(clip_norm=1.0)), scale the "
+                    "inputs, check the initial weights, or add BatchNorm")
                 break
     # dead units
     dead = d["dead_share"]
