@@ -6,6 +6,9 @@ ReLU nets of every width x depth of a small grid (He initialization, Adam 1e-3, 
 for the same epochs on a subset of Fashion-MNIST's training set and scored on a subset of its test
 set. Wider and deeper nets have more parameters and take longer per epoch; on a small subset and a
 few epochs the accuracy gains flatten quickly, which is what the printed table and the figure show.
+One thread by default (``--threads``): the times then measure the nets' sizes, not the thread
+policy, and a shared machine's other load moves them less (two threads that wait for each other
+at every step slow down badly when a third process takes one of the cores).
 
 The data is looked up in --data, $FASTMLP_DATA, ../shared/data/fashion-mnist beside this repository,
 and /usr/share/datasets/fashion-mnist (see fastmlp.datasets.load_fashion_mnist).
@@ -35,7 +38,7 @@ def n_params(model):
     return int(sum(w.size for w in model.get_weights()))
 
 
-def run(quick=False, seed=0, data=None, widths=None, depths=None, epochs=None):
+def run(quick=False, seed=0, data=None, widths=None, depths=None, epochs=None, threads=1):
     """Returns {"widths", "depths", "accuracy": (D, W), "seconds": (D, W), "params": (D, W), ...}."""
     if quick:
         n_train, n_test, epochs_default, widths_default, depths_default = 3000, 1000, 3, (16, 128), (1, 2)
@@ -49,7 +52,7 @@ def run(quick=False, seed=0, data=None, widths=None, depths=None, epochs=None):
     for i, depth in enumerate(depths):
         for j, width in enumerate(widths):
             model = fm.Sequential([fm.Dense(width, activation="relu") for _ in range(depth)] + [fm.Dense(10)],
-                                  input_dim=X.shape[1], seed=seed)
+                                  input_dim=X.shape[1], seed=seed, n_threads=threads)
             model.compile(loss="cross_entropy", optimizer=fm.optim.Adam(learning_rate=1e-3))
             model.fit(X[:256], y[:256], epochs=1, batch_size=128, verbose=0)  # compile the loop outside the clock
             model.compile(loss="cross_entropy", optimizer=fm.optim.Adam(learning_rate=1e-3))
@@ -61,12 +64,13 @@ def run(quick=False, seed=0, data=None, widths=None, depths=None, epochs=None):
             acc[i, j] = model.evaluate(X_test, y_test)["accuracy"]
             params[i, j] = n_params(model)
     return {"widths": widths, "depths": depths, "accuracy": acc, "seconds": secs, "params": params,
-            "epochs": epochs, "n_train": len(X), "n_test": len(X_test), "backend": model.backend.NAME}
+            "epochs": epochs, "n_train": len(X), "n_test": len(X_test), "backend": model.backend.NAME,
+            "threads": threads}
 
 
 def report(res):
     print(f"Fashion-MNIST, {res['n_train']} training rows, {res['epochs']} epochs, Adam 1e-3, batch 128, "
-          f"{res['backend']} backend; test accuracy on {res['n_test']} rows")
+          f"{res['backend']} backend, {res['threads'] or 'default'} thread(s); test accuracy on {res['n_test']} rows")
     print(f"  {'depth':>5} {'width':>6} {'parameters':>11} {'accuracy':>9} {'train s':>8}")
     for i, depth in enumerate(res["depths"]):
         for j, width in enumerate(res["widths"]):
@@ -104,8 +108,9 @@ def main(argv=None):
     parser.add_argument("--out", default="width_depth.png", help="where to save the figure")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", default=None, help="directory of the four Fashion-MNIST files")
+    parser.add_argument("--threads", type=int, default=1, help="0: the library's own choice")
     args = parser.parse_args(argv)
-    res = run(args.quick, args.seed, args.data)
+    res = run(args.quick, args.seed, args.data, threads=args.threads or None)
     report(res)
     figure(res, args.out)
     return res
