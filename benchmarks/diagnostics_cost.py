@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # the fastmlp of this checkout
 
 import _workloads as W  # noqa: E402
 import compare  # noqa: E402
