@@ -168,15 +168,18 @@ class Recorder:
 
     # ------------------------------------------------------- before training
     def initial_pass(self, model, X):
-        """The activations of a forward pass on the first batch at initialization: per layer the
-        standard deviation of its output and its share of saturated units (init_act_std,
-        init_saturated_share)."""
-        plan = model._infer_plan(X.shape[0])
-        plan.x[...] = X
+        """The activations of a training forward pass on the first batch at initialization (batch
+        norm on the batch's statistics, no dropout), on a copy of the parameters with the
+        reference backend: per layer the standard deviation of its output and its share of
+        saturated units (init_act_std, init_saturated_share)."""
+        from .backends import reference as ref
+        rec = model._records(model._train_acts, X.shape[0], dropout=False)
+        p = _plan.Plan(rec, model._params.copy(), model._grads.copy(), X.shape[0], training=True)
+        p.x[...] = X
         with np.errstate(all="ignore"):
-            model._forward(plan)
+            ref.forward_units(ref, p, training=True)
             for e, ent in enumerate(self.entries):
-                a = plan.A[ent.a_unit].astype(np.float64)
+                a = p.A[ent.a_unit].astype(np.float64)
                 self.data["init_act_std"][e] = float(a.std())
                 if ent.act in SATURATING_ACTS:
                     d = a * (1.0 - a) if ent.act == _act.SIGMOID else 1.0 - a * a

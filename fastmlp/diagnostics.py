@@ -163,18 +163,20 @@ class _FitDiagnostics:
 
     def begin(self, model, X_first):
         rec = self.recorder
+        rec._start_epoch()  # nothing left over from an interrupted epoch
         if not rec.data["epoch"].shape[0] and not np.isfinite(rec.data["init_act_std"]).any():
-            rec.initial_pass(model, X_first)
-        self.warn(model)
+            rec.initial_pass(model, X_first[:4096])
+        self.warn(model, stacklevel=4)
 
-    def warn(self, model):
+    def warn(self, model, stacklevel=3):
+        """Warn each finding not warned before (once per kind and layer over the model's fits)."""
         if not self.warn_on:
             return
         for f in diagnose(model, self.thresholds):
             key = (f.kind, f.layer)
             if key not in self.recorder.warned:
                 self.recorder.warned.add(key)
-                warnings.warn(f.advice, TrainingDynamicsWarning, stacklevel=4)
+                warnings.warn(f.advice, TrainingDynamicsWarning, stacklevel=stacklevel)
 
 
 def _fit_diagnostics(model, diagnostics, every, cbs):
@@ -346,7 +348,7 @@ def diagnose(model: Any, thresholds: "Thresholds | None" = None) -> "list[Findin
         u = model._units[ent.w_unit]
         act = u.act if u.init_act is None else u.init_act
         want, have = _EXPECTED.get(act), _family(u.init, act)
-        if have == "zeros" and e != ents.index(ents[-1]):
+        if have == "zeros" and e != len(ents) - 1:  # zeros in a hidden layer: its units stay alike
             want = want or "glorot"
         if want is not None and have is not None and have != want:
             add("poor_initialization", e, 0, math.nan, math.nan,

@@ -185,6 +185,10 @@ class _BaseMLP(BaseEstimator):
             raise ValueError("batch_norm=True needs a stochastic solver: batch normalisation trains on "
                              "mini-batch statistics and keeps running ones, which L-BFGS's full-batch "
                              "objective has no use for. Use solver='adam' or 'sgd', or batch_norm=False.")
+        if getattr(self, "diagnostics", False) and self.solver == "lbfgs":
+            raise ValueError("diagnostics=True samples the steps of the native training loop, which "
+                             "solver='lbfgs' does not run (scipy drives it). Use solver='adam' or 'sgd', or "
+                             "diagnostics=False.")
         if self.init is not None:
             _init.resolve(self.init, _act.RELU)  # raises on unknown names, listing the valid ones
         return [int(s) for s in sizes], acts
@@ -602,7 +606,8 @@ _EXTRA_DOC = """
     clip_norm : float or None, default=None
         Rescale each step's gradient to this global L2 norm at most (sgd, adam).
     diagnostics : bool, default=False
-        Training diagnostics (sgd, adam; :mod:`fastmlp.diagnostics`): after fit
+        Training diagnostics (sgd, adam; with solver "lbfgs" True raises a
+        ValueError; :mod:`fastmlp.diagnostics`): after fit
         ``diagnostics_`` holds the model's per-layer, per-epoch statistics and
         ``diagnose()`` its findings, each also warned during fit as a
         ``TrainingDynamicsWarning``.

@@ -119,11 +119,13 @@ def test_native_diagnostics_equal_the_reference_over_a_fit(request, digits, back
     X, y = digits
     out = {}
     for name in ("reference", backend):
-        m = fm.Sequential([D(32, "relu", l2=1e-3), D(16, "tanh"), D(10)], dtype="float64", seed=0, backend=name,
+        m = fm.Sequential([D(64, "relu", l2=1e-3), D(16, "tanh"), D(10)], dtype="float64", seed=0, backend=name,
                           n_threads=2 if split and name == backend else 1)
         m.compile("cross_entropy", fm.optim.Adam(3e-3))
-        m.fit(X[:700], y[:700], epochs=3, batch_size=64, verbose=0, diagnostics=True, diagnostics_every=3)
+        m.fit(X[:700], y[:700], epochs=3, batch_size=128, verbose=0, diagnostics=True, diagnostics_every=3)
         out[name] = m.diagnostics_
+        if split and name == backend:
+            assert request.getfixturevalue("split_limits")._last_loop_threads() == 2
     for key in KEYS + ("first_last_ratio", "loss"):
         np.testing.assert_allclose(out[backend][key], out["reference"][key], rtol=1e-8, err_msg=key)
 
@@ -139,8 +141,8 @@ def _fit(layers, X, y, opt, epochs=5, batch_size=32, setup=None, loss="cross_ent
         try:
             m.fit(X, y, epochs=epochs, batch_size=batch_size, verbose=0, diagnostics=fit.pop("diagnostics", True),
                   **fit)
-        except TrainingDivergedError:
-            m.diverged = True
+        except TrainingDivergedError as exc:
+            m.diverged, m.diverged_message = True, str(exc)
     m.warned = [w for w in caught if issubclass(w.category, dg.TrainingDynamicsWarning)]
     return m
 
@@ -249,6 +251,8 @@ def test_huge_learning_rate_is_non_finite_and_names_the_layer_and_step(digits):
     X, y = digits
     m = _fit([D(64, "relu") for _ in range(4)] + [D(10)], X, y, fm.optim.SGD(1.0, momentum=0.9), epochs=3)
     assert getattr(m, "diverged", False)
+    where = m.diverged_message.split("The loss became ")[1].split(" at ")[1].split(".")[0]  # "epoch 1, step 13"
+    assert f"at {where} with SGD lr=1" in next(f.advice for f in m.diagnose() if f.kind == "non_finite")
     f = [f for f in m.diagnose() if f.kind in ("non_finite", "exploding_gradient")]
     assert f and f[0].kind == "non_finite" and f[0].layer is not None
     assert "step" in f[0].advice and "clip_norm" in f[0].advice
@@ -397,3 +401,25 @@ def test_estimators_diagnostics(digits):
     assert not hasattr(plain, "diagnostics_")
     for a, b in zip(clf.coefs_, plain.coefs_):
         np.testing.assert_array_equal(a, b)
+    reg = fm.MLPRegressor(hidden_layer_sizes=(16,), max_iter=2, diagnostics=True, random_state=0)
+    reg.fit(X, y.astype(np.float32))
+    assert reg.diagnostics_["grad_norm"].shape == (2, 2)
+    with pytest.raises(ValueError, match="lbfgs"):
+        fm.MLPClassifier(solver="lbfgs", diagnostics=True).fit(X, y)
+
+
+@pytest.mark.parametrize("dt", DTYPES, ids=["float32", "float64"])
+def test_split_and_packed_loops_train_the_same_with_diagnostics(split_limits, dt):
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((256, 48)).astype(dt), rng.integers(0, 4, 256)
+    weights = []
+    for on in (False, True):
+        m = fm.Sequential([D(64, "relu", l2=1e-3), D(32, "tanh"), D(4)], dtype=dt, seed=2, backend="cython",
+                          n_threads=2)
+        m.compile("cross_entropy", fm.optim.Adam(1e-3))
+        m.fit(X, y, epochs=2, batch_size=128, verbose=0, diagnostics=on, diagnostics_every=2)
+        assert split_limits._last_loop_threads() == 2
+        if dt == np.float32 and split_limits._PACKED_MIN_WEIGHTS <= 2048:
+            assert split_limits._last_loop_packed()
+        weights.append(m._params.copy())
+    np.testing.assert_array_equal(weights[0], weights[1])
