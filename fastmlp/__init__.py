@@ -1,5 +1,5 @@
 """fastmlp: train multilayer perceptrons on the CPU at native speed."""
-from . import activations, callbacks, datasets, initializers, losses, optim, schedules
+from . import activations, callbacks, datasets, diagnostics, initializers, losses, optim, schedules
 from .backends import available_backends, get_backend, use_backend
 from .layers import Activation, BatchNorm, Dense, Dropout, Maxout, PReLU, Residual
 from ._container import ModelFileError
@@ -23,6 +23,7 @@ __all__ = [
     "available_backends",
     "callbacks",
     "datasets",
+    "diagnostics",
     "get_backend",
     "initializers",
     "load_model",
@@ -37,7 +38,7 @@ def __getattr__(name):  # MLPClassifier / MLPRegressor load on first use: scikit
     if name in ("MLPClassifier", "MLPRegressor"):
         from . import estimators
         return getattr(estimators, name)
-    if name in ("onnx", "search"):  # onnx, and search's pandas / joblib / dask, are optional
+    if name in ("onnx", "search", "plot"):  # onnx, search's pandas / joblib / dask, plot's matplotlib are optional
         import importlib
         return importlib.import_module("." + name, __name__)
     raise AttributeError(f"module 'fastmlp' has no attribute {name!r}")

@@ -153,6 +153,7 @@ class _BaseMLP(BaseEstimator):
         "batch_norm": ["boolean"],
         "init": [str, None],
         "clip_norm": [Interval(numbers.Real, 0, None, closed="neither"), None],
+        "diagnostics": ["boolean"],
     }
 
     # ------------------------------------------------------------ parameters
@@ -184,6 +185,10 @@ class _BaseMLP(BaseEstimator):
             raise ValueError("batch_norm=True needs a stochastic solver: batch normalisation trains on "
                              "mini-batch statistics and keeps running ones, which L-BFGS's full-batch "
                              "objective has no use for. Use solver='adam' or 'sgd', or batch_norm=False.")
+        if getattr(self, "diagnostics", False) and self.solver == "lbfgs":
+            raise ValueError("diagnostics=True samples the steps of the native training loop, which "
+                             "solver='lbfgs' does not run (scipy drives it). Use solver='adam' or 'sgd', or "
+                             "diagnostics=False.")
         if self.init is not None:
             _init.resolve(self.init, _act.RELU)  # raises on unknown names, listing the valid ones
         return [int(s) for s in sizes], acts
@@ -333,6 +338,22 @@ class _BaseMLP(BaseEstimator):
         return y
 
     # --------------------------------------------------------------- L-BFGS
+    def diagnose(self, thresholds=None):
+        """The findings of the training diagnostics of a fit with ``diagnostics=True``
+        (:func:`fastmlp.diagnostics.diagnose` on the fitted network).
+
+        Parameters
+        ----------
+        thresholds : fastmlp.diagnostics.Thresholds or None
+
+        Returns
+        -------
+        list of fastmlp.diagnostics.Finding
+        """
+        check_is_fitted(self)
+        from . import diagnostics as _diagnostics
+        return _diagnostics.diagnose(self._model, thresholds)
+
     def _fit_lbfgs(self, X, y, sample_weight):
         model, c = self._model, self._loss_scale()
         objective = _full_batch_objective(model, X, self._targets(y), sample_weight)
@@ -461,11 +482,13 @@ class _BaseMLP(BaseEstimator):
         try:
             model.fit(X_tr, self._targets(y_tr), epochs=1 if incremental else self.max_iter,
                       batch_size=batch_size, shuffle=self.shuffle, verbose=0, sample_weight=sw_tr,
-                      callbacks=[end_of_epoch])
+                      callbacks=[end_of_epoch], diagnostics=bool(getattr(self, "diagnostics", False)))
         except TrainingDivergedError as exc:
             raise ValueError(_DIVERGED) from exc
         except KeyboardInterrupt:
             warnings.warn("Training interrupted by user.", stacklevel=3)
+        if getattr(model, "diagnostics_", None) is not None:
+            self.diagnostics_ = model.diagnostics_
         if early:
             model.set_weights(self._best_weights)
 
@@ -582,6 +605,12 @@ _EXTRA_DOC = """
         ("he_uniform", "glorot_normal", ...) for the weights, with zero biases.
     clip_norm : float or None, default=None
         Rescale each step's gradient to this global L2 norm at most (sgd, adam).
+    diagnostics : bool, default=False
+        Training diagnostics (sgd, adam; with solver "lbfgs" True raises a
+        ValueError; :mod:`fastmlp.diagnostics`): after fit
+        ``diagnostics_`` holds the model's per-layer, per-epoch statistics and
+        ``diagnose()`` its findings, each also warned during fit as a
+        ``TrainingDynamicsWarning``.
 """
 
 _PARAMS_DOC = """
@@ -656,7 +685,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                  beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-8, n_iter_no_change: int = 10,
                  max_fun: int = 15000, dtype: DTypeLike = "float32", backend: str | None = None,
                  n_threads: int | None = None, dropout: float = 0.0, batch_norm: bool = False,
-                 init: str | None = None, clip_norm: float | None = None) -> None:
+                 init: str | None = None, clip_norm: float | None = None, diagnostics: bool = False) -> None:
         _store(self, locals())
 
     _score_function = staticmethod(accuracy_score)
@@ -807,7 +836,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                  beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-8, n_iter_no_change: int = 10,
                  max_fun: int = 15000, dtype: DTypeLike = "float32", backend: str | None = None,
                  n_threads: int | None = None, dropout: float = 0.0, batch_norm: bool = False,
-                 init: str | None = None, clip_norm: float | None = None) -> None:
+                 init: str | None = None, clip_norm: float | None = None, diagnostics: bool = False) -> None:
         _store(self, locals())
 
     _score_function = staticmethod(r2_score)

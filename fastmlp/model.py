@@ -59,11 +59,14 @@ class History:
         "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", ... per epoch.
     epoch : list of int
         The epochs trained (0-based; they start at ``initial_epoch``).
+    diagnostics : dict or None
+        After ``fit(diagnostics=True)``: the model's ``diagnostics_`` (the same dict).
     """
 
     def __init__(self):
         self.history = {}
         self.epoch = []
+        self.diagnostics = None
 
     def _append(self, epoch, logs):
         self.epoch.append(epoch)
@@ -485,6 +488,8 @@ class Sequential:
         self.optimizer, opt._owner = opt, owner
         opt.state = None
         self.clip_norm, self.clip_value = clip_norm, clip_value
+        self.__dict__.pop("_diag", None)  # diagnostics start again with the new loss and optimizer
+        self.__dict__.pop("diagnostics_", None)
         if self.built:
             self._set_acts()
             self._infer_cache = self._predictor = None
@@ -591,7 +596,8 @@ class Sequential:
             validation_data: tuple[ArrayLike, ArrayLike] | None = None, verbose: int = 1,
             sample_weight: ArrayLike | None = None, n_threads: int | None = None,
             callbacks: Sequence[Any] | None = None, initial_epoch: int = 0,
-            validation_split: float = 0.0, class_weight: dict[Any, float] | None = None) -> History:
+            validation_split: float = 0.0, class_weight: dict[Any, float] | None = None,
+            diagnostics: Any = False, diagnostics_every: int = 16) -> History:
         """Train the model.
 
         Parameters
@@ -636,6 +642,18 @@ class Sequential:
             Classification losses only, as Keras: a training row weighs ``class_weight[label]``
             (times its sample_weight), 1.0 for a label without a key; a one-hot row's label is
             its argmax.
+        diagnostics : bool or fastmlp.diagnostics.Thresholds, default=False
+            Gather training diagnostics inside the native loop (:mod:`fastmlp.diagnostics`):
+            per diagnosed layer and epoch the gradient norm, the update-to-weight ratio,
+            the activations' mean and standard deviation, the shares of dead and saturated
+            units, into ``model.diagnostics_`` (also ``history.diagnostics``; a later fit
+            appends its epochs, ``compile`` starts again), and warn each new finding of
+            :meth:`diagnose` as a :class:`fastmlp.diagnostics.TrainingDynamicsWarning`
+            (once per kind and layer). A ``Thresholds`` turns them on with its thresholds;
+            a :class:`fastmlp.diagnostics.Monitor` callback turns them on too. They do not
+            change the training: the weights are those of a fit without them.
+        diagnostics_every : int, default=16
+            Sample every this many steps of an epoch (its first step always).
 
         Returns
         -------
@@ -648,6 +666,7 @@ class Sequential:
             X, target, kind, sw, val, batch_size, cbs = self._check_fit(
                 X, y, epochs, batch_size, validation_data, sample_weight, n_threads, callbacks, initial_epoch,
                 validation_split, verbose, class_weight)
+            diag = self._diag_setup(diagnostics, diagnostics_every, cbs)
         epochs = int(epochs)
         n, opt = X.shape[0], self.optimizer
         self._loss_kind, self._weighted = kind, sw.shape[0] > 0
@@ -667,12 +686,19 @@ class Sequential:
                 paces = self.__dict__.setdefault("_paces", {})
                 plans = {}
                 pace = paces.setdefault((batch_size, self.backend.NAME, threads), _chunks.Pace())
+                if diag is not None:
+                    diag.begin(self, X[:batch_size])
                 for epoch in range(first_epoch, epochs):
                     cbs.on_epoch_begin(epoch, {})
                     t0 = time.perf_counter()
                     snapshot = self._params.copy()
-                    logs = self._train_epoch(X, target, sw, batch_size, shuffle, plans, epoch, snapshot, cbs,
-                                             pace, interrupt)
+                    try:
+                        logs = self._train_epoch(X, target, sw, batch_size, shuffle, plans, epoch, snapshot, cbs,
+                                                 pace, interrupt, diag)
+                    except TrainingDivergedError:
+                        if diag is not None:
+                            diag.warn(self)
+                        raise
                     if interrupt.requested:
                         break  # the history keeps the completed epochs only
                     if val is not None:
@@ -681,8 +707,14 @@ class Sequential:
                         if "accuracy" in v:
                             logs["val_accuracy"] = v["accuracy"]
                     logs["time"] = time.perf_counter() - t0
+                    if diag is not None:
+                        diag.recorder.end_epoch(getattr(self, "_epochs_done", 0) + len(history.epoch) + 1,
+                                                logs["loss"])
+                        history.diagnostics = self.diagnostics_
                     cbs.on_epoch_end(epoch, logs)  # before the history, as Keras: a callback may add to logs
                     history._append(epoch, logs)
+                    if diag is not None:
+                        diag.warn(self)
                     if lines:
                         print(f"Epoch {epoch + 1}/{epochs} - {logs['time']:.2f}s - "
                               + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items() if k != "time"), flush=True)
@@ -768,7 +800,28 @@ class Sequential:
             self._rng.bit_generator.state = rng
             raise
 
-    def _train_epoch(self, X, target, sw, batch_size, shuffle, plans, epoch, snapshot, cbs, pace, interrupt):
+    def diagnose(self, thresholds: Any = None) -> list:
+        """The findings of the training diagnostics (:func:`fastmlp.diagnostics.diagnose`).
+
+        Parameters
+        ----------
+        thresholds : fastmlp.diagnostics.Thresholds or None
+            None: those of the last fit with diagnostics, else the defaults.
+
+        Returns
+        -------
+        list of fastmlp.diagnostics.Finding
+        """
+        from . import diagnostics as _diagnostics
+        return _diagnostics.diagnose(self, thresholds)
+
+    def _diag_setup(self, diagnostics, every, cbs):
+        """The diagnostics of a fit (fastmlp.diagnostics._FitDiagnostics), or None; checks first."""
+        from . import diagnostics as _diagnostics
+        return _diagnostics._fit_diagnostics(self, diagnostics, every, cbs)
+
+    def _train_epoch(self, X, target, sw, batch_size, shuffle, plans, epoch, snapshot, cbs, pace, interrupt,
+                     diag=None):
         n = X.shape[0]
         order = self._rng.permutation(n) if shuffle else np.arange(n, dtype=np.int64)
         # a fresh base seed of the dropout masks per epoch (drawn only when
@@ -797,11 +850,18 @@ class Sequential:
             while s < steps:  # chunks of about _chunks.CHUNK_SECONDS
                 k, first = pace.next(steps - s, chunk) if paced else steps - s, start // batch_size + s
                 loop = opt.loop_state(clip, seed, k, clip_value)
+                if diag is not None:
+                    loop.diagnose_steps(plan, k, diag.recorder.every, first)
                 t0 = time.perf_counter()
                 done = self.backend.train_steps(plan, loop, X, target, sw, order, start + s * nb, k,
                                                 losses[first:], correct[first:])
                 if paced:
                     pace.record(done, time.perf_counter() - t0)
+                if diag is not None:
+                    diag.recorder.add(loop, done, nb)
+                if done < k and diag is not None:
+                    diag.recorder.locate_non_finite(plan, seed, opt.t + done, X, target, sw, order,
+                                                    start + (s + done) * nb, epoch, first + done)
                 opt.t += done
                 if done < k:
                     self._diverged(epoch, first + done, losses[first + done], snapshot, X)
@@ -813,6 +873,8 @@ class Sequential:
                 if interrupt.requested:
                     return None
         if not np.isfinite(self._params).all():
+            if diag is not None:
+                diag.recorder.locate_non_finite_params(self, epoch, len(losses) - 1)
             self._diverged(epoch, len(losses) - 1, math.nan, snapshot, X)
         return self._epoch_logs(losses, correct, weights, len(losses), n)
 

@@ -85,6 +85,14 @@ def test_loop_threads_ab_smoke():
         assert rows["split loop, BLAS products"] == "2", proc.stdout
 
 
+def test_diagnostics_cost_smoke():
+    pytest.importorskip("fastmlp._native.loop")
+    proc = _run(["benchmarks/diagnostics_cost.py", "--rows", "1024", "--repeats", "1"])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.strip().startswith("cython")]
+    assert len(line) == 1 and "every 16th:" in line[0], proc.stdout
+
+
 def test_thread_policy_smoke():
     pytest.importorskip("fastmlp._native.loop")
     proc = _run(["benchmarks/thread_policy.py", "--rows", "512", "--repeats", "1", "--nets", "2"])

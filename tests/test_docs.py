@@ -17,7 +17,7 @@ API = ROOT / "docs" / "api"
 PUBLIC_MODULES = ["fastmlp", "fastmlp.model", "fastmlp.layers", "fastmlp.optim", "fastmlp.callbacks",
                   "fastmlp.checkpoints", "fastmlp.estimators", "fastmlp.saving", "fastmlp.onnx",
                   "fastmlp.datasets", "fastmlp.activations", "fastmlp.losses", "fastmlp.initializers",
-                  "fastmlp.backends", "fastmlp.schedules", "fastmlp.search"]
+                  "fastmlp.backends", "fastmlp.schedules", "fastmlp.search", "fastmlp.diagnostics", "fastmlp.plot"]
 
 
 def run(*args, env=None, timeout=600):

@@ -64,4 +64,5 @@ for lr in (0.01, 0.5):
 # Saturation: sigmoid and tanh units whose inputs are large sit on the flat parts of the
 # curve, where the derivative is near 0 (see :ref:`sphx_glr_auto_examples_plot_activations.py`);
 # scaling the inputs (here to [0, 1]) and the ``"auto"`` initializer keep them in the middle.
-# Diagnostics that report these during ``fit`` have not landed yet (issue 14).
+# ``fit(diagnostics=True)`` measures all of these inside the training loop and ``model.diagnose()``
+# reports them; :func:`fastmlp.plot.gradient_flow` and :func:`fastmlp.plot.dead_units` draw them.

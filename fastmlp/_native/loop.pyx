@@ -53,7 +53,7 @@ from fastmlp._native.units cimport (
 
 import numpy as np
 
-from fastmlp._native.plan import check_train
+from fastmlp._native.plan import DIAG_SATURATED as _DIAG_SATURATED, DIAG_THREADS, check_train
 # the policy's hooks, where the loop's tests and benchmarks look for them
 from fastmlp._native.policy import (  # noqa: F401
     _HAVE_LOOP_THREADS, _PACKED_MAX_ROWS_PER_THREAD, _PACKED_MIN_WEIGHTS, _loop_threads, _set_fold_l2,
@@ -61,6 +61,11 @@ from fastmlp._native.policy import (  # noqa: F401
 )
 
 cnp.import_array()
+
+cdef double DIAG_SATURATED = _DIAG_SATURATED
+
+if DIAG_THREADS != MAX_LOOP_THREADS:  # pragma: no cover - a build out of step with plan.py
+    raise ImportError(f"plan.DIAG_THREADS ({DIAG_THREADS}) must be the loop's MAX_LOOP_THREADS ({MAX_LOOP_THREADS})")
 
 cdef Runtime* RT = runtime()
 cdef Blas* BLAS = blas()
@@ -159,6 +164,11 @@ cdef struct Ctx:
     double* correct_out
     const double* lrs  # a schedule's rate per step of the call, or NULL (h.lr throughout)
     double* acc  # this thread's sums of min(0, z) * dA of every PReLU unit (_acc_off), or NULL
+    # diagnostics (plan.LoopState.diagnose_steps): step s sampled when (diag_phase + s) % diag_every == 0
+    Py_ssize_t diag_every, diag_phase, n_feat
+    double* diag_units  # (samples, MAX_LOOP_THREADS, n_units, 3)
+    double* diag_feats  # (samples, n_feat, 4)
+    void* before        # each dense unit's W before a sampled update (_before_off), or NULL
     # this step
     const int64_t* idx
     double denom
@@ -583,6 +593,127 @@ cdef void _update(Ctx* c, Py_ssize_t s, floating* params) noexcept nogil:
                           s2 + a0 if s2 != NULL else NULL, an, 0.0)
 
 
+# ------------------------------------------------------------ diagnostics
+cdef inline Py_ssize_t _before_off(const Ctx* c, Py_ssize_t i) noexcept nogil:
+    # where dense unit i's copy of W starts in c.before: the sizes of the dense units before it,
+    # padded to whole 16-column panels (a packed unit's copy keeps the packed layout)
+    cdef Py_ssize_t j, off = 0
+    for j in range(i):
+        if c.units[j].r.kind == UNIT_DENSE:
+            off += ((c.units[j].r.fan_out + 15) // 16) * 16 * c.units[j].r.fan_in
+    return off
+
+
+cdef inline void _diag_span(const floating* W, const floating* dW, floating* copy, Py_ssize_t n, double l2,
+                            double* g2, double* w2) noexcept nogil:
+    # the sums of squares of dW + l2 W (l2: the folded L2 term, else 0) and of W; W into copy
+    cdef Py_ssize_t q
+    cdef double g, w, sg = 0.0, sw = 0.0
+    for q in range(n):
+        w = W[q]
+        g = dW[q] + l2 * w
+        sg += g * g
+        sw += w * w
+        copy[q] = W[q]
+    g2[0] += sg
+    w2[0] += sw
+
+
+cdef inline double _diff_sq(const floating* W, const floating* copy, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t q
+    cdef double d, total = 0.0
+    for q in range(n):
+        d = <double>W[q] - <double>copy[q]
+        total += d * d
+    return total
+
+
+cdef void _diag_grads(Ctx* c, Py_ssize_t slot, floating* params) noexcept nogil:
+    """A sampled step's statistics after its gradients (reference._diag_step): this thread's
+    shares of each dense unit's dW and W (sums of squares; W copied for _diag_update), and its
+    share of the features of every unit's output over the whole batch (the first barrier of
+    the step is behind: every thread's rows of A are written)."""
+    cdef Py_ssize_t i, j, r, k, j0, j1, o, K, f0, f1, off = 0
+    cdef double g2, w2, a, l2
+    cdef int act
+    cdef double* uo = c.diag_units + (slot * MAX_LOOP_THREADS + c.tid) * c.n_units * 3
+    cdef double* fo
+    cdef UnitPtrs* u
+    cdef Share share
+    cdef floating* grads = <floating*>c.grads
+    cdef floating* b
+    cdef const floating* A
+    for i in range(c.n_units):
+        u = &c.units[i]
+        if u.r.kind != UNIT_DENSE:
+            continue
+        l2 = u.r.l2 if c.fold_l2 else 0.0
+        g2, w2 = 0.0, 0.0
+        b = <floating*>c.before + _before_off(c, i)
+        if u.Wp != NULL:
+            if floating is float:
+                K = u.r.fan_in
+                f0, f1 = _part(K, c.tid, c.nt), _part(K, c.tid + 1, c.nt)
+                for j in range(0, u.r.fan_out, 16):
+                    o = j * K + f0 * 16
+                    _diag_span(u.Wp + o, u.dWp + o, b + o, (f1 - f0) * 16, l2, &g2, &w2)
+        else:
+            share = _share(u, c.tid, c.nt)
+            _diag_span(params + share.w0, grads + share.w0, b + (share.w0 - u.r.w_off), share.wn, l2, &g2, &w2)
+        uo[i * 3] = g2
+        uo[i * 3 + 2] = w2
+    for i in range(c.n_units):
+        u = &c.units[i]
+        k = u.r.fan_out
+        j0, j1 = _part(k, c.tid, c.nt), _part(k, c.tid + 1, c.nt)
+        act = <int>u.r.act if (u.r.kind == UNIT_DENSE or u.r.kind == UNIT_ACTIVATION) else ACT_IDENTITY
+        fo = c.diag_feats + (slot * c.n_feat + off) * 4
+        A = <const floating*>u.A
+        for j in range(j0 * 4, j1 * 4):
+            fo[j] = 0.0
+        for r in range(c.rows):
+            for j in range(j0, j1):
+                a = A[r * k + j]
+                fo[j * 4] += a
+                fo[j * 4 + 1] += a * a
+                if a != 0.0:
+                    fo[j * 4 + 2] += 1.0
+                if act == ACT_SIGMOID:
+                    if a * (1.0 - a) < DIAG_SATURATED:
+                        fo[j * 4 + 3] += 1.0
+                elif act == ACT_TANH:
+                    if 1.0 - a * a < DIAG_SATURATED:
+                        fo[j * 4 + 3] += 1.0
+        off += k
+
+
+cdef void _diag_update(Ctx* c, Py_ssize_t slot, floating* params) noexcept nogil:
+    """The sum of squares of this thread's share of each dense unit's change of W in the update."""
+    cdef Py_ssize_t i, j, o, K, f0, f1
+    cdef double d2
+    cdef double* uo = c.diag_units + (slot * MAX_LOOP_THREADS + c.tid) * c.n_units * 3
+    cdef UnitPtrs* u
+    cdef Share share
+    cdef floating* b
+    for i in range(c.n_units):
+        u = &c.units[i]
+        if u.r.kind != UNIT_DENSE:
+            continue
+        d2 = 0.0
+        b = <floating*>c.before + _before_off(c, i)
+        if u.Wp != NULL:
+            if floating is float:
+                K = u.r.fan_in
+                f0, f1 = _part(K, c.tid, c.nt), _part(K, c.tid + 1, c.nt)
+                for j in range(0, u.r.fan_out, 16):
+                    o = j * K + f0 * 16
+                    d2 += _diff_sq(u.Wp + o, b + o, (f1 - f0) * 16)
+        else:
+            share = _share(u, c.tid, c.nt)
+            d2 = _diff_sq(params + share.w0, b + (share.w0 - u.r.w_off), share.wn)
+        uo[i * 3 + 1] = d2
+
+
 cdef void _pack_all(Ctx* c, floating* params, bint pack) noexcept nogil:
     cdef Py_ssize_t i
     for i in range(c.n_units):
@@ -595,8 +726,9 @@ cdef Py_ssize_t _train_loop(Ctx* c, Py_ssize_t n_steps, floating* params) noexce
     Returns the steps done (fewer when the loss was not finite: that step's loss
     is reported and no update applied), or -1 when batch norm could not
     allocate its scratch space."""
-    cdef Py_ssize_t s, t
+    cdef Py_ssize_t s, t, slot = 0
     cdef double loss, l2, correct
+    cdef bint sampled
     cdef bint timing = RT.timing and c.tid == 0
     cdef double tm = now() if timing else 0.0
     c.timing = timing
@@ -631,12 +763,18 @@ cdef Py_ssize_t _train_loop(Ctx* c, Py_ssize_t n_steps, floating* params) noexce
             return s
         _param_grads(c, params)
         tm = lap(RT, timing, PH_PARAM_GRADS, tm)
+        sampled = c.diag_every > 0 and (c.diag_phase + s) % c.diag_every == 0
+        if sampled:
+            _diag_grads(c, slot, params)
         if c.clip_value > 0.0:
             _clip_value(c, params)
         if c.clip_norm > 0.0:
             _clip(c, params)
             tm = lap(RT, timing, PH_CLIP, tm)
         _update(c, s, params)
+        if sampled:
+            _diag_update(c, slot, params)
+            slot += 1
         tm = lap(RT, timing, PH_UPDATE, tm)
         # the next step's forward pass reads every parameter, and its gather
         # overwrites rows of x_buf that this step's dW products read
@@ -659,6 +797,7 @@ cdef Py_ssize_t _run(object plan, object loop, object X, object y, object Y, obj
     """train_steps on checked arguments, for the dtype of params."""
     global _last_nt, _last_pk
     cdef Py_ssize_t i, n_units = plan.n_units, rows = plan.rows, done = 0, got = 0, pk_total, fi, fo, n_acc = 0
+    cdef Py_ssize_t n_before
     cdef int nt, j, tid = 0
     cdef bint pinned = False, serial = False, pk = False
     cdef float* pk_mem = NULL
@@ -675,6 +814,7 @@ cdef Py_ssize_t _run(object plan, object loop, object X, object y, object Y, obj
     keep = (plan.params, plan.grads, plan.x, plan.y, plan.Y, plan.sw, plan.P, tuple(plan.Z), tuple(plan.A),
             tuple(plan.dA), tuple(plan.M), loop.state1, loop.state2, loop.hyper, loop.lrs)
     cdef UnitPtrs* units = fill_units(plan, True)
+    base.before = NULL
     try:
         nt = threads_for(&recs[0], n_units, params.shape[0], rows)
         if (floating is float and nt > 1 and FM_HAVE_PACKGEMM and POL.packed_gemm and rows <= POL.pk_max_rows * nt):
@@ -728,6 +868,19 @@ cdef Py_ssize_t _run(object plan, object loop, object X, object y, object Y, obj
         base.correct_out = <double*>_data(correct_out)
         base.lrs = <const double*>_data(loop.lrs)
         base.acc = NULL
+        base.diag_every, base.diag_phase = loop.diag_every, loop.diag_phase
+        base.n_feat = loop.diag_feats.shape[1]
+        base.diag_units = <double*>_data(loop.diag_units)
+        base.diag_feats = <double*>_data(loop.diag_feats)
+        base.before = NULL
+        if base.diag_every > 0:
+            n_before = 1
+            for i in range(n_units):
+                if recs[i].kind == UNIT_DENSE:
+                    n_before += ((recs[i].fan_out + 15) // 16) * 16 * recs[i].fan_in
+            base.before = calloc(n_before, sizeof(floating))
+            if base.before == NULL:
+                raise MemoryError()
         for i in range(n_units):
             if recs[i].kind == UNIT_PRELU:
                 n_acc += recs[i].fan_out
@@ -774,6 +927,7 @@ cdef Py_ssize_t _run(object plan, object loop, object X, object y, object Y, obj
     finally:
         free(units)
         free(pk_mem)
+        free(base.before)
         if ctxs != NULL:
             for j in range(nt):
                 free(ctxs[j].acc)

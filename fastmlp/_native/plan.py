@@ -183,9 +183,28 @@ class LoopState:
     clip_value : float
         Clamp every gradient element to [-clip_value, clip_value] before the
         norm clipping; 0.0 for none.
+
+    Attributes
+    ----------
+    diag_every, diag_phase : int
+        Training diagnostics (:meth:`diagnose_steps`): step s of the call is
+        sampled when ``(diag_phase + s) % diag_every == 0``; ``diag_every`` 0
+        (the default) samples none.
+    diag_units : float64 array of shape (n_samples, DIAG_THREADS, n_units, 3)
+        OUT, zeroed by the caller: per sampled step, loop thread and unit, a
+        dense unit's sums of squares of dW (with its L2 term, before any
+        clipping), of the step's change of W, and of W before the update
+        (each thread its share of W; one thread writes slot 0).
+    diag_feats : float64 array of shape (n_samples, n_features, 4)
+        OUT: per sampled step and feature of every unit's output (the units'
+        widths one after the other), over the batch's rows: the sum and the
+        sum of squares of A, the rows where A != 0, and the rows where the
+        activation's derivative (sigmoid, tanh; computed from A in float64)
+        is below ``DIAG_SATURATED``.
     """
 
-    __slots__ = ("opt", "hyper", "state1", "state2", "t", "clip_norm", "seed", "lrs", "clip_value")
+    __slots__ = ("opt", "hyper", "state1", "state2", "t", "clip_norm", "seed", "lrs", "clip_value",
+                 "diag_every", "diag_phase", "diag_units", "diag_feats")
 
     def __init__(self, opt, hyper, state1, state2, t=0, clip_norm=0.0, seed=0, lrs=None, clip_value=0.0):
         self.opt, self.hyper = Opt(opt), hyper
@@ -193,6 +212,31 @@ class LoopState:
         self.t, self.clip_norm, self.seed = int(t), float(clip_norm), int(seed)
         self.lrs = _NO_RATES if lrs is None else lrs
         self.clip_value = float(clip_value)
+        self.diag_every, self.diag_phase = 0, 0
+        self.diag_units, self.diag_feats = _NO_UNITS, _NO_FEATS
+
+    def diagnose_steps(self, plan, n_steps, every, phase=0):
+        """Sample every ``every``-th step of a call of ``n_steps`` steps (step s when
+        ``(phase + s) % every == 0``) into fresh zeroed ``diag_units`` and
+        ``diag_feats`` buffers for ``plan``; returns the sampled steps' indices."""
+        steps = diag_steps(n_steps, every, phase)
+        self.diag_every, self.diag_phase = int(every), int(phase)
+        self.diag_units = np.zeros((len(steps), DIAG_THREADS, plan.n_units, 3))
+        self.diag_feats = np.zeros((len(steps), int(plan.units["fan_out"].sum()), 4))
+        return steps
+
+
+def diag_steps(n_steps, every, phase=0):
+    """The steps s in [0, n_steps) a call samples: ``(phase + s) % every == 0``."""
+    return np.arange((-int(phase)) % int(every), int(n_steps), int(every))
+
+
+# Slots of the loop threads in LoopState.diag_units (the Cython loop's MAX_LOOP_THREADS).
+DIAG_THREADS = 64
+# A sigmoid or tanh unit is saturated on a row where its derivative is below this.
+DIAG_SATURATED = 1e-2
+_NO_UNITS = np.zeros((0, DIAG_THREADS, 0, 3))
+_NO_FEATS = np.zeros((0, 0, 4))
 
 
 _NO_RATES = np.empty(0, dtype=np.float64)
@@ -418,6 +462,22 @@ def check_loop(plan, loop, who="train_steps", n_steps=None):
         raise ValueError(f"{who}: clip_value must be finite and >= 0 (0 for none), got {loop.clip_value}")
     if not 0 <= loop.seed < 2**64:
         raise ValueError(f"{who}: the dropout seed must be in [0, 2**64), got {loop.seed}")
+    _check_diag(who, plan, loop, n_steps)
+
+
+def _check_diag(who, plan, loop, n_steps):
+    every, phase = loop.diag_every, loop.diag_phase
+    if not (type(every) is int and type(phase) is int and every >= 0 and phase >= 0):
+        raise ValueError(f"{who}: loop.diag_every and loop.diag_phase must be ints >= 0, got {every!r}, {phase!r}")
+    if every == 0:
+        return
+    if n_steps is None:
+        raise ValueError(f"{who}: diagnostics need the call's step count")
+    n_s = len(diag_steps(n_steps, every, phase))
+    for name, b, shape in (("diag_units", loop.diag_units, (n_s, DIAG_THREADS, plan.n_units, 3)),
+                           ("diag_feats", loop.diag_feats, (n_s, int(plan.units["fan_out"].sum()), 4))):
+        _buf(who, f"loop.{name}", b, np.dtype(np.float64), shape)
+        _writeable(who, f"loop.{name}", b)
 
 
 def check_train(plan, loop, X, targets, sw, order, start, n_steps, losses_out, correct_out,

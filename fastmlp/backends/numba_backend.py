@@ -285,7 +285,8 @@ def train_steps(plan, loop, X, targets, sw, order, start, n_steps, losses_out, c
         X, y, Y, sw, order, int(start), int(n_steps), plan.units, Ws, bs, dWs, dbs, plan.params, plan.grads,
         plan.x, plan.y, plan.Y, plan.sw, *lists, plan.P, empty2, int(plan.loss), int(loop.opt), loop.hyper,
         loop.state1, loop.state2, int(loop.t), float(loop.clip_norm), np.uint64(loop.seed), loop.lrs, float(loop.clip_value), losses_out,
-        correct_out))
+        correct_out, int(loop.diag_every), int(loop.diag_phase), loop.diag_units, loop.diag_feats,
+        np.empty(plan.params.shape[0] if loop.diag_every else 0, plan.params.dtype)))
 
 
 def make_predictor(plan):

@@ -815,6 +815,7 @@ def train_steps(plan, loop, X, targets, sw, order, start, n_steps, losses_out, c
     bs, units, L = plan.rows, plan.units, plan.n_units - 1
     drop = [i for i in range(L + 1) if units[i]["kind"] == Unit.DROPOUT]
     fused = plan.loss in FUSED_LOSSES
+    slot = 0
     for s in range(n_steps):
         idx = order[start + s * bs:start + (s + 1) * bs]
         kernels.gather_rows(X, idx, plan.x)
@@ -832,8 +833,56 @@ def train_steps(plan, loop, X, targets, sw, order, start, n_steps, losses_out, c
         correct_out[s] = count_correct(plan.Z[L] if fused else plan.A[L], plan.y, plan.Y, plan.loss)
         if not math.isfinite(loss):
             return s
+        sampled = loop.diag_every > 0 and (loop.diag_phase + s) % loop.diag_every == 0
+        if sampled:
+            before = _diag_step(plan, loop.diag_units[slot], loop.diag_feats[slot])
         optimizer_step(kernels, plan.params, plan.grads, loop, loop.t + s + 1, s, plan.units)
+        if sampled:
+            _diag_update(plan, before, loop.diag_units[slot])
+            slot += 1
     return n_steps
+
+
+def _dense_views(plan):
+    """(unit index, W, dW) of each dense unit: views into params and grads."""
+    out = []
+    for i, u in enumerate(plan.units):
+        if u["kind"] == Unit.DENSE:
+            w0, n = int(u["w_off"]), int(u["fan_in"]) * int(u["fan_out"])
+            out.append((i, plan.params[w0:w0 + n], plan.grads[w0:w0 + n]))
+    return out
+
+
+def _diag_step(plan, units_out, feats_out):
+    """The statistics of a sampled training step after its gradients (LoopState's
+    diag_units and diag_feats, one slot; the loop's one thread is thread 0): per
+    dense unit the sums of squares of dW (its L2 term in, before clipping) and of W;
+    per feature of every unit's output A, the sum and sum of squares over the batch,
+    the rows where A != 0 and the rows where sigmoid's or tanh's derivative (from A,
+    in float64) is below plan.DIAG_SATURATED. Returns the W before the update."""
+    before = []
+    for i, W, dW in _dense_views(plan):
+        w, g = W.astype(np.float64), dW.astype(np.float64)
+        units_out[0, i, 0], units_out[0, i, 2] = np.dot(g, g), np.dot(w, w)
+        before.append(w)
+    off = 0
+    for i, u in enumerate(plan.units):
+        a = plan.A[i].astype(np.float64)
+        k = a.shape[1]
+        f = feats_out[off:off + k]
+        f[:, 0], f[:, 1], f[:, 2] = a.sum(axis=0), (a * a).sum(axis=0), (a != 0).sum(axis=0)
+        act = int(u["act"]) if u["kind"] in (Unit.DENSE, Unit.ACTIVATION) else IDENTITY
+        d = a * (1.0 - a) if act == SIGMOID else 1.0 - a * a if act == TANH else None
+        f[:, 3] = 0.0 if d is None else (d < _plan.DIAG_SATURATED).sum(axis=0)
+        off += k
+    return before
+
+
+def _diag_update(plan, before, units_out):
+    """The sums of squares of each dense unit's change of W in the update (diag_units[..., 1])."""
+    for (i, W, _), w in zip(_dense_views(plan), before):
+        d = W.astype(np.float64) - w
+        units_out[0, i, 1] = np.dot(d, d)
 
 
 class _Predictor:

@@ -5,7 +5,8 @@ import numba
 import numpy as np
 
 from ..._native.codes import Loss, Opt, Unit
-from ...activations import IDENTITY
+from ..._native.plan import DIAG_SATURATED
+from ...activations import IDENTITY, SIGMOID, TANH
 from .jit import jit, jit_reduce
 from .losses import (
     _mse_loss,
@@ -137,6 +138,72 @@ def _sum_squares_2d(W):
 
 
 @jit
+def _diag_grads(units, Ws, dWs, A, unit_out, feat_out, before):
+    # reference._diag_step: per dense unit sum(dW^2), sum(W^2) (unit_out (n_units, 3), thread 0),
+    # W into before (the params' layout); per feature of every A its sums and counts (feat_out)
+    for i in range(len(units)):
+        u = units[i]
+        if u.kind == Unit.DENSE:
+            W, dW = Ws[i], dWs[i]
+            g2 = 0.0
+            w2 = 0.0
+            o = u.w_off
+            for r in range(W.shape[0]):
+                for j in range(W.shape[1]):
+                    g = np.float64(dW[r, j])
+                    w = W[r, j]
+                    g2 += g * g
+                    w2 += np.float64(w) * np.float64(w)
+                    before[o + r * W.shape[1] + j] = w
+            unit_out[i, 0] = g2
+            unit_out[i, 2] = w2
+    off = 0
+    for i in range(len(units)):
+        u = units[i]
+        a_i = A[i]
+        n, k = a_i.shape
+        act = u.act if (u.kind == Unit.DENSE or u.kind == Unit.ACTIVATION) else IDENTITY
+        for j in range(k):
+            s1 = 0.0
+            s2 = 0.0
+            nz = 0.0
+            sat = 0.0
+            for r in range(n):
+                a = np.float64(a_i[r, j])
+                s1 += a
+                s2 += a * a
+                if a != 0.0:
+                    nz += 1.0
+                if act == SIGMOID:
+                    if a * (1.0 - a) < DIAG_SATURATED:
+                        sat += 1.0
+                elif act == TANH:
+                    if 1.0 - a * a < DIAG_SATURATED:
+                        sat += 1.0
+            feat_out[off + j, 0] = s1
+            feat_out[off + j, 1] = s2
+            feat_out[off + j, 2] = nz
+            feat_out[off + j, 3] = sat
+        off += k
+
+
+@jit
+def _diag_change(units, Ws, before, unit_out):
+    # reference._diag_update: per dense unit the sum of squares of W's change (unit_out[:, 1])
+    for i in range(len(units)):
+        u = units[i]
+        if u.kind == Unit.DENSE:
+            W = Ws[i]
+            d2 = 0.0
+            o = u.w_off
+            for r in range(W.shape[0]):
+                for j in range(W.shape[1]):
+                    d = np.float64(W[r, j]) - np.float64(before[o + r * W.shape[1] + j])
+                    d2 += d * d
+            unit_out[i, 1] = d2
+
+
+@jit
 def _count_correct(out, y, Y, loss_kind):
     # Correct predictions of a batch from logits (or log-probabilities).
     n, k = out.shape
@@ -195,8 +262,10 @@ def _weight_decay(params, grads, units, wd, decoupled, lr):
 @jit
 def _train_steps(X, y, Y, sw, order, start, n_steps, units, Ws, bs, dWs, dbs, params, grads, x_buf, y_buf,
                  Y_buf, sw_buf, Z, A, dA, M, P, empty2, loss_kind, opt_kind, hyper, state1, state2, t0,
-                 clip_norm, seed, lrs, clip_value, losses_out, correct_out):
+                 clip_norm, seed, lrs, clip_value, losses_out, correct_out, diag_every, diag_phase, diag_units,
+                 diag_feats, before):
     rows = x_buf.shape[0]
+    slot = 0
     L = len(Z) - 1
     fused = (loss_kind == Loss.CE or loss_kind == Loss.CE_ONEHOT or loss_kind == Loss.BCE
              or loss_kind == Loss.POISSON)
@@ -273,6 +342,9 @@ def _train_steps(X, y, Y, sw, order, start, n_steps, units, Ws, bs, dWs, dbs, pa
         correct_out[s] = _count_correct(Z[L] if fused else A[L], y_buf, Y_buf, loss_kind)
         if not math.isfinite(loss):
             return s
+        sampled = diag_every > 0 and (diag_phase + s) % diag_every == 0
+        if sampled:
+            _diag_grads(units, Ws, dWs, A, diag_units[slot, 0], diag_feats[slot], before)
         if clip_value > 0.0:
             for j in range(grads.shape[0]):
                 if grads[j] > clip_value:
@@ -292,6 +364,9 @@ def _train_steps(X, y, Y, sw, order, start, n_steps, units, Ws, bs, dWs, dbs, pa
             _rmsprop_update(params, grads, state1, lr, h.rho, h.eps)
         elif opt_kind == Opt.ADAM:
             _adam_update(params, grads, state1, state2, lr, h.beta1, h.beta2, h.eps, t0 + s + 1)
+        if sampled:
+            _diag_change(units, Ws, before, diag_units[slot, 0])
+            slot += 1
     return n_steps
 
 
