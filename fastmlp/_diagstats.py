@@ -16,13 +16,13 @@ import numpy as np
 
 from . import activations as _act
 from ._native import plan as _plan
-from .layers import Activation, BatchNorm, Dense, Dropout, Maxout, PReLU
+from .layers import Activation, BatchNorm, Dense, Dropout, Maxout, PReLU, Residual
 
 # Output activations whose units can die (exactly 0) or saturate (derivative near 0).
 DEAD_ACTS = frozenset({_act.RELU, _act.LEAKY_RELU, _act.ELU, _act.SELU})
 SATURATING_ACTS = frozenset({_act.SIGMOID, _act.TANH})
 _TYPE_NAMES = {Dense: "dense", Activation: "activation", BatchNorm: "batch_norm", Dropout: "dropout",
-               PReLU: "prelu", Maxout: "maxout"}
+               PReLU: "prelu", Maxout: "maxout", Residual: "residual"}
 PER_EPOCH = ("grad_norm", "update_ratio", "act_mean", "act_std", "dead_share", "saturated_share")
 
 
@@ -42,7 +42,7 @@ def entries(model):
     for i, u in enumerate(model._units):
         groups.setdefault(u.layers[0], []).append(i)
     counts, out = {}, []
-    for j, layer in enumerate(model.layers):
+    for j, (layer, _) in enumerate(model._flat_layers()):  # the units' layer indices count a block's own layers
         base = _TYPE_NAMES[type(layer)]
         k = counts[base] = counts.get(base, -1) + 1
         units = groups.get(j)
@@ -58,6 +58,9 @@ def entries(model):
         typ = type(layer).__name__
         if isinstance(layer, Maxout):
             label = f"{typ} {layer.units}, pieces {layer.pieces}"
+        elif isinstance(layer, Residual):
+            label = f"{typ} {last.fan_out}, {shown}"
+            kind = "residual"
         elif isinstance(layer, Dense):
             label = f"{typ} {layer.units}, {shown}"
         elif isinstance(layer, Activation):
@@ -65,7 +68,7 @@ def entries(model):
             kind = "activation"
         else:
             label = f"{typ} {last.fan_out}"
-        w = dense[0] if dense else None
+        w = dense[0] if dense and not isinstance(layer, Residual) else None  # the loop gathers no Wp sums
         init = model._units[w].init if w is not None else None
         out.append(Entry(j, f"{base}_{k} ({label})", w, units[-1], act, kind,
                          last.fan_out, init))

@@ -48,7 +48,9 @@ class Finding:
         One of "vanishing_gradient", "exploding_gradient", "dead_units", "saturation",
         "poor_initialization", "loss_not_decreasing", "non_finite".
     layer : int or None
-        The index into ``model.layers`` of the layer concerned (None for the whole model).
+        The index into ``model.layers`` of the layer concerned (None for the whole model),
+        where each Residual block is followed by its own layers (its first layer's index is
+        the block's plus one).
     layer_name : str or None
         The layer's name in ``model.diagnostics_["layers"]``.
     epoch : int
@@ -343,7 +345,7 @@ def diagnose(model: Any, thresholds: "Thresholds | None" = None) -> "list[Findin
                 "activation, or use relu with He initialization")
     # poor initialization: the initializer against the activation, then the first batch's activations
     for e, ent in enumerate(ents):
-        if ent.w_unit is None:
+        if ent.w_unit is None or ent.kind == "residual":  # a projection is linear, whatever the block's activation
             continue
         u = model._units[ent.w_unit]
         act = u.act if u.init_act is None else u.init_act

@@ -423,3 +423,31 @@ def test_split_and_packed_loops_train_the_same_with_diagnostics(split_limits, dt
             assert split_limits._last_loop_packed()
         weights.append(m._params.copy())
     np.testing.assert_array_equal(weights[0], weights[1])
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "reference"])
+def test_residual_blocks_are_diagnosed_like_the_reference(digits, backend):
+    """A block's own layers are diagnosed where they are; the block's output (and its projection's
+    gradient) is an entry of its own; the native loops' statistics equal the reference's."""
+    X, y = digits
+    out = {}
+    for name in ("reference", backend):
+        m = fm.Sequential([D(32, "relu"), fm.Residual([D(32, "relu"), D(32)], activation="relu"),
+                           fm.Residual([D(16, "relu"), D(16)], activation="relu"), D(10)],
+                          dtype="float64", seed=0, backend=name, n_threads=1)
+        m.compile("cross_entropy", fm.optim.Adam(3e-3))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", dg.TrainingDynamicsWarning)  # a healthy net
+            m.fit(X[:700], y[:700], epochs=3, batch_size=128, verbose=0, diagnostics=True, diagnostics_every=2)
+        out[name] = m.diagnostics_
+    d = out[backend]
+    assert d["layers"] == ["dense_0 (Dense 32, relu)", "residual_0 (Residual 32, relu)", "dense_1 (Dense 32, relu)",
+                           "dense_2 (Dense 32, identity)", "residual_1 (Residual 16, relu)",
+                           "dense_3 (Dense 16, relu)", "dense_4 (Dense 16, identity)", "dense_5 (Dense 10, identity)"]
+    np.testing.assert_array_equal(d["layer_index"], [0, 1, 2, 3, 4, 5, 6, 7])
+    # a block's entry has its output's statistics, not its projection's gradient (the loop gathers none)
+    np.testing.assert_array_equal(np.isfinite(d["grad_norm"][0]), [True, False, True, True, False, True, True, True])
+    np.testing.assert_array_equal(np.isfinite(d["dead_share"][0]), [True, True, True, False, True, True, False, False])
+    for key in KEYS + ("first_last_ratio", "loss"):
+        np.testing.assert_allclose(d[key], out["reference"][key], rtol=1e-8, err_msg=key)
+    assert m.diagnose() == []
