@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
-from . import _chunks, _config, _validation
+from . import _chunks, _config, _planner, _validation
 from . import callbacks as _callbacks
 from . import activations as _act
 from . import initializers as _init
@@ -538,7 +538,8 @@ class Sequential:
             validation_data: tuple[ArrayLike, ArrayLike] | None = None, verbose: int = 1,
             sample_weight: ArrayLike | None = None, n_threads: int | None = None,
             callbacks: Sequence[Any] | None = None, initial_epoch: int = 0,
-            validation_split: float = 0.0, class_weight: dict[Any, float] | None = None) -> History:
+            validation_split: float = 0.0, class_weight: dict[Any, float] | None = None,
+            plan: str | None = None) -> History:
         """Train the model.
 
         Parameters
@@ -583,6 +584,17 @@ class Sequential:
             Classification losses only, as Keras: a training row weighs ``class_weight[label]``
             (times its sample_weight), 1.0 for a label without a key; a one-hot row's label is
             its argmax.
+        plan : {"auto", "measure", "rule", "serial", "split", "packed"}, optional
+            Which variant of the Cython training loop the fit runs on (None: the
+            ``FASTMLP_PLAN`` environment variable, else "auto"). "auto" takes the
+            decision cached for this machine and fit shape, else times the valid
+            variants for a few steps each on a copy of the model's state (at most
+            about 2% of the fit's expected time; fits too short to matter are left
+            to the rule) and caches the fastest; "measure" times them again; "rule"
+            takes the loop's built-in constants; a variant's name forces it (an
+            error where this fit cannot run it). ``model.plan_`` says what was
+            chosen and why; the cache lives in ``$FASTMLP_CACHE_DIR``, else
+            ``$XDG_CACHE_HOME/fastmlp``, else ``~/.cache/fastmlp``.
 
         Returns
         -------
@@ -595,6 +607,8 @@ class Sequential:
             X, target, kind, sw, val, batch_size, cbs = self._check_fit(
                 X, y, epochs, batch_size, validation_data, sample_weight, n_threads, callbacks, initial_epoch,
                 validation_split, verbose, class_weight)
+            choice, source = _planner.requested(plan)
+            _planner.check_request(self, choice, source, batch_size, self._fit_threads(n_threads, batch_size))
         epochs = int(epochs)
         n, opt = X.shape[0], self.optimizer
         self._loss_kind, self._weighted = kind, sw.shape[0] > 0
@@ -610,16 +624,20 @@ class Sequential:
             first_epoch, self._initial_epoch = self._initial_epoch, None
             threads = self._fit_threads(n_threads, batch_size)
             with self._threads(threads):
-                # the time per step, from this model's last fit of the same batch size and threads
+                fit_steps = (epochs - first_epoch) * (n // batch_size)
+                self.plan_ = _planner.decide(self, X, target, sw, batch_size, threads, fit_steps, choice, source,
+                                             self.clip_norm or 0.0, getattr(self, "clip_value", None) or 0.0)
+                variant = self.plan_["code"]
+                # the time per step, from this model's last fit of the same batch size, threads and variant
                 paces = self.__dict__.setdefault("_paces", {})
                 plans = {}
-                pace = paces.setdefault((batch_size, self.backend.NAME, threads), _chunks.Pace())
+                pace = paces.setdefault((batch_size, self.backend.NAME, threads, variant), _chunks.Pace())
                 for epoch in range(first_epoch, epochs):
                     cbs.on_epoch_begin(epoch, {})
                     t0 = time.perf_counter()
                     snapshot = self._params.copy()
                     logs = self._train_epoch(X, target, sw, batch_size, shuffle, plans, epoch, snapshot, cbs,
-                                             pace, interrupt)
+                                             pace, interrupt, variant)
                     if interrupt.requested:
                         break  # the history keeps the completed epochs only
                     if val is not None:
@@ -715,7 +733,8 @@ class Sequential:
             self._rng.bit_generator.state = rng
             raise
 
-    def _train_epoch(self, X, target, sw, batch_size, shuffle, plans, epoch, snapshot, cbs, pace, interrupt):
+    def _train_epoch(self, X, target, sw, batch_size, shuffle, plans, epoch, snapshot, cbs, pace, interrupt,
+                     variant=0):
         n = X.shape[0]
         order = self._rng.permutation(n) if shuffle else np.arange(n, dtype=np.int64)
         # a fresh base seed of the dropout masks per epoch (drawn only when
@@ -743,7 +762,7 @@ class Sequential:
             s, paced = 0, nb == batch_size  # the partial batch: one step of another size, not timed
             while s < steps:  # chunks of about _chunks.CHUNK_SECONDS
                 k, first = pace.next(steps - s, chunk) if paced else steps - s, start // batch_size + s
-                loop = opt.loop_state(clip, seed, k, clip_value)
+                loop = opt.loop_state(clip, seed, k, clip_value, variant)
                 t0 = time.perf_counter()
                 done = self.backend.train_steps(plan, loop, X, target, sw, order, start + s * nb, k,
                                                 losses[first:], correct[first:])
