@@ -54,10 +54,13 @@ CACHE_VERSION = 1
 BUDGET = 0.02            # the most the measurement may cost, as a fraction of the fit's expected time
 MIN_FIT_SECONDS = 3.0    # fits expected to take less are left to the rule ("too short to matter")
 ROUNDS = 3               # timed calls per candidate, interleaved (the best one counts)
-DROP = 5.0               # a candidate whose first step is this many times the fastest's is not timed further
-DROP_AFTER = 2.0         # ... nor, after the first round, one this many times the fastest
-MIN_STEPS = 2            # the fewest steps of a timed call
-MAX_STEPS = 16           # the most steps of a timed call
+# A candidate whose first step is this many times the fastest's is not timed further (a BLAS
+# fighting for busy cores can be 50 times slower), nor, after the first round, one this many
+# times the fastest; the rule's variant is timed in every round.
+DROP = 4.0
+DROP_AFTER = 1.5
+MIN_STEPS = 2            # the fewest steps of a timed call of the rule's variant (others: 1)
+MAX_STEPS = 32           # the most steps of a timed call
 KEEP_RULE = 1.02         # the rule's variant stays unless another is more than 2% faster
 
 
@@ -255,84 +258,123 @@ class _Trial:
                                training=True, weighted=model._weighted)
         self.order = np.random.default_rng(0).permutation(X.shape[0]).astype(np.int64)
         self.states = [s.copy() for s in model.optimizer.states()]
+        # The loop's phase timer gives the steps' own time, without the call's (waking the loop's
+        # threads, pinning the BLAS, packing: about 10 ms a call on a loaded 2-core machine, which
+        # a fit's calls of 0.1-1 s amortize and a timed call of a few steps would not). Used only
+        # when nobody else is timing (its totals are 0).
+        from ._native import runtime as _runtime
+
+        self.runtime = _runtime
+        self.phase_timer = not any(_runtime.loop_phase_times(reset=False).values())
 
     def time(self, variant, n_steps):
-        """Seconds per step of ``n_steps`` steps of ``variant``, or None if the loss diverged at once."""
+        """``(seconds per step, steps done)`` of a call of ``n_steps`` steps of ``variant``: the
+        loop's own time (the phase timer's), else the call's wall time."""
         opt = self.model.optimizer
         loop = opt.loop_state(self.clip_norm, 0, n_steps, self.clip_value, int(VARIANTS[variant]))
         loop.state1, loop.state2 = self.states  # the copies: the model's own state is not touched
-        seconds, done = _run_steps(self.model.backend, self.plan, loop, self.X, self.target, self.sw, self.order,
-                                   n_steps)
-        return seconds, done
+        if self.phase_timer:
+            self.runtime.loop_phase_times(enable=True, reset=True)
+        try:
+            seconds, done = _run_steps(self.model.backend, self.plan, loop, self.X, self.target, self.sw,
+                                       self.order, n_steps)
+        finally:
+            if self.phase_timer:
+                inside = sum(self.runtime.loop_phase_times(enable=False, reset=True).values())
+        if self.phase_timer and inside > 0.0:
+            seconds = inside
+        return (seconds / done if done else np.inf), done
 
 
 def measure(model, X, target, sw, batch_size, fit_steps, names, clip_norm, clip_value, force=False):
     """Time the variants ``names`` (the rule's first) on a copy of the model's state.
 
-    One step of each first (first calls, thread pools; the rule's step gives the
-    fit's expected time and so the budget), dropping those over ``DROP`` times the
-    fastest; then up to ``ROUNDS`` interleaved calls of k steps each, k set so that
-    the calls fit in what is left of the budget, stopping once it is spent; a
-    variant's time is its best call's. Returns a dict: "variant" (the fastest, or
-    None when the fit is too short to measure or the budget too small), "timings"
-    (seconds per step by name), "cost_s", "timed_steps", "expected_fit_s" (the
-    rule's first step times the fit's steps), "budget_s" (BUDGET of that),
-    "planned_fit_s" (the chosen variant's time times the fit's steps) and "why" (for None). ``force`` ("measure") measures whatever the
-    budget, with the fewest steps.
+    The budget is ``BUDGET`` of the fit's expected time, the fit's steps times the
+    fastest step seen so far (so it shrinks as the timings come in: first calls
+    are slow). One step of each variant first (first calls, thread pools),
+    dropping those over ``DROP`` times the fastest (never the rule's); then up to
+    ``ROUNDS`` interleaved calls per candidate, each candidate's steps set so that
+    they take an equal share of what is left of the budget (a slow one fewer, at
+    least one); no call starts that would overrun it (the first round must time
+    every candidate, else no decision). A variant's time is its best call's, by
+    the loop's phase timer where it can be used (the steps' own time, without the
+    call's), and the budget is spent in wall time.
+
+    Returns a dict: "variant" (the fastest, or None when the fit is too short to
+    measure or the budget too small), "timings" (seconds per step by name),
+    "cost_s", "timed_steps", "expected_fit_s" (the fit's steps times the fastest
+    step), "budget_s" (BUDGET of that) and "why" (for None). ``force``
+    ("measure") measures whatever the budget, with the fewest steps.
     """
     trial = _Trial(model, X, target, sw, batch_size, clip_norm, clip_value)
     max_steps = min(MAX_STEPS, X.shape[0] // batch_size)
     out = {"variant": None, "timings": {}, "cost_s": 0.0, "timed_steps": 0, "expected_fit_s": None, "budget_s": None,
-           "planned_fit_s": None, "why": ""}
+           "why": ""}
     t_start = time.perf_counter()
+    est = {}  # the best seconds per step seen of each variant
 
     def spent():
         return time.perf_counter() - t_start
 
-    est = {}
-    for i, name in enumerate(names):
-        seconds, done = trial.time(name, 1)
-        out["timed_steps"] += 1
-        if done < 1:
-            out["why"] = "the loss is not finite at the first step"
-            break
-        est[name] = seconds
-        if i == 0:
-            expected = fit_steps * seconds
-            out["expected_fit_s"], out["budget_s"] = expected, BUDGET * expected
-            if not force and expected < MIN_FIT_SECONDS:
-                out["why"] = f"too short to measure (about {expected:.2g} s expected)"
-                break
+    def budget():
+        return BUDGET * fit_steps * min(est.values())
+
+    def run(name, k):
+        per_step, done = trial.time(name, k)
+        out["timed_steps"] += k
+        if done == k:
+            est[name] = min(est.get(name, np.inf), per_step)
+        return done == k
+
+    def too_short():
+        return (f"too short to measure: {BUDGET:.0%} of the fit's {fit_steps * min(est.values()):.2g} s does not "
+                f"cover {MIN_STEPS} timed steps of each candidate")
+
+    best = {}
+    if not run(names[0], 1):
+        out["why"] = "the loss is not finite at the first step"
+    elif not force and fit_steps * est[names[0]] < MIN_FIT_SECONDS:
+        out["why"] = f"too short to measure (about {fit_steps * est[names[0]]:.2g} s expected)"
     else:
-        live = [n for n in names if est[n] <= DROP * min(est.values())]
-        best = {}
-        for r in range(ROUNDS):
-            left = out["budget_s"] - spent()
-            k = min(max_steps, int(left / ((ROUNDS - r) * sum(est[n] for n in live))))
-            if k < MIN_STEPS:
+        for name in names[1:]:
+            if not force and spent() >= budget():
+                break
+            run(name, 1)
+        if any(n not in est for n in names) and not force:
+            out["why"] = too_short()
+        live = [n for n in names if n in est and (n == names[0] or est[n] <= DROP * min(est.values()))]
+        for r in range(ROUNDS if not out["why"] else 0):
+            # each candidate gets the same share of what is left: a slow one fewer steps
+            share = (budget() - spent()) / ((ROUNDS - r) * len(live))
+            steps = {n: min(max_steps, int(share / est[n])) for n in live}
+            if steps[names[0]] < MIN_STEPS:
+                if r == 0 and not force:
+                    out["why"] = too_short()
                 if not (force and r == 0):
                     break
-                k = MIN_STEPS
+            over = False
             for name in live:
-                if r and not force and spent() >= out["budget_s"]:
+                k = max(steps[name], MIN_STEPS if force else 1)
+                if not force and spent() + k * est[name] > budget():
+                    over = True
                     break
-                seconds, done = trial.time(name, k)
-                out["timed_steps"] += k
-                if done == k:
-                    best[name] = min(best.get(name, np.inf), seconds / k)
-                    est[name] = best[name]
-            if r == 0 and best:  # a second look only at the candidates that could still win
-                live = [n for n in live if n in best and best[n] <= DROP_AFTER * min(best.values())]
-        if any(n not in best for n in live):
-            # a candidate was never timed (the budget ran out, or its loss diverged): no decision
-            out["why"] = (f"too short to measure: {BUDGET:.0%} of the fit's {out['expected_fit_s']:.2g} s does not "
-                          f"cover {MIN_STEPS} timed steps of each candidate")
-        else:
-            out["timings"] = best
-            fastest = min(best, key=best.get)
-            rule = names[0]
-            out["variant"] = rule if rule in best and best[rule] <= KEEP_RULE * best[fastest] else fastest
-            out["planned_fit_s"] = fit_steps * best[out["variant"]]
+                if run(name, k):
+                    best[name] = est[name]
+            if over:
+                if r == 0:
+                    out["why"] = too_short()
+                break
+            if r == 0:  # a second look only at the candidates that could still win
+                live = [n for n in live if n in best and (n == names[0] or best[n] <= DROP_AFTER * min(best.values()))]
+        if not out["why"] and not best:
+            out["why"] = "the loss is not finite within the timed steps"
+    if best and not out["why"]:
+        out["timings"] = best
+        fastest = min(best, key=best.get)
+        rule = names[0]
+        out["variant"] = rule if rule in best and best[rule] <= KEEP_RULE * best[fastest] else fastest
+    if est:
+        out["expected_fit_s"], out["budget_s"] = fit_steps * min(est.values()), budget()
     out["cost_s"] = spent()
     return out
 
@@ -368,7 +410,7 @@ def decide(model, X, target, sw, batch_size, threads, fit_steps, choice, source,
     got = measure(model, X, target, sw, batch_size, fit_steps, list(valid), clip_norm, clip_value,
                   force=choice == "measure")
     plan.update(cost_s=got["cost_s"], timed_steps=got["timed_steps"], expected_fit_s=got["expected_fit_s"],
-                budget_s=got["budget_s"], planned_fit_s=got["planned_fit_s"])
+                budget_s=got["budget_s"])
     if got["variant"] is None:
         plan["reason"] = f"rule: {got['why']}"
         return plan

@@ -56,7 +56,7 @@ def timed(monkeypatch):
 def eager(monkeypatch):
     """Measure fits of any length, with any budget (the tests' fits last a fraction of a second)."""
     monkeypatch.setattr(_planner, "MIN_FIT_SECONDS", 0.0)
-    monkeypatch.setattr(_planner, "BUDGET", 10.0)
+    monkeypatch.setattr(_planner, "BUDGET", 1e6)
 
 
 def _data(dtype, n=N, seed=0):
@@ -205,12 +205,13 @@ def test_the_measurement_stays_within_its_budget(monkeypatch, timed):
     plan = m.plan_
     assert plan["fit_steps"] == 600
     assert plan["budget_s"] == pytest.approx(0.25 * plan["expected_fit_s"])
-    assert plan["expected_fit_s"] == pytest.approx(600 * timed[0][0])  # the rule's first step
+    # the fit's steps at the fastest step seen (the loop's own time: at most the calls' wall time)
+    assert 0 < plan["expected_fit_s"] <= 600 * min(s / k for s, k in timed) * (1 + 1e-9)
     spent = sum(s for s, _ in timed)
     steps = sum(k for _, k in timed)
     assert steps == plan["timed_steps"] and spent <= plan["cost_s"]
-    # no call starts once the budget is spent: at most the last one overshoots
-    assert spent <= plan["budget_s"] + max(s for s, _ in timed) * 2
+    # no call starts that would overrun the budget: at most one overshoots, by its own length
+    assert spent <= plan["budget_s"] + max(s for s, _ in timed)
     assert steps <= 0.25 * 600
 
 
