@@ -171,7 +171,8 @@ def cache_key(model, batch_size, threads):
     units = [[int(r["kind"]), int(r["fan_in"]), int(r["fan_out"]), int(r["act"])] for r in recs]
     return {"cpu": cpu_model(), "cores": os.cpu_count() or 1, "build": build_id(),
             "threads": _runtime_threads(threads), "dtype": model.dtype.name, "units": units,
-            "optimizer": _codes.Opt(model.optimizer.kind).name.lower(), "batch_size": int(batch_size)}
+            "optimizer": "none" if model.optimizer is None else _codes.Opt(model.optimizer.kind).name.lower(),
+            "batch_size": int(batch_size)}
 
 
 def _key_text(key):
