@@ -355,7 +355,7 @@ def measure(model, X, target, sw, batch_size, fit_steps, names, clip_norm, clip_
                     break
             over = False
             for name in live:
-                k = max(steps[name], MIN_STEPS if force else 1)
+                k = min(max_steps, max(steps[name], MIN_STEPS if force else 1))
                 if not force and spent() + k * est[name] > budget():
                     over = True
                     break

@@ -186,6 +186,13 @@ def test_the_cache_directory_rules(tmp_path, monkeypatch):
     assert _planner.cache_dir() == tmp_path / "home" / ".cache" / "fastmlp"
 
 
+def test_measure_on_a_batch_of_almost_every_row(timed):
+    # "measure" times at least MIN_STEPS steps, but never past the data's rows (one full batch here)
+    X, y = _data("float32", n=BATCH + 8)
+    m = _fit(_model(), X, y, batch_size=BATCH, plan="measure")
+    assert m.plan_["how"] == "measured" and all(k == 1 for _, k in timed)
+
+
 def test_short_fits_are_left_to_the_rule(timed):
     X, y = _data("float32")
     m = _fit(_model(), X, y)  # 20 steps: nothing is timed
