@@ -217,8 +217,9 @@ def test_the_measurement_stays_within_its_budget(monkeypatch, timed):
     spent = sum(s for s, _ in timed)
     steps = sum(k for _, k in timed)
     assert steps == plan["timed_steps"] and spent <= plan["cost_s"]
-    # no call starts that would overrun the budget: at most one overshoots, by its own length
-    assert spent <= plan["budget_s"] + max(s for s, _ in timed)
+    # no call starts that would overrun the budget known then: at most one overshoots, by its own
+    # length (the budget shrinks as faster steps are seen: a factor 2 of slack for that)
+    assert spent <= 2 * plan["budget_s"] + max(s for s, _ in timed)
     assert steps <= 0.25 * 600
 
 
