@@ -27,7 +27,7 @@ def _render_templates():
     names = dict(
         twin=twins["twin"], chunks=twins["chunks"],
         enums=codes["ENUMS"], Act=codes["Act"], Phase=codes["Phase"],
-        prefix={"Unit": "UNIT", "Act": "ACT", "Loss": "LOSS", "Opt": "OPT", "Phase": "PH"},
+        prefix={"Unit": "UNIT", "Act": "ACT", "Loss": "LOSS", "Opt": "OPT", "Phase": "PH", "Variant": "VAR"},
         unit_fields=codes["UNIT_FIELDS"], hyper_fields=codes["HYPER_FIELDS"],
         ctype={"int64": "int64_t", "float64": "double"},
     )

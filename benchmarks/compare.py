@@ -458,6 +458,22 @@ def callback_overhead(args, data, backends=("cython", "numba")):
     return lines
 
 
+# ------------------------------------------------------------- broader suite
+def suite_section(args):
+    """The broader suite (benchmarks/suite.py) and the planner's cost, printed."""
+    import suite
+
+    print()
+    print(f"broader suite ({args.threads} threads; {'1 repeat' if args.quick or args.smoke else f'{args.repeats} repeats'}"
+          ", median s/epoch, predict: s/call; PyTorch " + versions().split("torch ")[-1].split(",")[0] + "):")
+    lines, _, _ = suite.run_suite(args, log=log)
+    for line in lines:
+        print(line, flush=True)
+    print()
+    for line in suite.planner_cost(args, log=log):
+        print(line, flush=True)
+
+
 # ------------------------------------------------------------------------ main
 def log(msg):
     if LOG:
@@ -489,6 +505,10 @@ def parse_args(argv=None):
     p.add_argument("--json", default=None, help="also write the medians to this file")
     p.add_argument("--only", default=None, help="comma-separated rows to run, e.g. 'A b128,P b128,M b128'")
     p.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
+    p.add_argument("--suite", action="store_true",
+                   help="also run the broader suite (suite.py: wide, deep with BatchNorm and Dropout, float64, "
+                        "batch inference, each against PyTorch, the GEMM bound and the FMA peak; the planner's cost)")
+    p.add_argument("--suite-only", action="store_true", help="run the broader suite alone (no A/B/C table)")
     args = p.parse_args(argv)
     if args.smoke:
         rows_a, rows_b, repeats, calls, args.predict_budget = 1_000, 1_000, 1, 20, 0.2
@@ -540,6 +560,11 @@ def main(argv=None):
     print(f"command: python benchmarks/compare.py {' '.join(sys.argv[1:] if argv is None else argv)}".rstrip())
     print(flush=True)
 
+    if args.suite_only:
+        suite_section(args)
+        print(f"\ntotal run time: {time.perf_counter() - t_start:.0f} s")
+        return 0
+
     notes = {}
     table = measure(rows, args, data, notes)
 
@@ -570,6 +595,8 @@ def main(argv=None):
         print()
         for line in latency_check(args):
             print(line)
+    if args.suite:
+        suite_section(args)
     elapsed = time.perf_counter() - t_start
     print(f"\ntotal run time: {elapsed:.0f} s")
     if args.json:

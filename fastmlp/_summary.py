@@ -46,6 +46,10 @@ class LoopPath:
     path : {"serial", "split", "packed"}
     description : str
         One line saying the above in words.
+    plan : str
+        Who chose the path (fastmlp._planner): "rule" (the loop's constants), the
+        planner's cached measurement, a forced variant, or the last fit's
+        ``plan_`` when it was of this batch size and thread bound.
     """
 
     backend: str
@@ -55,6 +59,7 @@ class LoopPath:
     packed_units: tuple
     path: str
     description: str
+    plan: str = "rule"
 
     def __str__(self):
         return self.description
@@ -83,15 +88,20 @@ def loop_path(model, batch_size=None, n_threads=None):
     small = bound == 1 and asked != 1  # fit's own policy chose one thread
     why = " (each product is below BLAS's threading threshold, so the fit runs on one thread)" if small else ""
     name = model.backend.NAME
-    nt, packed = 1, ()
+    nt, packed, chosen = 1, (), "rule"
     if name == "cython":
+        from . import _planner
+        from ._native import codes as _codes
         from ._native import policy as _policy
         from ._native import runtime as _runtime
 
         rt_threads = _runtime.get_num_threads() if bound is None else bound  # what fit leaves or sets
         recs = model._records(model._train_acts, batch_size, dropout=True)
+        variant, chosen = _plan_of(model, batch_size, bound)
+        code = int(_codes.Variant.RULE) if variant is None else int(_planner.VARIANTS[variant])
+        chosen = chosen or "rule"
         nt, packed = _policy._loop_path(recs, model._params.size, batch_size, rt_threads,
-                                        model.dtype.itemsize == 4)
+                                        model.dtype.itemsize == 4, code)
         if packed:
             path = "packed"
             text = (f"split loop on {nt} threads of its own, units {', '.join(map(str, packed))} on packed "
@@ -102,7 +112,7 @@ def loop_path(model, batch_size=None, n_threads=None):
         else:
             path = "serial"
             text = f"the compiled loop on one thread of its own, products on {blas}"
-            if rt_threads > 1:
+            if rt_threads > 1 and variant is None:
                 why = (" (batch norm needs the whole batch: the loop does not split)" if model._has_batchnorm
                        else " (this build cannot split the loop)" if not _policy._HAVE_LOOP_THREADS
                        else " (the step is too small for the loop to split it)")
@@ -112,7 +122,26 @@ def loop_path(model, batch_size=None, n_threads=None):
     else:
         path = "serial"
         text = f"a Python loop over the steps (NumPy kernels), products on {blas}"
-    return LoopPath(name, batch_size, bound, nt, tuple(packed), path, text + why)
+    if chosen != "rule":
+        why += f" [{chosen}]"
+    return LoopPath(name, batch_size, bound, nt, tuple(packed), path, text + why, chosen)
+
+
+def _plan_of(model, batch_size, bound):
+    """``(variant or None, who chose it)`` for a fit of this batch size and thread policy:
+    the last fit's ``plan_`` when it had the same key, else what the planner's cache or
+    FASTMLP_PLAN gives now, else (None, None): the rule."""
+    from . import _planner
+
+    last = getattr(model, "plan_", None)
+    if isinstance(last, dict) and last.get("how") != "rule" and last.get("key") is not None:
+        try:
+            same = last["key"] == _planner.cache_key(model, batch_size, bound)
+        except (OSError, AttributeError):
+            same = False
+        if same:
+            return last["variant"], f"planner: {last['reason']} (the last fit)"
+    return _planner.cached_variant(model, batch_size, bound)
 
 
 # ------------------------------------------------------------------ the table

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
-from . import _chunks, _config, _validation
+from . import _chunks, _config, _planner, _validation
 from . import callbacks as _callbacks
 from . import activations as _act
 from . import initializers as _init
@@ -597,7 +597,8 @@ class Sequential:
             sample_weight: ArrayLike | None = None, n_threads: int | None = None,
             callbacks: Sequence[Any] | None = None, initial_epoch: int = 0,
             validation_split: float = 0.0, class_weight: dict[Any, float] | None = None,
-            diagnostics: Any = False, diagnostics_every: int = 16) -> History:
+            diagnostics: Any = False, diagnostics_every: int = 16,
+            plan: str | None = None) -> History:
         """Train the model.
 
         Parameters
@@ -654,6 +655,17 @@ class Sequential:
             change the training: the weights are those of a fit without them.
         diagnostics_every : int, default=16
             Sample every this many steps of an epoch (its first step always).
+        plan : {"auto", "measure", "rule", "serial", "split", "packed"}, optional
+            Which variant of the Cython training loop the fit runs on (None: the
+            ``FASTMLP_PLAN`` environment variable, else "auto"). "auto" takes the
+            decision cached for this machine and fit shape, else times the valid
+            variants for a few steps each on a copy of the model's state (at most
+            about 2% of the fit's expected time; fits too short to matter are left
+            to the rule) and caches the fastest; "measure" times them again; "rule"
+            takes the loop's built-in constants; a variant's name forces it (an
+            error where this fit cannot run it). ``model.plan_`` says what was
+            chosen and why; the cache lives in ``$FASTMLP_CACHE_DIR``, else
+            ``$XDG_CACHE_HOME/fastmlp``, else ``~/.cache/fastmlp``.
 
         Returns
         -------
@@ -666,6 +678,8 @@ class Sequential:
             X, target, kind, sw, val, batch_size, cbs = self._check_fit(
                 X, y, epochs, batch_size, validation_data, sample_weight, n_threads, callbacks, initial_epoch,
                 validation_split, verbose, class_weight)
+            choice, source = _planner.requested(plan)
+            _planner.check_request(self, choice, source, batch_size, self._fit_threads(n_threads, batch_size))
             diag = self._diag_setup(diagnostics, diagnostics_every, cbs)
         epochs = int(epochs)
         n, opt = X.shape[0], self.optimizer
@@ -682,10 +696,14 @@ class Sequential:
             first_epoch, self._initial_epoch = self._initial_epoch, None
             threads = self._fit_threads(n_threads, batch_size)
             with self._threads(threads):
-                # the time per step, from this model's last fit of the same batch size and threads
+                fit_steps = (epochs - first_epoch) * (n // batch_size)
+                self.plan_ = _planner.decide(self, X, target, sw, batch_size, threads, fit_steps, choice, source,
+                                             self.clip_norm or 0.0, getattr(self, "clip_value", None) or 0.0)
+                variant = self.plan_["code"]
+                # the time per step, from this model's last fit of the same batch size, threads and variant
                 paces = self.__dict__.setdefault("_paces", {})
                 plans = {}
-                pace = paces.setdefault((batch_size, self.backend.NAME, threads), _chunks.Pace())
+                pace = paces.setdefault((batch_size, self.backend.NAME, threads, variant), _chunks.Pace())
                 if diag is not None:
                     diag.begin(self, X[:batch_size])
                 for epoch in range(first_epoch, epochs):
@@ -694,7 +712,7 @@ class Sequential:
                     snapshot = self._params.copy()
                     try:
                         logs = self._train_epoch(X, target, sw, batch_size, shuffle, plans, epoch, snapshot, cbs,
-                                                 pace, interrupt, diag)
+                                                 pace, interrupt, diag, variant)
                     except TrainingDivergedError:
                         if diag is not None:
                             diag.warn(self)
@@ -821,7 +839,7 @@ class Sequential:
         return _diagnostics._fit_diagnostics(self, diagnostics, every, cbs)
 
     def _train_epoch(self, X, target, sw, batch_size, shuffle, plans, epoch, snapshot, cbs, pace, interrupt,
-                     diag=None):
+                     diag=None, variant=0):
         n = X.shape[0]
         order = self._rng.permutation(n) if shuffle else np.arange(n, dtype=np.int64)
         # a fresh base seed of the dropout masks per epoch (drawn only when
@@ -849,7 +867,7 @@ class Sequential:
             s, paced = 0, nb == batch_size  # the partial batch: one step of another size, not timed
             while s < steps:  # chunks of about _chunks.CHUNK_SECONDS
                 k, first = pace.next(steps - s, chunk) if paced else steps - s, start // batch_size + s
-                loop = opt.loop_state(clip, seed, k, clip_value)
+                loop = opt.loop_state(clip, seed, k, clip_value, variant)
                 if diag is not None:
                     loop.diagnose_steps(plan, k, diag.recorder.every, first)
                 t0 = time.perf_counter()

@@ -154,7 +154,7 @@ class Optimizer:
         empty = np.empty(0, dtype=vecs[0].dtype)
         return (vecs + [empty, empty])[:2]
 
-    def loop_state(self, clip_norm=0.0, seed=0, n_steps=0, clip_value=0.0):
+    def loop_state(self, clip_norm=0.0, seed=0, n_steps=0, clip_value=0.0, variant=0):
         """The :class:`fastmlp._native.plan.LoopState` of a training call of ``n_steps``
         steps from the current state (with a schedule: the rates of those steps).
 
@@ -168,9 +168,12 @@ class Optimizer:
             Steps of the call (a schedule's rates are computed for them).
         clip_value : float, default=0.0
             Element-wise gradient bound (0: none).
+        variant : int, default=0
+            The Cython loop's variant (``fastmlp._native.codes.Variant``; 0 lets its rule decide).
         """
         lrs = self.lr.rates(self.t, n_steps) if self.scheduled else None
-        return _plan.LoopState(self.kind, self.hyper(), *self.states(), self.t, clip_norm, seed, lrs, clip_value)
+        return _plan.LoopState(self.kind, self.hyper(), *self.states(), self.t, clip_norm, seed, lrs, clip_value,
+                               variant)
 
     def step(self, backend, params, grads):  # pragma: no cover - abstract
         """One update of ``params`` in place from ``grads`` (both of shape (n_params,)) with ``backend``'s kernel.

@@ -126,3 +126,17 @@ def test_packgemm_kernel_harness(tmp_path):
     for line in rows:
         assert float(line.split("GFLOP/s")[0].split()[-1]) > 0, line
         assert float(line.rsplit("max error", 1)[1]) < 1e-3, line
+
+
+def test_compare_suite_smoke(tmp_path):
+    # the broader suite (benchmarks/suite.py) at tiny sizes: every row, the peak, the planner's cost
+    proc = _run(["benchmarks/compare.py", "--smoke", "--suite-only"], env={"FASTMLP_CACHE_DIR": str(tmp_path)})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    out = proc.stdout
+    assert "| workload | rows | fastmlp s | PyTorch s | GEMM bound s | limit s |" in out, out
+    for row in ("wide b256 (float32)", "deep BN+Dropout b256 (float32)", "A f64 b128 (float64)",
+                "predict A 60k (float32)"):
+        line = next((ln for ln in out.splitlines() if ln.startswith(f"| {row} |")), None)
+        assert line is not None, f"row {row!r} missing:\n{out}"
+        assert "n/a | n/a" not in line, line
+    assert "FMA peak" in out and "planner cost (A b128" in out, out

@@ -79,6 +79,17 @@ class Phase(enum.IntEnum):
     SYNC = 7         # waiting for the other threads of a split loop
 
 
+class Variant(enum.IntEnum):
+    """The training loop's variants (``plan.LoopState.variant``): RULE lets the
+    loop's constants decide (policy.pyx); the others force one, where valid
+    (fastmlp._planner measures them)."""
+
+    RULE = 0    # the per-instruction-set constants of policy.pyx decide
+    SERIAL = 1  # one thread of its own, its products on the BLAS's threads
+    SPLIT = 2   # the batch's rows split between threads of its own, one BLAS thread each
+    PACKED = 3  # split, float32 dense units of >= pk_min_weights weights on packgemm.h's kernels
+
+
 # Losses fused with the output activation: they read the output unit's Z.
 FUSED_LOSSES = frozenset({Loss.CE, Loss.CE_ONEHOT, Loss.BCE, Loss.POISSON})
 # Losses whose targets are integer class labels.
@@ -123,4 +134,4 @@ HYPER_FIELDS = (
     ("decoupled", "float64"),     # 0: PyTorch's coupled decay (g + wd * p); 1: AdamW's p *= 1 - lr * wd
 )
 
-ENUMS = (Unit, Act, Loss, Opt, Phase)
+ENUMS = (Unit, Act, Loss, Opt, Phase, Variant)

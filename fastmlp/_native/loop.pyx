@@ -40,7 +40,7 @@ from fastmlp._native.gemm cimport (
 )
 from fastmlp._native.rowloops cimport rows_act_grad, rows_bias_act
 from fastmlp._native.optim cimport _clamp_p, _opt_span, _scale_p, _sumsq_span
-from fastmlp._native.policy cimport MAX_LOOP_THREADS, LoopPolicy, loop_policy, pk_unit, threads_for
+from fastmlp._native.policy cimport MAX_LOOP_THREADS, LoopPolicy, loop_policy, pk_allowed, pk_unit, threads_for
 from fastmlp._native.rows cimport _col_sums, _count_correct, _loss_rows
 from fastmlp._native.runtime cimport Runtime, lap, now, runtime
 from fastmlp._native.split cimport (
@@ -816,8 +816,8 @@ cdef Py_ssize_t _run(object plan, object loop, object X, object y, object Y, obj
     cdef UnitPtrs* units = fill_units(plan, True)
     base.before = NULL
     try:
-        nt = threads_for(&recs[0], n_units, params.shape[0], rows)
-        if (floating is float and nt > 1 and FM_HAVE_PACKGEMM and POL.packed_gemm and rows <= POL.pk_max_rows * nt):
+        nt = threads_for(&recs[0], n_units, params.shape[0], rows, <int>loop.variant)
+        if floating is float and FM_HAVE_PACKGEMM and pk_allowed(POL, <int>loop.variant, rows, nt):
             for i in range(n_units):
                 pk = pk or pk_unit(POL, &units[i], i)
         _last_pk = pk

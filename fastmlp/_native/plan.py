@@ -58,6 +58,7 @@ from .codes import (
     Loss,
     Opt,
     Unit,
+    Variant,
 )
 
 UNIT_DTYPE = np.dtype(list(UNIT_FIELDS))
@@ -183,6 +184,9 @@ class LoopState:
     clip_value : float
         Clamp every gradient element to [-clip_value, clip_value] before the
         norm clipping; 0.0 for none.
+    variant : Variant
+        The Cython loop's variant: RULE (its constants decide), or one forced
+        where it is valid (fastmlp._planner); the other backends have one loop.
 
     Attributes
     ----------
@@ -204,9 +208,10 @@ class LoopState:
     """
 
     __slots__ = ("opt", "hyper", "state1", "state2", "t", "clip_norm", "seed", "lrs", "clip_value",
-                 "diag_every", "diag_phase", "diag_units", "diag_feats")
+                 "diag_every", "diag_phase", "diag_units", "diag_feats", "variant")
 
-    def __init__(self, opt, hyper, state1, state2, t=0, clip_norm=0.0, seed=0, lrs=None, clip_value=0.0):
+    def __init__(self, opt, hyper, state1, state2, t=0, clip_norm=0.0, seed=0, lrs=None, clip_value=0.0,
+                 variant=Variant.RULE):
         self.opt, self.hyper = Opt(opt), hyper
         self.state1, self.state2 = state1, state2
         self.t, self.clip_norm, self.seed = int(t), float(clip_norm), int(seed)
@@ -214,6 +219,7 @@ class LoopState:
         self.clip_value = float(clip_value)
         self.diag_every, self.diag_phase = 0, 0
         self.diag_units, self.diag_feats = _NO_UNITS, _NO_FEATS
+        self.variant = Variant(variant)
 
     def diagnose_steps(self, plan, n_steps, every, phase=0):
         """Sample every ``every``-th step of a call of ``n_steps`` steps (step s when
@@ -261,6 +267,7 @@ def _writeable(who, name, b):
 
 _KINDS = frozenset(int(u) for u in Unit)
 _OPTS = frozenset(int(o) for o in Opt)
+_VARIANTS = frozenset(int(v) for v in Variant)
 _DENSE, _ACTIVATION = int(Unit.DENSE), int(Unit.ACTIVATION)
 _DROPOUT, _BATCHNORM = int(Unit.DROPOUT), int(Unit.BATCHNORM)
 _PRELU, _MAXOUT = int(Unit.PRELU), int(Unit.MAXOUT)
@@ -462,6 +469,8 @@ def check_loop(plan, loop, who="train_steps", n_steps=None):
         raise ValueError(f"{who}: clip_value must be finite and >= 0 (0 for none), got {loop.clip_value}")
     if not 0 <= loop.seed < 2**64:
         raise ValueError(f"{who}: the dropout seed must be in [0, 2**64), got {loop.seed}")
+    if not (isinstance(loop.variant, int) and loop.variant in _VARIANTS):
+        raise ValueError(f"{who}: loop.variant must be a codes.Variant, got {loop.variant!r}")
     _check_diag(who, plan, loop, n_steps)
 
 

@@ -1,6 +1,7 @@
 """Which path a training call takes: the loop on threads of its own or not, units on packed
-operands or in place (the seam where a planner that measures will decide)."""
-from fastmlp._native.common cimport UnitRec
+operands or in place. A call's variant (codes.Variant, from fastmlp._planner) forces one
+where it is valid; RULE leaves it to the constants."""
+from fastmlp._native.common cimport VAR_PACKED, VAR_SERIAL, VAR_SPLIT, UnitRec
 from fastmlp._native.gemm cimport pk_slack_ok
 from fastmlp._native.units cimport UnitPtrs
 
@@ -18,7 +19,16 @@ cdef struct LoopPolicy:
 
 
 cdef LoopPolicy* loop_policy() noexcept nogil
-cdef int threads_for(const UnitRec* recs, Py_ssize_t n_units, Py_ssize_t n_params, Py_ssize_t rows) noexcept nogil
+cdef int threads_for(const UnitRec* recs, Py_ssize_t n_units, Py_ssize_t n_params, Py_ssize_t rows,
+                     int variant) noexcept nogil
+
+
+cdef inline bint pk_allowed(const LoopPolicy* pol, int variant, Py_ssize_t rows, int nt) noexcept nogil:
+    # Whether a split float32 loop of nt threads may keep units packed: the
+    # variant forces it (PACKED) or forbids it (SPLIT), or the rule's row bound decides
+    if nt < 2 or not pol.packed_gemm or variant == VAR_SPLIT or variant == VAR_SERIAL:
+        return False
+    return variant == VAR_PACKED or rows <= pol.pk_max_rows * nt
 
 
 cdef inline bint pk_unit(const LoopPolicy* pol, const UnitPtrs* u, Py_ssize_t i) noexcept nogil:

@@ -10,7 +10,7 @@ rows per thread (the dW products' k is the whole batch and the kernel does
 not block k, so huge batches lose; AVX2 tiles win only at small batches
 and large layers).
 """
-from fastmlp._native.common cimport UNIT_BATCHNORM, UNIT_DENSE, UNIT_PRELU, UNIT_RES_ADD
+from fastmlp._native.common cimport UNIT_BATCHNORM, UNIT_DENSE, UNIT_PRELU, UNIT_RES_ADD, VAR_RULE, VAR_SERIAL
 from fastmlp._native.gemm cimport FM_HAVE_PACKGEMM, FM_PK_ZMM, Blas, blas
 from fastmlp._native.runtime cimport Runtime, runtime
 
@@ -39,10 +39,11 @@ cdef LoopPolicy* loop_policy() noexcept nogil:
 
 
 cdef int threads_for(const UnitRec* recs, Py_ssize_t n_units, Py_ssize_t n_params,
-                     Py_ssize_t rows) noexcept nogil:
+                     Py_ssize_t rows, int variant) noexcept nogil:
+    # variant SERIAL: 1; SPLIT and PACKED: the split wherever it is valid, whatever the step's work
     cdef Py_ssize_t i, owned = 0, work = 0
     cdef int nt = <int>min(<Py_ssize_t>min(RT.n_threads, <int>MAX_LOOP_THREADS), rows // _pol.mt_min_rows)
-    if (nt < 2 or not FM_HAVE_BARRIER or not FM_HAVE_OPENMP or RT.loop_parallel
+    if (variant == VAR_SERIAL or nt < 2 or not FM_HAVE_BARRIER or not FM_HAVE_OPENMP or RT.loop_parallel
             or BLAS.set_threads == NULL or RT.omp_forked):
         return 1
     for i in range(n_units):
@@ -56,19 +57,19 @@ cdef int threads_for(const UnitRec* recs, Py_ssize_t n_units, Py_ssize_t n_param
         if recs[i].kind == UNIT_RES_ADD and recs[i].fan_in != recs[i].fan_out:  # a projection's Wp
             owned += recs[i].fan_in * recs[i].fan_out
             work += recs[i].fan_in * recs[i].fan_out
-    if owned != n_params or work * rows < _pol.mt_min_work:
+    if owned != n_params or (variant == VAR_RULE and work * rows < _pol.mt_min_work):
         return 1
     return nt
 
 
-def _loop_threads(units, Py_ssize_t n_params, Py_ssize_t rows):
+def _loop_threads(units, Py_ssize_t n_params, Py_ssize_t rows, int variant=VAR_RULE):
     """How many threads of its own the training loop takes for these unit records
     (plan.UNIT_DTYPE) and batch: the thread bound, capped at one thread per
     mt_min_rows rows, when the loop can split the step (no batch norm, the
     dense and PReLU units and the residual projections own every parameter, the BLAS's thread count can be set to 1
     meanwhile) and the step is big enough; else 1."""
     cdef const UnitRec[::1] recs = units
-    return threads_for(&recs[0], recs.shape[0], n_params, rows)
+    return threads_for(&recs[0], recs.shape[0], n_params, rows, variant)
 
 
 def _set_loop_split_limits(Py_ssize_t min_work, Py_ssize_t min_rows):
@@ -109,24 +110,25 @@ def _set_fold_l2(bint on):
     return old
 
 
-def _loop_path(units, Py_ssize_t n_params, Py_ssize_t rows, int n_threads, bint single):
+def _loop_path(units, Py_ssize_t n_params, Py_ssize_t rows, int n_threads, bint single, int variant=VAR_RULE):
     """What a train_steps call would run on, without running it: ``(threads of its
     own, indices of the units on packed operands)`` for these unit records
     (plan.UNIT_DTYPE), a batch of ``rows`` rows, the thread bound ``n_threads``
-    (runtime.set_num_threads' value in that call) and float32 parameters
-    (``single``). The same rule as loop.pyx's entry point (threads_for, then
-    pk_unit); tests compare the two. For Sequential.loop_path and summary()."""
+    (runtime.set_num_threads' value in that call), float32 parameters
+    (``single``) and the call's variant (codes.Variant). The same rule as
+    loop.pyx's entry point (threads_for, pk_allowed, then pk_unit); tests compare
+    the two. For Sequential.loop_path, summary() and the planner."""
     cdef const UnitRec[::1] recs = units
     cdef UnitPtrs u
     cdef Py_ssize_t i
     cdef int saved = RT.n_threads, nt
     RT.n_threads = n_threads if n_threads > 1 else 1  # read by threads_for (the GIL is held)
     try:
-        nt = threads_for(&recs[0], recs.shape[0], n_params, rows)
+        nt = threads_for(&recs[0], recs.shape[0], n_params, rows, variant)
     finally:
         RT.n_threads = saved
     packed = []
-    if single and nt > 1 and FM_HAVE_PACKGEMM and _pol.packed_gemm and rows <= _pol.pk_max_rows * nt:
+    if single and FM_HAVE_PACKGEMM and pk_allowed(&_pol, variant, rows, nt):
         for i in range(recs.shape[0]):
             u.r = recs[i]
             if pk_unit(&_pol, &u, i):
