@@ -451,3 +451,30 @@ def test_residual_blocks_are_diagnosed_like_the_reference(digits, backend):
     for key in KEYS + ("first_last_ratio", "loss"):
         np.testing.assert_allclose(d[key], out["reference"][key], rtol=1e-8, err_msg=key)
     assert m.diagnose() == []
+
+
+def test_the_rules_on_measured_statistics_moved_past_each_threshold(digits):
+    # each rule against its threshold, on a healthy run's arrays moved just past it and just short of it
+    X, y = digits
+    m = _fit([D(32, "relu"), D(16, "tanh"), D(10)], X[:400], y[:400], fm.optim.Adam(1e-3), epochs=4)
+    assert m.diagnose() == []
+    d, th = m.diagnostics_, dg.Thresholds()
+    g = d["grad_norm"].copy()
+    for factor, found in ((0.9, False), (1.1, True)):
+        d["grad_norm"][-1, 1] = g[0, 1] * th.exploding_growth * factor
+        hit = [f for f in m.diagnose() if f.kind == "exploding_gradient"]
+        assert bool(hit) == found and (not found or (hit[0].layer == 1 and hit[0].epoch == 4
+                                                     and abs(hit[0].value - th.exploding_growth * 1.1) < 1e-6))
+    d["grad_norm"][...] = g
+    for factor, found in ((1.1, False), (0.9, True)):
+        d["grad_norm"][:, 0] = g[:, 2] * th.vanishing_ratio * factor
+        assert any(f.kind == "vanishing_gradient" and f.layer == 0 for f in m.diagnose()) == found
+    d["grad_norm"][...] = g
+    sat = d["saturated_share"]
+    for value, found in ((th.saturated_share, False), (th.saturated_share + 0.01, True)):
+        sat[2:, 1] = value
+        hit = [f for f in m.diagnose() if f.kind == "saturation"]
+        assert bool(hit) == found and (not found or (hit[0].epoch == 3 and "tanh" in hit[0].advice))
+    sat[:, 1] = 0.0
+    d["grad_norm"][1, 0] = np.inf
+    assert [f.kind for f in m.diagnose()] == ["non_finite"] and m.diagnose()[0].epoch == 2
