@@ -391,23 +391,24 @@ class GemmBound:
 
     label = "GEMM bound"
 
-    def __init__(self, workload, n_rows, n_threads):
-        self.n_threads = n_threads
+    def __init__(self, workload, n_rows, n_threads, sizes=None, dtype=DTYPE, forward_only=False):
+        """``sizes`` (default ``workload.sizes``): the widths the products chain through;
+        ``forward_only``: the forward products alone (a predict's)."""
+        self.n_threads, self.forward_only = n_threads, forward_only
+        sizes = workload.sizes if sizes is None else sizes
         rng = np.random.default_rng(SEED)
-        self.Ws = [rng.standard_normal((i, o)).astype(DTYPE) * 0.05
-                   for i, o in zip(workload.sizes[:-1], workload.sizes[1:])]
+        self.Ws = [rng.standard_normal((i, o)).astype(dtype) * 0.05 for i, o in zip(sizes[:-1], sizes[1:])]
         full, rem = divmod(n_rows, workload.batch)
-        self.plans = [(self._buffers(workload, workload.batch, rng), full)]
+        self.plans = [(self._buffers(sizes, workload.batch, dtype, rng), full)]
         if rem:
-            self.plans.append((self._buffers(workload, rem, rng), 1))
+            self.plans.append((self._buffers(sizes, rem, dtype, rng), 1))
         self.n_steps = full + (rem > 0)
 
-    def _buffers(self, workload, n, rng):
-        sizes = workload.sizes
-        acts = [rng.random((n, k), dtype=DTYPE) for k in sizes]   # X, A1, A2, ..., logits
-        dZ = [rng.standard_normal((n, k)).astype(DTYPE) for k in sizes[1:]]
+    def _buffers(self, sizes, n, dtype, rng):
+        acts = [rng.random((n, k), dtype=dtype) for k in sizes]   # X, A1, A2, ..., logits
+        dZ = [rng.standard_normal((n, k)).astype(dtype) for k in sizes[1:]]
         dW = [np.empty_like(W) for W in self.Ws]
-        dX = [np.empty((n, k), dtype=DTYPE) for k in sizes[:-1]]
+        dX = [np.empty((n, k), dtype=dtype) for k in sizes[:-1]]
         return acts, dZ, dW, dX
 
     def epoch(self):
@@ -418,6 +419,8 @@ class GemmBound:
                 for _ in range(steps):
                     for i in range(L):
                         dot(acts[i], Ws[i], out=acts[i + 1])
+                    if self.forward_only:
+                        continue
                     for i in range(L - 1, -1, -1):
                         dot(acts[i].T, dZ[i], out=dW[i])
                         if i > 0:

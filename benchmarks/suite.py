@@ -206,47 +206,16 @@ class TorchSuiteRunner:
     warmup = epoch
 
 
-class GemmSuiteBound:
-    """The epoch's matrix products alone with NumPy's BLAS (as _workloads.GemmBound, any dtype; predict:
-    the forward products of fastmlp's predict batches)."""
+class GemmSuiteBound(W.GemmBound):
+    """The epoch's matrix products alone with NumPy's BLAS (_workloads.GemmBound at the workload's
+    products and dtype; predict: the forward products of fastmlp's predict batches)."""
 
     label = "gemm"
 
     def __init__(self, wl, n_rows, n_threads):
-        self.wl, self.n_threads = wl, n_threads
-        dt = np.dtype(wl.dtype)
-        rng = np.random.default_rng(W.SEED)
         prods = wl.products()
-        self.Ws = [(rng.standard_normal((i, o)) * 0.05).astype(dt) for i, o in prods]
-        full, rem = divmod(n_rows, wl.batch)
-        self.plans = [(self._buffers(wl.batch, prods, dt, rng), full)] + (
-            [(self._buffers(rem, prods, dt, rng), 1)] if rem else [])
-
-    @staticmethod
-    def _buffers(n, prods, dt, rng):
-        sizes = [prods[0][0]] + [o for _, o in prods]
-        acts = [rng.random((n, k)).astype(dt) for k in sizes]
-        dZ = [rng.standard_normal((n, k)).astype(dt) for k in sizes[1:]]
-        dW = [np.empty((i, o), dtype=dt) for i, o in prods]
-        dX = [np.empty((n, k), dtype=dt) for k in sizes[:-1]]
-        return acts, dZ, dW, dX
-
-    def epoch(self):
-        dot, Ws, L = np.dot, self.Ws, len(self.Ws)
-        with W.blas_threads(self.n_threads):
-            for (acts, dZ, dW, dX), steps in self.plans:
-                for _ in range(steps):
-                    for i in range(L):
-                        dot(acts[i], Ws[i], out=acts[i + 1])
-                    if self.wl.predict:
-                        continue
-                    for i in range(L - 1, -1, -1):
-                        dot(acts[i].T, dZ[i], out=dW[i])
-                        if i > 0:
-                            dot(dZ[i], Ws[i].T, out=dX[i])
-        return None
-
-    warmup = epoch
+        super().__init__(wl, n_rows, n_threads, sizes=[prods[0][0]] + [o for _, o in prods],
+                         dtype=np.dtype(wl.dtype), forward_only=wl.predict)
 
 
 # ------------------------------------------------------------------ the peak
